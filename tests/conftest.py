@@ -1,0 +1,78 @@
+"""Shared fixtures: hub threads that are always stopped, plain threads, bounded waits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import gevent
+import pytest
+from gevent._hub_local import get_hub_if_exists
+
+from sync_primitives import Thread
+
+T = TypeVar("T")
+
+#: The type of the hub_threads fixture.
+HubThreads = Callable[..., Thread]
+
+#: Generous bound for anything that should happen "at once" on a loaded 2-core machine.
+PROMPT = 5.0
+
+
+def in_plain_thread(fn: Callable[..., T], *args: Any) -> Future[T]:
+    """Run ``fn(*args)`` in a new OS thread that has no gevent hub."""
+    future: Future[T] = Future()
+
+    def body() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=body, daemon=True).start()
+    return future
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = PROMPT) -> None:
+    """Poll ``condition`` until it holds, yielding to the main hub; fail after ``timeout``.
+
+    For states that have no event of their own, such as "three greenlets are now blocked
+    in wait()", read from a primitive's statistics().
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting until {what}")
+        gevent.sleep(0.001)
+
+
+def yield_now() -> None:
+    """Let others run: the hub's other greenlets if this thread has a hub, else other threads.
+
+    Used inside critical sections, so that a broken lock would show lost updates. Unlike
+    ``gevent.sleep(0)`` it does not give a hub-less thread a hub.
+    """
+    if get_hub_if_exists() is None:
+        time.sleep(0)  # drops the GIL: a switch point, not a wait
+    else:
+        gevent.sleep(0)
+
+
+@pytest.fixture
+def hub_threads() -> Iterator[Callable[..., Thread]]:
+    """A factory of started :class:`Thread` objects, all stopped at teardown."""
+    started: list[Thread] = []
+
+    def factory(**kwargs: Any) -> Thread:
+        thread = Thread(**kwargs)
+        thread.start(timeout=PROMPT)
+        started.append(thread)
+        return thread
+
+    yield factory
+    for thread in started:
+        thread.stop(timeout=PROMPT)

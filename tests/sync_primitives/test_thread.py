@@ -1,0 +1,166 @@
+"""Thread: life cycle, results, stop, and work given to it from other threads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import gevent
+import pytest
+
+from sync_primitives import (
+    AsyncResult,
+    ClosedError,
+    Event,
+    Thread,
+    ThreadStoppedError,
+    WouldDeadlockError,
+)
+from tests.conftest import PROMPT, in_plain_thread
+
+
+def test_target_runs_in_its_own_os_thread_and_get_returns_its_value() -> None:
+    thread = Thread(target=lambda a, b: (threading.get_ident(), a * b), args=(6,), kwargs={"b": 7})
+    thread.start()
+    ident, value = thread.get(PROMPT)
+    assert value == 42 and ident != threading.get_ident()
+    assert not thread.is_alive()
+    assert thread.statistics().state == "ended"
+
+
+def test_get_reraises_the_targets_exception(caplog: pytest.LogCaptureFixture) -> None:
+    def target() -> None:
+        raise OSError("disk full")
+
+    thread = Thread(target=target, name="writer")
+    with caplog.at_level(logging.ERROR):
+        thread.start()
+        with pytest.raises(OSError, match="disk full"):
+            thread.get(PROMPT)
+    assert "writer" in caplog.text  # nobody may ever call get(): it is logged too
+
+
+def test_thread_without_target_runs_until_stop_and_stop_is_idempotent() -> None:
+    thread = Thread(name="consumer")
+    thread.start()
+    assert thread.is_alive()
+    assert thread.apply(lambda: 1 + 1) == 2
+    thread.stop(timeout=PROMPT)
+    assert not thread.is_alive()
+    thread.stop(timeout=PROMPT)  # an ended thread: nothing happens
+    assert thread.get(PROMPT) is None
+
+
+def test_stop_interrupts_a_running_target_and_running_work() -> None:
+    gate = Event()
+    cleaned_up = Event()
+
+    def target() -> None:
+        try:
+            gate.wait()
+        finally:
+            cleaned_up.set()
+
+    thread = Thread(target=target)
+    thread.start()
+    running = thread.apply_async(gate.wait)
+    thread.stop(timeout=PROMPT)
+    assert cleaned_up.is_set()
+    with pytest.raises(ThreadStoppedError):
+        thread.get(PROMPT)
+    with pytest.raises(gevent.GreenletExit):
+        running.get(PROMPT)
+
+
+def test_work_given_after_the_end_fails_at_once() -> None:
+    thread = Thread()
+    thread.start()
+    thread.stop(timeout=PROMPT)
+    for call in (thread.apply, thread.apply_async, thread.spawn):
+        with pytest.raises(ClosedError, match=r"no longer accepts work|has ended"):
+            call(int, 1)
+
+
+def test_calls_from_inside_the_thread_run_inline_or_refuse_to_deadlock() -> None:
+    outcome: AsyncResult[tuple[object, object, object]] = AsyncResult()
+
+    def target() -> None:
+        current = gevent.getcurrent()
+        inline = thread.apply(gevent.getcurrent) is current
+        try:
+            thread.get(1)
+        except WouldDeadlockError as exc:
+            refused_get: object = exc
+        try:
+            thread.stop(wait=True)
+        except WouldDeadlockError as exc:
+            refused_stop: object = exc
+        outcome.set((inline, refused_get, refused_stop))
+
+    thread = Thread(target=target)
+    thread.start()
+    inline, refused_get, refused_stop = outcome.get(PROMPT)
+    assert inline is True
+    assert isinstance(refused_get, WouldDeadlockError)
+    assert isinstance(refused_stop, WouldDeadlockError)
+    thread.get(PROMPT)
+
+
+def test_spawn_logs_errors_apply_async_only_delivers_them(caplog: pytest.LogCaptureFixture) -> None:
+    thread = Thread(name="spawner")
+    thread.start()
+
+    def fail(message: str) -> None:
+        raise ValueError(message)
+
+    with caplog.at_level(logging.ERROR, logger="sync_primitives.launcher"):
+        spawned = thread.spawn(fail, "fire and forget")
+        applied = thread.apply_async(fail, "asked for")
+        for result in (spawned, applied):
+            with pytest.raises(ValueError):
+                result.get(PROMPT)
+    thread.stop(timeout=PROMPT)
+    assert "fire and forget" in caplog.text
+    assert "asked for" not in caplog.text
+
+
+def test_start_twice_and_stop_before_start_raise() -> None:
+    thread = Thread()
+    with pytest.raises(RuntimeError, match="never started"):
+        thread.stop()
+    with pytest.raises(RuntimeError, match="never started"):
+        thread.apply(int)
+    thread.start()
+    with pytest.raises(RuntimeError, match="already started"):
+        thread.start()
+    thread.stop(timeout=PROMPT)
+
+
+def test_start_without_wait_then_work_is_accepted() -> None:
+    thread = Thread()
+    thread.start(wait=False)
+    assert thread.apply(lambda: "ready") == "ready"
+    thread.stop(timeout=PROMPT)
+
+
+def test_get_timeout_raises_timeout_error() -> None:
+    gate = Event()
+    thread = Thread(target=gate.wait)
+    thread.start()
+    with pytest.raises(TimeoutError):
+        thread.get(timeout=0.1)
+    gate.set()
+    assert thread.get(PROMPT) is True
+
+
+def test_many_threads_start_and_stop_without_leaking_hubs() -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    for _ in range(30):
+        thread = Thread()
+        thread.start(timeout=PROMPT)
+        in_plain_thread(thread.stop, True, PROMPT).result(PROMPT)
+    assert open_fds() <= before + 2  # each hub's loop owns descriptors: all were closed
