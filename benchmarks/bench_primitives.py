@@ -1,0 +1,328 @@
+"""Speed of sync_primitives against baselines measured in the same run.
+
+Run with ``make bench`` (or ``python benchmarks/bench_primitives.py [--write FILE]``). Every
+figure is the median of several rounds in which ours and its baselines alternate, and every
+verdict is a ratio between figures of this run: this machine is noisy, absolute numbers are
+not comparable between runs.
+
+Cases and targets (issue 2):
+
+* queue: items/s from a plain thread to a greenlet in another thread's hub. Ours at least
+  1.5x ``aiologic.SimpleQueue`` (same path) and 10x stdlib ``queue.Queue`` (thread to thread).
+* wake: p50 of a wake-up round trip into another hub (plain thread sets an Event, a greenlet
+  in another hub wakes and sets one back). Ours within 2x a raw thread-lock round trip.
+* lock: uncontended ``with lock:``. Ours no slower than 1.5x ``gevent.lock.RLock``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue as stdlib_queue
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiologic
+import gevent
+import gevent.lock
+
+import sync_primitives as sp
+
+ROUNDS = 5
+QUEUE_ITEMS = 200_000
+STDLIB_ITEMS = 50_000
+WAKES = 2_000
+LOCK_OPS = 200_000
+DOC_START = "<!-- bench_primitives: start -->"
+DOC_END = "<!-- bench_primitives: end -->"
+
+
+@dataclass(frozen=True)
+class Row:
+    case: str
+    what: str
+    figure: float
+    unit: str
+    ratio: str = ""
+    target: str = ""
+    verdict: str = ""
+
+
+# -- queue throughput ---------------------------------------------------------------------
+
+
+def _thread_to_hub(
+    consumer: sp.Thread,
+    make_get: Callable[[], Callable[[], Any]],
+    put: Callable[[Any], None],
+    items: int,
+) -> float:
+    """Items/s from a plain thread (put) to a greenlet in ``consumer``'s hub (get)."""
+
+    def consume() -> float:
+        get = make_get()
+        for _ in range(items):
+            get()
+        return time.perf_counter()
+
+    done = consumer.apply_async(consume)
+    started = time.perf_counter()
+
+    def produce() -> None:
+        for i in range(items):
+            put(i)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    producer.join()
+    return items / (done.get(60) - started)
+
+
+def queue_ours(consumer: sp.Thread) -> float:
+    queue: sp.Queue[int] = sp.Queue()
+    return _thread_to_hub(consumer, lambda: queue.get, queue.put, QUEUE_ITEMS)
+
+
+def queue_aiologic(consumer: sp.Thread) -> float:
+    queue: aiologic.SimpleQueue[int] = aiologic.SimpleQueue()
+    return _thread_to_hub(consumer, lambda: queue.green_get, queue.put, QUEUE_ITEMS)
+
+
+def queue_stdlib() -> float:
+    queue: stdlib_queue.Queue[int] = stdlib_queue.Queue()
+
+    def consume() -> None:
+        for _ in range(STDLIB_ITEMS):
+            queue.get()
+
+    consumer = threading.Thread(target=consume)
+    started = time.perf_counter()
+    consumer.start()
+    for i in range(STDLIB_ITEMS):
+        queue.put(i)
+    consumer.join()
+    return STDLIB_ITEMS / (time.perf_counter() - started)
+
+
+# -- wake-up round trip -------------------------------------------------------------------
+
+
+def wake_ours(peer: sp.Thread) -> list[float]:
+    """Round trips: this plain thread sets ``ping``; a greenlet in ``peer``'s hub answers."""
+    ping, pong = sp.Event(), sp.Event()
+
+    def answer() -> None:
+        for _ in range(WAKES):
+            ping.wait()
+            ping.clear()
+            pong.set()
+
+    answering = peer.apply_async(answer)
+    samples = []
+    for _ in range(WAKES):
+        started = time.perf_counter()
+        ping.set()
+        pong.wait()
+        samples.append(time.perf_counter() - started)
+        pong.clear()
+    answering.get(60)
+    return samples
+
+
+def wake_raw_lock() -> list[float]:
+    """The same round trip between two plain threads over raw locks."""
+    ping, pong = threading.Lock(), threading.Lock()
+    ping.acquire()
+    pong.acquire()
+
+    def answer() -> None:
+        for _ in range(WAKES):
+            ping.acquire()
+            pong.release()
+
+    answering = threading.Thread(target=answer)
+    answering.start()
+    samples = []
+    for _ in range(WAKES):
+        started = time.perf_counter()
+        ping.release()
+        pong.acquire()
+        samples.append(time.perf_counter() - started)
+    answering.join()
+    return samples
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+# -- uncontended locks --------------------------------------------------------------------
+
+
+def ns_per_with(lock: Any) -> float:
+    started = time.perf_counter()
+    for _ in range(LOCK_OPS):
+        with lock:
+            pass
+    return (time.perf_counter() - started) / LOCK_OPS * 1e9
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def run() -> list[Row]:
+    peer = sp.Thread(name="bench-peer")
+    peer.start()
+    try:
+        ours_q, aio_q, std_q = [], [], []
+        ours_wake, raw_wake = [], []
+        for _ in range(ROUNDS):
+            ours_q.append(queue_ours(peer))
+            aio_q.append(queue_aiologic(peer))
+            std_q.append(queue_stdlib())
+            ours_wake.append(percentile(wake_ours(peer), 0.5))
+            raw_wake.append(percentile(wake_raw_lock(), 0.5))
+        last_ours, last_raw = wake_ours(peer), wake_raw_lock()
+    finally:
+        peer.stop(timeout=10)
+
+    lock_figures: dict[str, list[float]] = {
+        "sync_primitives.Lock": [],
+        "sync_primitives.RLock": [],
+        "gevent.lock.RLock": [],
+        "threading.Lock": [],
+    }
+    makers: dict[str, Callable[[], Any]] = {
+        "sync_primitives.Lock": sp.Lock,
+        "sync_primitives.RLock": sp.RLock,
+        "gevent.lock.RLock": gevent.lock.RLock,
+        "threading.Lock": threading.Lock,
+    }
+    for _ in range(ROUNDS):
+        for name, make in makers.items():
+            lock_figures[name].append(ns_per_with(make()))
+
+    med = statistics.median
+    q_ours, q_aio, q_std = med(ours_q), med(aio_q), med(std_q)
+    w_ours, w_raw = med(ours_wake) * 1e6, med(raw_wake) * 1e6
+    locks = {name: med(values) for name, values in lock_figures.items()}
+    gevent_rlock = locks["gevent.lock.RLock"]
+
+    rows = [
+        Row(
+            "queue",
+            "sync_primitives.Queue, plain thread -> greenlet in another hub",
+            q_ours,
+            "items/s",
+        ),
+        Row(
+            "queue",
+            "aiologic.SimpleQueue, same path",
+            q_aio,
+            "items/s",
+            f"ours {q_ours / q_aio:.2f}x",
+            ">= 1.5x",
+            verdict(q_ours >= 1.5 * q_aio),
+        ),
+        Row(
+            "queue",
+            "stdlib queue.Queue, thread -> thread",
+            q_std,
+            "items/s",
+            f"ours {q_ours / q_std:.1f}x",
+            ">= 10x",
+            verdict(q_ours >= 10 * q_std),
+        ),
+        Row(
+            "wake",
+            "sync_primitives.Event round trip into another hub: p50 "
+            f"(p99 {percentile(last_ours, 0.99) * 1e6:.0f} us)",
+            w_ours,
+            "us",
+            f"ours {w_ours / w_raw:.2f}x",
+            "<= 2x",
+            verdict(w_ours <= 2 * w_raw),
+        ),
+        Row(
+            "wake",
+            "raw threading.Lock round trip between plain threads: p50 "
+            f"(p99 {percentile(last_raw, 0.99) * 1e6:.0f} us)",
+            w_raw,
+            "us",
+        ),
+    ]
+    for name in ("sync_primitives.Lock", "sync_primitives.RLock"):
+        ratio = locks[name] / gevent_rlock
+        rows.append(
+            Row(
+                "lock",
+                f"{name}, uncontended with-block",
+                locks[name],
+                "ns",
+                f"{ratio:.2f}x gevent",
+                "<= 1.5x",
+                verdict(ratio <= 1.5),
+            )
+        )
+    rows.append(Row("lock", "gevent.lock.RLock, uncontended with-block", gevent_rlock, "ns"))
+    rows.append(
+        Row("lock", "threading.Lock, uncontended with-block", locks["threading.Lock"], "ns")
+    )
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| case | what | figure | ratio | target | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        figure = (
+            f"{row.figure:,.0f} {row.unit}" if row.figure >= 100 else f"{row.figure:.1f} {row.unit}"
+        )
+        lines.append(
+            f"| {row.case} | {row.what} | {figure} | {row.ratio} | {row.target} | {row.verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replace this benchmark's section of ``path`` (between its markers), or append it."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = f"{DOC_START}\n{body}\n{DOC_END}"
+    if DOC_START in text and DOC_END in text:
+        head, rest = text.split(DOC_START, 1)
+        tail = rest.split(DOC_END, 1)[1]
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", type=Path, help="update this Markdown file's section")
+    args = parser.parse_args()
+    rows = run()
+    stamp = time.strftime("%Y-%m-%d")
+    body = (
+        f"Measured {stamp} with `make bench`: medians of {ROUNDS} alternating rounds, "
+        f"gevent {gevent.__version__}, aiologic {aiologic.__version__}.\n\n{table(rows)}"
+    )
+    print(body)
+    if args.write:
+        write_section(args.write, body)
+        print(f"\nwrote {args.write}")
+
+
+if __name__ == "__main__":
+    main()

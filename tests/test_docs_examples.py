@@ -1,0 +1,36 @@
+"""Every Python example in docs/ runs as a program and succeeds."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+
+
+def _examples() -> list[tuple[str, str]]:
+    found = []
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        for number, code in enumerate(_BLOCK.findall(doc.read_text()), start=1):
+            found.append((f"{doc.name}#{number}", code))
+    return found
+
+
+@pytest.mark.parametrize(("name", "code"), _examples(), ids=[n for n, _ in _examples()])
+def test_example_runs(name: str, code: str) -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert run.returncode == 0, f"{name} failed:\n{run.stdout}\n{run.stderr}"
