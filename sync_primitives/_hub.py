@@ -192,7 +192,7 @@ class HubPort:
     def hold(self) -> None:
         """Keep the loop alive while a greenlet waits on another thread (hub thread only)."""
         self._holds += 1
-        if self._holds == 1:
+        if self._holds == 1 and not self._closed:  # a closed watcher is gone
             self._async.ref = True
 
     def unhold(self) -> None:
