@@ -111,6 +111,17 @@ def queue_stdlib() -> float:
 # -- wake-up round trip -------------------------------------------------------------------
 
 
+def round_trips(send: Callable[[], Any], receive: Callable[[], Any]) -> list[float]:
+    """Seconds from each ``send()`` to the ``receive()`` of the answer."""
+    samples = []
+    for _ in range(WAKES):
+        started = time.perf_counter()
+        send()
+        receive()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
 def wake_ours(peer: sp.Thread) -> list[float]:
     """Round trips: this plain thread sets ``ping``; a greenlet in ``peer``'s hub answers."""
     ping, pong = sp.Event(), sp.Event()
@@ -121,14 +132,12 @@ def wake_ours(peer: sp.Thread) -> list[float]:
             ping.clear()
             pong.set()
 
-    answering = peer.apply_async(answer)
-    samples = []
-    for _ in range(WAKES):
-        started = time.perf_counter()
-        ping.set()
+    def receive() -> None:
         pong.wait()
-        samples.append(time.perf_counter() - started)
         pong.clear()
+
+    answering = peer.apply_async(answer)
+    samples = round_trips(ping.set, receive)
     answering.get(60)
     return samples
 
@@ -146,12 +155,7 @@ def wake_raw_lock() -> list[float]:
 
     answering = threading.Thread(target=answer)
     answering.start()
-    samples = []
-    for _ in range(WAKES):
-        started = time.perf_counter()
-        ping.release()
-        pong.acquire()
-        samples.append(time.perf_counter() - started)
+    samples = round_trips(ping.release, pong.acquire)
     answering.join()
     return samples
 

@@ -50,6 +50,21 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = PROMPT
         gevent.sleep(0.001)
 
 
+def call_in_hub(fn: Callable[[], T]) -> T | BaseException:
+    """Run ``fn`` as a callback in the main hub greenlet; its result, or what it raised."""
+    outcome: list[T | BaseException] = []
+
+    def callback() -> None:
+        try:
+            outcome.append(fn())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    gevent.get_hub().loop.run_callback(callback)
+    wait_until(lambda: bool(outcome), "the hub callback ran")
+    return outcome[0]
+
+
 def yield_now() -> None:
     """Let others run: the hub's other greenlets if this thread has a hub, else other threads.
 

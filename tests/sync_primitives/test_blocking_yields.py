@@ -12,7 +12,7 @@ from sync_primitives import AsyncResult, Event, HubTrigger, Lock, Queue, Thread
 from tests.conftest import PROMPT, in_plain_thread, wait_until, yield_now
 
 
-def _blocked_lock() -> tuple[Callable[[], Any], Callable[[], None]]:
+def _blocked_lock() -> tuple[Callable[[], Any], Callable[[], Any]]:
     lock, may_release = Lock(), Event()
 
     def hold() -> None:  # in another thread, which must also be the one to release
@@ -24,28 +24,28 @@ def _blocked_lock() -> tuple[Callable[[], Any], Callable[[], None]]:
     return lambda: lock.acquire(timeout=PROMPT), may_release.set
 
 
-def _blocked_event() -> tuple[Callable[[], Any], Callable[[], None]]:
+def _blocked_event() -> tuple[Callable[[], Any], Callable[[], Any]]:
     event = Event()
     return lambda: event.wait(PROMPT), event.set
 
 
-def _blocked_result() -> tuple[Callable[[], Any], Callable[[], None]]:
+def _blocked_result() -> tuple[Callable[[], Any], Callable[[], Any]]:
     result: AsyncResult[int] = AsyncResult()
     return lambda: result.get(PROMPT), lambda: result.set(1)
 
 
-def _blocked_get() -> tuple[Callable[[], Any], Callable[[], None]]:
+def _blocked_get() -> tuple[Callable[[], Any], Callable[[], Any]]:
     queue: Queue[int] = Queue()
     return lambda: queue.get(timeout=PROMPT), lambda: queue.put(1)
 
 
-def _blocked_put() -> tuple[Callable[[], Any], Callable[[], None]]:
+def _blocked_put() -> tuple[Callable[[], Any], Callable[[], Any]]:
     queue: Queue[int] = Queue(maxsize=1)
     queue.put(0)
     return lambda: queue.put(1, timeout=PROMPT), queue.get_nowait
 
 
-def _blocked_thread_get() -> tuple[Callable[[], Any], Callable[[], None]]:
+def _blocked_thread_get() -> tuple[Callable[[], Any], Callable[[], Any]]:
     gate = Event()
     thread = Thread(target=gate.wait)
     thread.start()
@@ -65,7 +65,7 @@ def _blocked_thread_get() -> tuple[Callable[[], Any], Callable[[], None]]:
     ids=["Lock.acquire", "Event.wait", "AsyncResult.get", "Queue.get", "Queue.put", "Thread.get"],
 )
 def test_blocking_call_in_greenlet_lets_its_hub_run(
-    make_blocked: Callable[[], tuple[Callable[[], Any], Callable[[], None]]],
+    make_blocked: Callable[[], tuple[Callable[[], Any], Callable[[], Any]]],
 ) -> None:
     block, unblock = make_blocked()
     blocked = gevent.spawn(block)

@@ -8,7 +8,7 @@ import gevent
 import pytest
 
 from sync_primitives import AsyncResult, Event, WouldDeadlockError
-from tests.conftest import PROMPT, HubThreads, in_plain_thread, wait_until
+from tests.conftest import PROMPT, HubThreads, call_in_hub, in_plain_thread, wait_until
 
 
 def test_event_basics() -> None:
@@ -75,21 +75,9 @@ def test_event_waited_on_by_many_greenlets_in_many_hubs_and_threads(
 
 def test_blocking_wait_in_hub_greenlet_refuses_to_deadlock() -> None:
     event = Event()
-    outcome: list[object] = []
-
-    def in_hub() -> None:
-        try:
-            outcome.append(event.wait(1))
-        except WouldDeadlockError as exc:
-            outcome.append(exc)
-
-    gevent.get_hub().loop.run_callback(in_hub)
-    wait_until(lambda: bool(outcome), "the callback ran")
-    assert isinstance(outcome[0], WouldDeadlockError)
+    assert isinstance(call_in_hub(lambda: event.wait(1)), WouldDeadlockError)
     event.set()
-    gevent.get_hub().loop.run_callback(in_hub)  # a set event does not block: allowed
-    wait_until(lambda: len(outcome) == 2, "the second callback ran")
-    assert outcome[1] is True
+    assert call_in_hub(lambda: event.wait(1)) is True  # a set event does not block: allowed
 
 
 def test_async_result_value_and_exception() -> None:

@@ -8,7 +8,7 @@ import gevent
 import pytest
 
 from sync_primitives import Lock, RLock, WouldDeadlockError
-from tests.conftest import PROMPT, in_plain_thread, wait_until, yield_now
+from tests.conftest import PROMPT, call_in_hub, in_plain_thread, wait_until, yield_now
 
 
 @pytest.mark.parametrize("lock_class", [Lock, RLock])
@@ -110,18 +110,9 @@ def test_greenlet_waiting_for_lock_yields_to_its_hub() -> None:
 def test_blocking_acquire_in_hub_greenlet_refuses_to_deadlock() -> None:
     lock = Lock()
     lock.acquire()
-    outcome: list[BaseException] = []
-
-    def in_hub_callback() -> None:
-        try:
-            lock.acquire()
-        except BaseException as exc:
-            outcome.append(exc)
-
-    gevent.get_hub().loop.run_callback(in_hub_callback)
-    wait_until(lambda: bool(outcome), "the callback ran")
-    assert isinstance(outcome[0], WouldDeadlockError)
+    assert isinstance(call_in_hub(lock.acquire), WouldDeadlockError)
     lock.release()
+    assert call_in_hub(lambda: lock.acquire(blocking=False)) is True  # free: allowed
 
 
 def test_killed_waiter_passes_its_wakeup_on() -> None:
