@@ -1,4 +1,4 @@
-"""Every Python example in docs/ runs as a program and succeeds."""
+"""Every Python example in README.rst and docs/ runs as a program and succeeds."""
 
 from __future__ import annotations
 
@@ -6,18 +6,23 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).parents[1]
-_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+_MARKDOWN_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+_RST_BLOCK = re.compile(r"\.\. code-block:: python\n\n((?:    .*\n|\n)+)")
 
 
 def _examples() -> list[tuple[str, str]]:
     found = []
+    readme = (ROOT / "README.rst").read_text()
+    for number, code in enumerate(_RST_BLOCK.findall(readme), start=1):
+        found.append((f"README.rst#{number}", textwrap.dedent(code)))
     for doc in sorted((ROOT / "docs").glob("*.md")):
-        for number, code in enumerate(_BLOCK.findall(doc.read_text()), start=1):
+        for number, code in enumerate(_MARKDOWN_BLOCK.findall(doc.read_text()), start=1):
             found.append((f"{doc.name}#{number}", code))
     return found
 
