@@ -1,0 +1,82 @@
+"""XREAD that waits cooperatively in a gevent hub and natively in a plain thread.
+
+.. important::
+   Call from any greenlet (not the hub greenlet) or any thread. In a thread with a gevent
+   hub the wait for Redis's answer yields to that hub, without monkey-patching: redis-py's
+   own sockets would block the whole hub for up to the BLOCK time.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, cast
+
+import gevent.socket
+import redis
+from gevent._hub_local import get_hub_if_exists
+from greenlet import getcurrent
+
+#: Seconds to wait beyond the BLOCK time before the server counts as unresponsive.
+GRACE = 5.0
+
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+def check_client(client: redis.Redis) -> None:
+    """Raises ValueError for a client that decodes responses: payloads are bytes."""
+    if client.connection_pool.connection_kwargs.get("decode_responses"):
+        raise ValueError("the Redis client must be made with decode_responses=False")
+
+
+def xread(
+    client: redis.Redis, streams: dict[str, str], count: int, block: float | None
+) -> dict[str, Entries]:
+    """Entries after the given ids of each stream, waiting at most ``block`` seconds
+    (None: do not wait) for the first one. Returns {stream: [(id, fields), ...]}.
+
+    Raises:
+        redis.ConnectionError, redis.TimeoutError: the server went away or stopped answering.
+    """
+    args: list[Any] = ["XREAD", "COUNT", count]
+    if block is not None:
+        args += ["BLOCK", max(1, int(block * 1000))]
+    args += ["STREAMS", *streams.keys(), *streams.values()]
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_command(*args)  # type: ignore[no-untyped-call]
+        hub = get_hub_if_exists()
+        if block and hub is not None and getcurrent() is not hub:
+            try:
+                # send_command connected it; redis-py has no public accessor for the socket
+                sock = cast(socket.socket, connection._sock)
+                gevent.socket.wait_read(sock.fileno(), timeout=block + GRACE)
+            except TimeoutError as exc:
+                raise redis.TimeoutError(
+                    f"Redis did not answer XREAD within {block + GRACE} s"
+                ) from exc
+        response = connection.read_response()
+    except BaseException:
+        # An answer may still be on its way: this connection can no longer be trusted.
+        connection.disconnect()  # type: ignore[no-untyped-call]
+        raise
+    finally:
+        pool.release(connection)
+    return _parse(response)
+
+
+def _parse(response: Any) -> dict[str, Entries]:
+    if not response:
+        return {}
+    items = response.items() if isinstance(response, dict) else response  # RESP3 or RESP2
+    result: dict[str, Entries] = {}
+    for stream, entries in items:
+        parsed: Entries = []
+        for entry_id, flat in entries:
+            if isinstance(flat, dict):
+                fields = flat
+            else:
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            parsed.append((entry_id, fields))
+        result[stream.decode() if isinstance(stream, bytes) else stream] = parsed
+    return result

