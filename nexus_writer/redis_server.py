@@ -90,7 +90,9 @@ class EmbeddedRedis:
         self._process: subprocess.Popen[bytes] | None = None
         self._directory: str | None = None
         self._port: int | None = None
-        self._finalizer: weakref.finalize[[subprocess.Popen[bytes], str], None] | None = None
+        self._finalizer: weakref.finalize[[subprocess.Popen[bytes], str], EmbeddedRedis] | None = (
+            None
+        )
 
     @property
     def url(self) -> str:
