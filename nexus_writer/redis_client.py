@@ -26,6 +26,7 @@ def connect(url: str, **options: Any) -> redis.Redis:
     if scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"Redis URL {url!r}: the scheme must be redis://, rediss:// or unix://")
     options.setdefault("health_check_interval", 30)
-    options.setdefault("socket_keepalive", True)
+    if scheme != "unix":  # keep-alive is a TCP option
+        options.setdefault("socket_keepalive", True)
     options["decode_responses"] = False
     return redis.Redis.from_url(url, **options)

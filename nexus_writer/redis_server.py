@@ -218,7 +218,9 @@ def _drain(process: subprocess.Popen[bytes], ready: Event, output: list[str]) ->
         line = raw.decode(errors="replace")
         if len(output) < 200:
             output.append(line)
-        if "Ready to accept connections" in line:
+        # 6.2 on TCP: "Ready to accept connections"; on a unix socket only: "The server is
+        # now ready to accept connections at <path>"; 7.x adds the listener's kind.
+        if "ready to accept connections" in line.lower():
             ready.set()
         _log.debug("redis-server: %s", line.rstrip())
     ready.set()  # it exited: the starter looks at poll()

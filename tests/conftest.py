@@ -10,8 +10,11 @@ from typing import Any, TypeVar
 
 import gevent
 import pytest
+import redis
 from gevent._hub_local import get_hub_if_exists
 
+from nexus_writer.redis_client import connect
+from nexus_writer.redis_server import EmbeddedRedis
 from sync_primitives import Thread
 
 T = TypeVar("T")
@@ -91,3 +94,19 @@ def hub_threads() -> Iterator[Callable[..., Thread]]:
     yield factory
     for thread in started:
         thread.stop(timeout=PROMPT)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    """One real redis-server on loopback for the whole test session."""
+    with EmbeddedRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    """A client of the session's server, emptied before each test."""
+    client = connect(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()

@@ -152,6 +152,15 @@ class Positioner:
 
 
 @dataclass(frozen=True)
+class InvalidChannel:
+    """A channel of the document that cannot be read; the others still can."""
+
+    name: str
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class ScanDocument:
     """Everything about a scan except its data points and its life-cycle events."""
 
@@ -174,6 +183,8 @@ class ScanDocument:
     positioners_end: dict[str, Positioner] = field(default_factory=dict)
     plots: tuple[Plot, ...] = ()
     protocol: str = PROTOCOL_VERSION
+    #: Channels of the stored document that could not be parsed (never stored back).
+    invalid_channels: tuple[InvalidChannel, ...] = ()
 
     def channel(self, name: str) -> Channel:
         for channel in self.channels:
@@ -223,6 +234,7 @@ class ScanDocument:
                 f"scan {data.get('key')!r} uses protocol {version or '(none)'}; "
                 f"this reader knows {PROTOCOL_MAJOR}.x"
             )
+        channels, invalid = _parse_channels(data.get("channels"))
         try:
             positioners = data.get("positioners", {})
             reason = data.get("end_reason")
@@ -247,7 +259,27 @@ class ScanDocument:
                 },
                 positioners_end={k: Positioner(**v) for k, v in positioners.get("end", {}).items()},
                 plots=tuple(Plot.from_json(p) for p in data.get("plots", ())),
-                channels=tuple(Channel.from_json(c) for c in data["channels"]),
+                channels=channels,
+                invalid_channels=invalid,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"scan document {data.get('key')!r} is malformed: {exc!r}") from exc
+
+
+def _parse_channels(raw: Any) -> tuple[tuple[Channel, ...], tuple[InvalidChannel, ...]]:
+    if not isinstance(raw, list):
+        raise ProtocolError(f"the channel list must be a JSON array, not {raw!r:.80}")
+    channels, invalid = [], []
+    for position, item in enumerate(raw):
+        try:
+            if not isinstance(item, dict):
+                raise ProtocolError(f"not a JSON object: {item!r:.80}")
+            channels.append(Channel.from_json(item))
+        except (ProtocolError, KeyError, TypeError, ValueError) as exc:
+            name = (
+                str(item.get("name", f"#{position}")) if isinstance(item, dict) else f"#{position}"
+            )
+            index = item.get("index", position) if isinstance(item, dict) else position
+            reason = str(exc) if isinstance(exc, ProtocolError) else f"bad field: {exc!r}"
+            invalid.append(InvalidChannel(name, int(index), reason))
+    return tuple(channels), tuple(invalid)

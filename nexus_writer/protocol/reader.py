@@ -156,6 +156,14 @@ class ScanReader:
             c.name: cursor.next_index.get(c.name) for c in self.document.channels
         }
         self._ended: set[str] = set()  # stream keys
+        self._pending: list[ScanEvent] = [
+            self._malformed(
+                bad.name,
+                Keys.channel(key, bad.index),
+                f"the scan document's entry for this channel is invalid: {bad.reason}",
+            )
+            for bad in self.document.invalid_channels
+        ]
 
     @property
     def done(self) -> bool:
@@ -173,6 +181,9 @@ class ScanReader:
             redis.ConnectionError, redis.TimeoutError: Redis went away; read again (with
                 this reader, or a new one from :meth:`cursor`) once it is back.
         """
+        if self._pending:
+            pending, self._pending = self._pending, []
+            return pending
         if self.done:
             return []
         streams = {s: i for s, i in self._ids.items() if s not in self._ended}
