@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -29,14 +30,14 @@ from tests.protocol.helpers import errors_of, points_of, read_all
 ROOT = Path(__file__).parents[2]
 
 
-def beamline(client: redis.Redis, tmp_path: Path, **detectors: object) -> Beamline:
+def beamline(client: redis.Redis, tmp_path: Path, **detectors: Any) -> Beamline:
     return Beamline(
         SessionPublisher(client, "sim"),
         root=str(tmp_path),
         detectors=Detectors(**detectors),
         batch=4,
         record=True,
-    )  # type: ignore[arg-type]
+    )
 
 
 def assert_read_back_equals_recorded(client: redis.Redis, published: PublishedScan) -> None:
