@@ -30,7 +30,8 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_primitives.py --write docs/benchmarks.md
+	$(BIN)/python -m benchmarks.bench_primitives --write docs/benchmarks.md
+	$(BIN)/python -m benchmarks.bench_redis --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,6 +1,6 @@
 """Speed of sync_primitives against baselines measured in the same run.
 
-Run with ``make bench`` (or ``python benchmarks/bench_primitives.py [--write FILE]``). Every
+Run with ``make bench`` (or ``python -m benchmarks.bench_primitives [--write FILE]``). Every
 figure is the median of several rounds in which ours and its baselines alternate, and every
 verdict is a ratio between figures of this run: this machine is noisy, absolute numbers are
 not comparable between runs.
@@ -31,14 +31,13 @@ import gevent
 import gevent.lock
 
 import sync_primitives as sp
+from benchmarks._report import markdown_table, percentile, verdict, write_section
 
 ROUNDS = 5
 QUEUE_ITEMS = 200_000
 STDLIB_ITEMS = 50_000
 WAKES = 2_000
 LOCK_OPS = 200_000
-DOC_START = "<!-- bench_primitives: start -->"
-DOC_END = "<!-- bench_primitives: end -->"
 
 
 @dataclass(frozen=True)
@@ -160,11 +159,6 @@ def wake_raw_lock() -> list[float]:
     return samples
 
 
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 # -- uncontended locks --------------------------------------------------------------------
 
 
@@ -177,10 +171,6 @@ def ns_per_with(lock: Any) -> float:
 
 
 # -- report -------------------------------------------------------------------------------
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
 
 
 def run() -> list[Row]:
@@ -285,31 +275,13 @@ def run() -> list[Row]:
 
 
 def table(rows: list[Row]) -> str:
-    lines = [
-        "| case | what | figure | ratio | target | verdict |",
-        "|---|---|---|---|---|---|",
-    ]
+    cells = []
     for row in rows:
-        figure = (
-            f"{row.figure:,.0f} {row.unit}" if row.figure >= 100 else f"{row.figure:.1f} {row.unit}"
+        figure = f"{row.figure:,.0f}" if row.figure >= 100 else f"{row.figure:.1f}"
+        cells.append(
+            [row.case, row.what, f"{figure} {row.unit}", row.ratio, row.target, row.verdict]
         )
-        lines.append(
-            f"| {row.case} | {row.what} | {figure} | {row.ratio} | {row.target} | {row.verdict} |"
-        )
-    return "\n".join(lines)
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace this benchmark's section of ``path`` (between its markers), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{DOC_START}\n{body}\n{DOC_END}"
-    if DOC_START in text and DOC_END in text:
-        head, rest = text.split(DOC_START, 1)
-        tail = rest.split(DOC_END, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    return markdown_table(["case", "what", "figure", "ratio", "target", "verdict"], cells)
 
 
 def main() -> None:
@@ -324,7 +296,7 @@ def main() -> None:
     )
     print(body)
     if args.write:
-        write_section(args.write, body)
+        write_section(args.write, "bench_primitives", body)
         print(f"\nwrote {args.write}")
 
 

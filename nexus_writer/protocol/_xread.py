@@ -19,7 +19,13 @@ from greenlet import getcurrent
 #: Seconds to wait beyond the BLOCK time before the server counts as unresponsive.
 GRACE = 5.0
 
-Entries = list[tuple[bytes, dict[bytes, bytes]]]
+#: Each entry as (id, [field, value, field, value, ...]), as Redis sends it.
+Entries = list[tuple[bytes, list[bytes]]]
+
+
+def fields_of(flat: list[bytes]) -> dict[bytes, bytes]:
+    """An entry's flat field list as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def check_client(client: redis.Redis) -> None:
@@ -71,12 +77,9 @@ def _parse(response: Any) -> dict[str, Entries]:
     items = response.items() if isinstance(response, dict) else response  # RESP3 or RESP2
     result: dict[str, Entries] = {}
     for stream, entries in items:
-        parsed: Entries = []
-        for entry_id, flat in entries:
-            if isinstance(flat, dict):
-                fields = flat
-            else:
-                fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            parsed.append((entry_id, fields))
-        result[stream.decode() if isinstance(stream, bytes) else stream] = parsed
+        name = stream.decode() if isinstance(stream, bytes) else stream
+        if entries and isinstance(entries[0][1], dict):  # RESP3 clients get maps
+            result[name] = [(i, [x for pair in f.items() for x in pair]) for i, f in entries]
+        else:
+            result[name] = entries
     return result

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -33,13 +33,18 @@ class FrameRef:
     frame: int
 
 
-@dataclass(frozen=True)
-class Decoded:
-    """One decoded channel entry: exactly one of data, ref and end_total is set."""
+class Decoded(NamedTuple):
+    """One decoded channel entry: exactly one of payload, arrays, ref and end_total is set.
+
+    A fixed-shape entry keeps its checked raw ``payload``, so that consecutive entries can
+    become one array with one copy (:func:`points_array`). (A NamedTuple: made once per
+    entry, it must be cheap.)
+    """
 
     first: int = 0
-    count: int = 0
-    data: np.ndarray | list[np.ndarray] | None = None
+    points: int = 0  # not "count": a NamedTuple has a count() method
+    payload: bytes | None = None
+    arrays: list[np.ndarray] | None = None
     ref: FrameRef | None = None
     end_total: int | None = None
 
@@ -91,6 +96,25 @@ def encode_end(total: int) -> dict[str, int]:
     return {"end": total}
 
 
+def fast_fixed(point_nbytes: int, flat: list[bytes]) -> tuple[int, int, bytes] | None:
+    """(first, count, payload) of the usual entry ``i <first> n <count> d <payload>`` of a
+    fixed-shape channel of ``point_nbytes`` bytes per point, checked; None for anything
+    else, which :func:`decode` then decodes or explains.
+
+    The hot path of reading: no dict, no object per entry.
+    """
+    if len(flat) != 6 or flat[0] != b"i" or flat[2] != b"n" or flat[4] != b"d":
+        return None
+    try:
+        first, count = int(flat[1]), int(flat[3])
+    except ValueError:
+        return None
+    payload = flat[5]
+    if first < 0 or count < 1 or len(payload) != count * point_nbytes:
+        return None
+    return first, count, payload
+
+
 def decode(channel: Channel, fields: dict[bytes, bytes]) -> Decoded:
     """Decode one entry of ``channel``.
 
@@ -118,15 +142,21 @@ def decode(channel: Channel, fields: dict[bytes, bytes]) -> Decoded:
         raise EntryError("a data payload in a channel of frame references")
     payload = fields[b"d"]
     if channel.variable:
-        return Decoded(first, count, data=_decode_variable(channel, count, fields, payload))
-    expected = count * channel.point_size * np.dtype(channel.dtype).itemsize
+        return Decoded(first, count, arrays=_decode_variable(channel, count, fields, payload))
+    expected = count * channel.point_nbytes
     if len(payload) != expected:
         raise EntryError(
             f"payload has {len(payload)} bytes; {count} points of shape {channel.shape} "
             f"and dtype {channel.dtype} take {expected}"
         )
-    data = np.frombuffer(payload, dtype=channel.dtype).reshape((count, *channel.shape))
-    return Decoded(first, count, data=data)
+    return Decoded(first, count, payload=payload)
+
+
+def points_array(channel: Channel, payloads: list[bytes], count: int) -> np.ndarray:
+    """The ``count`` points held by checked fixed-shape payloads, as one read-only array
+    of shape ``(count, *shape)``; a single payload is not copied."""
+    payload = payloads[0] if len(payloads) == 1 else b"".join(payloads)
+    return np.frombuffer(payload, dtype=channel.numpy_dtype).reshape((count, *channel.shape))
 
 
 def _decode_variable(
@@ -138,7 +168,7 @@ def _decode_variable(
         raise EntryError(f"variable-shape entry without valid shapes 's': {exc}") from exc
     if len(shapes) != count:
         raise EntryError(f"{len(shapes)} shapes for {count} points")
-    itemsize = np.dtype(channel.dtype).itemsize
+    itemsize = channel.numpy_dtype.itemsize
     arrays, offset = [], 0
     for shape in shapes:
         try:

@@ -10,6 +10,7 @@ The JSON form of each class is the one specified in docs/protocol.md; ``to_json`
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -95,15 +96,24 @@ class Channel:
         if self.role is Role.FRAME_REF and len(self.shape) != 2:
             raise ProtocolError(f"channel {self.name!r}: a frame reference needs a 2D shape")
 
-    @property
+    @functools.cached_property
     def variable(self) -> bool:
         """True when some dimension of a point varies from point to point."""
         return -1 in self.shape
 
-    @property
-    def point_size(self) -> int:
-        """Elements in one point (only for fixed shapes)."""
-        return math.prod(self.shape)
+    @functools.cached_property
+    def fixed_data(self) -> bool:
+        """True when its entries carry points of one fixed shape in a payload."""
+        return not self.variable and self.role is not Role.FRAME_REF
+
+    @functools.cached_property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    @functools.cached_property
+    def point_nbytes(self) -> int:
+        """Bytes of one point (only for fixed shapes)."""
+        return math.prod(self.shape) * self.numpy_dtype.itemsize
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
-from ._xread import check_client, xread
-from .encoding import EntryError, FrameRef, decode
+from ._xread import check_client, fields_of, xread
+from .encoding import EntryError, FrameRef, decode, fast_fixed, points_array
 from .errors import (
     DataLostError,
     MalformedEntryError,
@@ -34,12 +34,16 @@ from .model import Channel, EndReason, ScanDocument, ScanState
 
 _log = logging.getLogger(__name__)
 
+#: Consecutive entries of a channel are joined into one event up to about this many bytes.
+JOIN_LIMIT = 256 * 1024
+
 # -- events ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class PointsEvent:
-    """Points ``first`` .. ``first + len(data) - 1`` of a channel."""
+    """Points ``first`` .. ``first + len(data) - 1`` of a channel: one or more consecutive
+    entries; ``stream_id`` is that of the last."""
 
     channel: Channel
     first: int
@@ -193,13 +197,12 @@ class ScanReader:
         events: list[ScanEvent] = []
         for stream, entries in response.items():
             channel = self._channels.get(stream)
-            for entry_id, fields in entries:
-                stream_id = entry_id.decode()
-                if channel is None:
-                    events.extend(self._scan_event(stream_id, fields))
-                else:
-                    events.extend(self._channel_event(stream, channel, stream_id, fields))
-                self._ids[stream] = stream_id
+            if channel is None:
+                for entry_id, flat in entries:
+                    events.extend(self._scan_event(entry_id.decode(), fields_of(flat)))
+            else:
+                events.extend(self._channel_events(stream, channel, entries))
+            self._ids[stream] = entries[-1][0].decode()
         if not response and self.state is ScanState.CLOSED:
             events.extend(self._missing_ends())
         return events
@@ -230,9 +233,51 @@ class ScanReader:
             return []  # expired while closing: keep the document already read
         return [self._malformed("(events)", stream_id, f"unknown scan event {kind!r}")]
 
-    def _channel_event(
-        self, stream: str, channel: Channel, stream_id: str, fields: dict[bytes, bytes]
+    def _channel_events(
+        self, stream: str, channel: Channel, entries: list[tuple[bytes, list[bytes]]]
     ) -> list[ScanEvent]:
+        """Events of one channel's entries, in order. Consecutive fixed-shape entries
+        become one :class:`PointsEvent` (one array, one copy), up to about
+        ``JOIN_LIMIT`` bytes; a larger entry becomes an event of its own, uncopied."""
+        events: list[ScanEvent] = []
+        run: list[bytes] = []  # payloads of consecutive entries not yet made into an event
+        run_first = run_count = run_bytes = 0
+        last_id = b""
+        name = channel.name
+        nbytes = channel.point_nbytes if channel.fixed_data else 0
+
+        def flush() -> None:
+            nonlocal run, run_count, run_bytes
+            if run:
+                data = points_array(channel, run, run_count)
+                events.append(PointsEvent(channel, run_first, data, last_id.decode()))
+                run, run_count, run_bytes = [], 0, 0
+
+        for entry_id, flat in entries:
+            hit = fast_fixed(nbytes, flat) if nbytes else None
+            expected = self._next[name]
+            if hit is not None and (expected is None or hit[0] == expected):
+                first, count, payload = hit
+                if run and run_bytes + len(payload) > JOIN_LIMIT:
+                    flush()
+                if not run:
+                    run_first = first
+                run.append(payload)
+                run_count += count
+                run_bytes += len(payload)
+                last_id = entry_id
+                self._next[name] = first + count
+                continue
+            flush()
+            events.extend(self._entry_events(stream, channel, entry_id, fields_of(flat)))
+        flush()
+        return events
+
+    def _entry_events(
+        self, stream: str, channel: Channel, entry_id: bytes, fields: dict[bytes, bytes]
+    ) -> list[ScanEvent]:
+        """Events of any one entry of a channel: the general (slow) path."""
+        stream_id = entry_id.decode()
         try:
             decoded = decode(channel, fields)
         except EntryError as exc:
@@ -244,25 +289,23 @@ class ScanReader:
         expected = self._next[channel.name]
         if expected is not None and decoded.first != expected:
             if decoded.first < expected:
-                return [
-                    self._malformed(
-                        channel.name,
-                        stream_id,
-                        f"points from {decoded.first} repeat: {expected} expected",
-                    )
-                ]
-            lost = DataLostError(
-                self.key, channel.name, expected, decoded.first - expected, stream_id
-            )
-            events.append(ErrorEvent(lost))
-        self._next[channel.name] = decoded.first + decoded.count
-        if decoded.ref is not None:
+                reason = f"points from {decoded.first} repeat: {expected} expected"
+                return [self._malformed(channel.name, stream_id, reason)]
+            gap = decoded.first - expected
             events.append(
-                FrameRefsEvent(channel, decoded.first, decoded.count, decoded.ref, stream_id)
+                ErrorEvent(DataLostError(self.key, channel.name, expected, gap, stream_id))
+            )
+        self._next[channel.name] = decoded.first + decoded.points
+        if decoded.payload is not None:
+            data = points_array(channel, [decoded.payload], decoded.points)
+            events.append(PointsEvent(channel, decoded.first, data, stream_id))
+        elif decoded.ref is not None:
+            events.append(
+                FrameRefsEvent(channel, decoded.first, decoded.points, decoded.ref, stream_id)
             )
         else:
-            assert decoded.data is not None
-            events.append(PointsEvent(channel, decoded.first, decoded.data, stream_id))
+            assert decoded.arrays is not None
+            events.append(PointsEvent(channel, decoded.first, decoded.arrays, stream_id))
         return events
 
     def _missing_ends(self) -> list[ScanEvent]:
@@ -329,7 +372,8 @@ class SessionReader:
         """Scans announced since the last read, waiting at most ``timeout`` seconds."""
         response = xread(self.client, {self._stream: self.position}, 100, timeout)
         announcements = []
-        for entry_id, fields in response.get(self._stream, []):
+        for entry_id, flat in response.get(self._stream, []):
+            fields = fields_of(flat)
             self.position = entry_id.decode()
             try:
                 announcements.append(
