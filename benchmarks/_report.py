@@ -6,6 +6,9 @@ and replaces only that section.
 
 from __future__ import annotations
 
+import argparse
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -35,3 +38,16 @@ def write_section(path: Path, name: str, body: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)
+
+
+def report(section: str, description: str, measure: Callable[[], str]) -> None:
+    """The command line of a benchmark script: run ``measure`` (which returns the section's
+    Markdown, without its date line), print it, and with ``--write FILE`` store it."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--write", type=Path, help="update this Markdown file's section")
+    args = parser.parse_args()
+    body = f"Measured {time.strftime('%Y-%m-%d')} with `make bench`: " + measure()
+    print(body)
+    if args.write:
+        write_section(args.write, section, body)
+        print(f"\nwrote {args.write}")

@@ -16,14 +16,12 @@ Cases and targets (issue 2):
 
 from __future__ import annotations
 
-import argparse
 import queue as stdlib_queue
 import statistics
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiologic
@@ -31,7 +29,7 @@ import gevent
 import gevent.lock
 
 import sync_primitives as sp
-from benchmarks._report import markdown_table, percentile, verdict, write_section
+from benchmarks._report import markdown_table, percentile, report, verdict
 
 ROUNDS = 5
 QUEUE_ITEMS = 200_000
@@ -284,21 +282,13 @@ def table(rows: list[Row]) -> str:
     return markdown_table(["case", "what", "figure", "ratio", "target", "verdict"], cells)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", type=Path, help="update this Markdown file's section")
-    args = parser.parse_args()
+def measure() -> str:
     rows = run()
-    stamp = time.strftime("%Y-%m-%d")
-    body = (
-        f"Measured {stamp} with `make bench`: medians of {ROUNDS} alternating rounds, "
-        f"gevent {gevent.__version__}, aiologic {aiologic.__version__}.\n\n{table(rows)}"
+    return (
+        f"medians of {ROUNDS} alternating rounds, gevent {gevent.__version__}, "
+        f"aiologic {aiologic.__version__}.\n\n{table(rows)}"
     )
-    print(body)
-    if args.write:
-        write_section(args.write, "bench_primitives", body)
-        print(f"\nwrote {args.write}")
 
 
 if __name__ == "__main__":
-    main()
+    report("bench_primitives", __doc__.splitlines()[0], measure)

@@ -14,17 +14,15 @@ Cases and target (issue 3): ours at least 0.8x the baseline for
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import redis
 
-from benchmarks._report import markdown_table, verdict, write_section
+from benchmarks._report import markdown_table, report, verdict
 from nexus_writer.protocol import Keys, PointsEvent, ScanReader, SessionPublisher
 from nexus_writer.redis_client import connect
 from nexus_writer.redis_server import EmbeddedRedis
@@ -84,7 +82,7 @@ def raw(client: redis.Redis, key: str) -> tuple[float, int, int]:
             nbytes += len(fields[b"d"])
 
 
-def measure(
+def alternate(
     client: redis.Redis, key: str, rate: Callable[[float, int, int], float]
 ) -> tuple[float, float]:
     mine, theirs = [], []
@@ -94,16 +92,13 @@ def measure(
     return statistics.median(mine), statistics.median(theirs)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", type=Path, help="update this Markdown file's section")
-    args = parser.parse_args()
+def measure() -> str:
     with EmbeddedRedis() as server:
         client = connect(server.url)
         scalar = publish(client, (), "<f8", SCALAR_ENTRIES, SCALAR_BATCH)
         frames = publish(client, FRAME_SHAPE, "<u2", FRAME_ENTRIES, 1)
-        s_ours, s_raw = measure(client, scalar, lambda s, p, b: p / s)
-        f_ours, f_raw = measure(client, frames, lambda s, p, b: b / s / 1e6)
+        s_ours, s_raw = alternate(client, scalar, lambda s, p, b: p / s)
+        f_ours, f_raw = alternate(client, frames, lambda s, p, b: b / s / 1e6)
         version = client.info("server")["redis_version"]
     rows = [
         [
@@ -123,19 +118,15 @@ def main() -> None:
             verdict(f_ours >= 0.8 * f_raw),
         ],
     ]
-    body = (
-        f"Measured {time.strftime('%Y-%m-%d')} with `make bench`: medians of {ROUNDS} "
-        f"alternating rounds, embedded redis-server {version} on loopback, XREAD COUNT {COUNT}.\n\n"
+    return (
+        f"medians of {ROUNDS} alternating rounds, embedded redis-server {version} on "
+        f"loopback, XREAD COUNT {COUNT}.\n\n"
         + markdown_table(
             ["case", "ScanReader (decoded)", "redis-py xread (raw)", "ratio", "target", "verdict"],
             rows,
         )
     )
-    print(body)
-    if args.write:
-        write_section(args.write, "bench_redis", body)
-        print(f"\nwrote {args.write}")
 
 
 if __name__ == "__main__":
-    main()
+    report("bench_redis", __doc__.splitlines()[0], measure)
