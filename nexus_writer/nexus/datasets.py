@@ -1,0 +1,144 @@
+"""How channel data is stored: growing chunked datasets, padded variable shapes, and virtual
+datasets over detector files.
+
+.. important::
+   A dataset writer belongs to the consumer greenlet of one scan (one thread at a time).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from nexus_writer.protocol import Channel
+
+from .options import WriterOptions
+
+#: Rows per chunk of a scalar channel whose length is not known in advance.
+OPEN_ENDED_SCALAR_ROWS = 4096
+
+
+def fill_value(dtype: np.dtype) -> float | int | bool:
+    """What unwritten points read as: NaN for floats, 0 otherwise."""
+    return math.nan if dtype.kind == "f" else 0
+
+
+class GrowingDataset:
+    """The points of one channel: shape ``(n, *point_shape)``, growing along the first axis.
+
+    A channel of variable point shape (``-1`` dimensions) is padded to the largest point so
+    far with the fill value, and the true shape of each point goes to a ``<name>_shape``
+    dataset beside it.
+    """
+
+    def __init__(
+        self,
+        group: h5py.Group,
+        name: str,
+        channel: Channel,
+        options: WriterOptions,
+        npoints: int | None,
+    ) -> None:
+        self.channel = channel
+        dtype = channel.numpy_dtype
+        point_shape = tuple(1 if n == -1 else n for n in channel.shape)
+        itemsize_per_point = max(1, math.prod(point_shape) * dtype.itemsize)
+        rows = max(1, options.chunk_bytes // itemsize_per_point)
+        if channel.variable:
+            rows = min(rows, 64)
+        if npoints:
+            rows = min(rows, npoints)
+        elif not channel.shape:
+            rows = min(rows, OPEN_ENDED_SCALAR_ROWS)
+        compression = options.compression.dataset_options() if channel.shape else {}
+        self.dataset = group.create_dataset(
+            name,
+            shape=(0, *point_shape),
+            maxshape=(None, *(None if n == -1 else n for n in channel.shape)),
+            chunks=(rows, *(max(1, n) if n != -1 else 256 for n in channel.shape)),
+            dtype=dtype,
+            fillvalue=fill_value(dtype),
+            **compression,
+        )
+        if channel.unit:
+            self.dataset.attrs["units"] = channel.unit
+        self.shapes: h5py.Dataset | None = None
+        if channel.variable:
+            self.shapes = group.create_dataset(
+                f"{name}_shape",
+                shape=(0, len(channel.shape)),
+                maxshape=(None, len(channel.shape)),
+                dtype="<i8",
+                chunks=(1024, len(channel.shape)),
+            )
+
+    @property
+    def length(self) -> int:
+        return int(self.dataset.shape[0])
+
+    def write(self, first: int, data: np.ndarray | list[np.ndarray]) -> None:
+        """Write points ``first`` .. onwards (growing the dataset; a gap stays at the fill
+        value)."""
+        if isinstance(data, list):
+            self._write_variable(first, data)
+            return
+        end = first + len(data)
+        if end > self.length:
+            self.dataset.resize(end, axis=0)
+        self.dataset[first:end] = data
+
+    def _write_variable(self, first: int, arrays: list[np.ndarray]) -> None:
+        assert self.shapes is not None
+        end = first + len(arrays)
+        widest = [max(a.shape[d] for a in arrays) for d in range(len(self.channel.shape))]
+        current = self.dataset.shape[1:]
+        grown = tuple(max(c, w) for c, w in zip(current, widest, strict=True))
+        self.dataset.resize((max(end, self.length), *grown))
+        self.shapes.resize(max(end, self.shapes.shape[0]), axis=0)
+        for index, array in enumerate(arrays, start=first):
+            self.dataset[(index, *(slice(0, n) for n in array.shape))] = array
+            self.shapes[index] = array.shape
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """Points ``first`` .. ``first + count - 1`` are frames ``frame`` ... of ``dataset``
+    in the detector file ``file``."""
+
+    first: int
+    count: int
+    file: str
+    dataset: str
+    frame: int
+
+
+def write_frame_references(
+    group: h5py.Group, name: str, channel: Channel, sources: list[FrameSource], master: str
+) -> h5py.Dataset:
+    """(Re)create ``group[name]`` as a virtual dataset of all frames referenced so far.
+
+    Detector files are named relative to the master file's directory when they are below
+    it, so that a moved directory tree still reads.
+    """
+    total = max((s.first + s.count for s in sources), default=0)
+    layout = h5py.VirtualLayout(shape=(total, *channel.shape), dtype=channel.numpy_dtype)
+    master_dir = os.path.dirname(master)
+    for source in sources:
+        file = source.file
+        if os.path.isabs(file) and os.path.commonpath([file, master_dir]) == master_dir:
+            file = os.path.relpath(file, master_dir)
+        end = source.frame + source.count
+        virtual = h5py.VirtualSource(
+            file, source.dataset, shape=(end, *channel.shape), dtype=channel.numpy_dtype
+        )
+        layout[source.first : source.first + source.count] = virtual[source.frame : end]
+    if name in group:
+        del group[name]
+    dataset = group.create_virtual_dataset(name, layout, fillvalue=0)
+    if channel.unit:
+        dataset.attrs["units"] = channel.unit
+    return dataset

@@ -1,0 +1,42 @@
+"""Names in the NeXus file: entries, and HDF5 names for the protocol's channel names.
+
+.. important::
+   Pure functions: usable from any thread.
+
+nxcheck accepts names matching ``^[a-zA-Z_][a-zA-Z0-9_]*$`` only, so the ``N.1`` entries of
+Bliss files become ``scan_000N`` and ``axis:robx`` becomes ``robx``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def entry_name(number: int) -> str:
+    """The NXentry of scan ``number``."""
+    return f"scan_{number:04d}"
+
+
+def valid_name(text: str) -> str:
+    """``text`` made into a valid NeXus name (invalid characters become ``_``)."""
+    name = _INVALID.sub("_", text) or "_"
+    return f"_{name}" if name[0].isdigit() else name
+
+
+def short_names(channels: Iterable[str]) -> dict[str, str]:
+    """A unique valid name for each channel: the part after the last ``:`` where that is
+    unique (``simu:diode1`` -> ``diode1``), else the whole name (``simu_diode1``)."""
+    channels = list(channels)
+    tails = [valid_name(c.rsplit(":", 1)[-1]) for c in channels]
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for channel, tail in zip(channels, tails, strict=True):
+        name = tail if tails.count(tail) == 1 else valid_name(channel)
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        names[channel] = name
+    return names

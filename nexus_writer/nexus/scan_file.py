@@ -1,0 +1,287 @@
+"""The NXentry of one scan: what goes where in the file.
+
+.. important::
+   A :class:`ScanFile` belongs to the consumer greenlet of one scan writer; it is created,
+   grown and finished there (one thread at a time).
+
+Layout of scan N (``scan_000N``), every group with its NX_class::
+
+    /                                 NXroot     creator, file_time, versions, @default
+    scan_000N/                        NXentry    title, start_time, end_reason, end_time
+                                                 (written last), @default
+        instrument/                   NXinstrument
+            <motor>/value             NXpositioner   per point, with units
+            <counter>/data            NXdetector     per point (and mca, images)
+            <image>/data              NXdetector     virtual dataset over detector files
+            positioners_start/        NXcollection   every motor before the scan
+            positioners_end/          NXcollection   ... and after it
+        measurement/                  NXcollection   a link to every channel's data
+        plot_<name>/                  NXdata         @signal, @axes (meshes: 2D image)
+        comments/comment_NN           NXnote         one per user comment
+        scan_parameters/              NXparameters   type, title, shape, npoints
+        metadata/                     NXcollection   the user metadata, as published
+        writer/                       NXcollection   status, messages, version
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+import nexus_writer
+from nexus_writer.protocol import Channel, Positioner, Role, ScanDocument
+
+from . import files
+from .datasets import FrameSource, GrowingDataset, write_frame_references
+from .names import entry_name, short_names, valid_name
+from .options import WriterOptions
+
+_CLASS_OF_ROLE = {Role.POSITIONER: "NXpositioner"}
+_STRINGS = h5py.string_dtype()
+
+
+class EntryExistsError(FileExistsError):
+    """The scan's entry is already in its file: nothing is overwritten."""
+
+
+def _group(parent: h5py.Group, name: str, nx_class: str, **attrs: Any) -> h5py.Group:
+    group = parent.create_group(name)
+    group.attrs["NX_class"] = nx_class
+    group.attrs.update(attrs)
+    return group
+
+
+def _text(group: h5py.Group, name: str, value: str) -> None:
+    if name in group:
+        del group[name]
+    group.create_dataset(name, data=value, dtype=_STRINGS)
+
+
+class ScanFile:
+    """Creates, grows and finishes the entry of one scan."""
+
+    def __init__(self, document: ScanDocument, options: WriterOptions) -> None:
+        """Raises:
+        PermissionError: the file is outside the roots or cannot be written there.
+        EntryExistsError: the file already has this scan's entry.
+        OSError: the file cannot be created or opened.
+        """
+        self.document = document
+        self.options = options
+        self.path: Path = options.check_path(document.file)
+        self.entry_name = entry_name(document.number)
+        self.file = files.acquire(self.path)
+        self._open = True
+        try:
+            if self.entry_name in self.file:
+                raise EntryExistsError(
+                    f"{self.path} already has entry {self.entry_name}: scan {document.number} "
+                    f"of session {document.session!r} was written there before; "
+                    "nothing was overwritten"
+                )
+            self._create()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- creation -------------------------------------------------------------------------
+
+    def _create(self) -> None:
+        doc = self.document
+        entry = self.entry = _group(self.file, self.entry_name, "NXentry")
+        _text(entry, "title", doc.title)
+        if doc.start_time:
+            _text(entry, "start_time", doc.start_time)
+        self.instrument = _group(entry, "instrument", "NXinstrument")
+        self.measurement = _group(entry, "measurement", "NXcollection")
+        self.names = short_names(c.name for c in doc.channels)
+        self.datasets: dict[str, GrowingDataset] = {}
+        self.frames: dict[str, list[FrameSource]] = {}
+        for channel in doc.channels:
+            self._create_channel(channel)
+        self._positioners("positioners_start", doc.positioners_start)
+        self._create_plots()
+        self._set_default_plot()
+        parameters = _group(entry, "scan_parameters", "NXparameters")
+        _text(parameters, "type", doc.type)
+        _text(parameters, "title", doc.title)
+        parameters["shape"] = np.array(doc.shape, dtype="<i8")
+        if doc.npoints is not None:
+            parameters["npoints"] = doc.npoints
+        _write_mapping(_group(entry, "metadata", "NXcollection"), doc.user)
+        self.comments = _group(entry, "comments", "NXcollection")
+        for stamp, text in doc.comments:
+            self.comment(stamp, text)
+        self.writer = _group(entry, "writer", "NXcollection")
+        _text(self.writer, "version", nexus_writer.__version__)
+        _text(self.writer, "status", "RUNNING")
+        self.writer.create_dataset("messages", shape=(0,), maxshape=(None,), dtype=_STRINGS)
+        self.file.attrs["default"] = self.entry_name
+        self.file.flush()
+
+    def _create_channel(self, channel: Channel) -> None:
+        name = self.names[channel.name]
+        group = _group(self.instrument, name, _CLASS_OF_ROLE.get(channel.role, "NXdetector"))
+        field = "value" if channel.role is Role.POSITIONER else "data"
+        if channel.role is Role.FRAME_REF:
+            self.frames[channel.name] = []
+            write_frame_references(group, field, channel, [], str(self.path))
+        else:
+            self.datasets[channel.name] = GrowingDataset(
+                group, field, channel, self.options, self.document.npoints
+            )
+        self.measurement[name] = h5py.SoftLink(f"{group.name}/{field}")
+
+    def _link(self, channel_name: str) -> str:
+        return f"{self.measurement.name}/{self.names[channel_name]}"
+
+    def _create_plots(self) -> None:
+        """NXdata groups of the document's plots with at most one axis (a mesh's 2D image
+        is made at the end, when its shape is known)."""
+        for plot in self.document.plots:
+            known = [s for s in plot.signals if s in self.names]
+            axes = [a for a in plot.axes if a in self.names]
+            if not known or len(axes) > 1 or len(axes) != len(plot.axes):
+                continue
+            name = _plot_name(plot.name)
+            if name in self.entry:
+                continue
+            data = _group(self.entry, name, "NXdata", signal=self.names[known[0]])
+            for channel in known + axes:
+                data[self.names[channel]] = h5py.SoftLink(self._link(channel))
+            if len(known) > 1:
+                data.attrs["auxiliary_signals"] = [self.names[s] for s in known[1:]]
+            if axes:
+                data.attrs["axes"] = [self.names[axes[0]]]
+
+    def _set_default_plot(self) -> None:
+        """The entry's default: the first of the document's plots that exists."""
+        for plot in self.document.plots:
+            if _plot_name(plot.name) in self.entry:
+                self.entry.attrs["default"] = _plot_name(plot.name)
+                return
+
+    def _positioners(self, name: str, snapshot: dict[str, Positioner]) -> None:
+        group = _group(self.instrument, name, "NXcollection")
+        for motor, position in snapshot.items():
+            dataset = group.create_dataset(valid_name(motor), data=position.value)
+            if position.unit:
+                dataset.attrs["units"] = position.unit
+
+    # -- growth ---------------------------------------------------------------------------
+
+    def write_points(self, channel: str, first: int, data: np.ndarray | list[np.ndarray]) -> None:
+        self.datasets[channel].write(first, data)
+
+    def add_frames(self, channel: str, sources: list[FrameSource]) -> None:
+        """Reference more frames of detector files (the virtual dataset is remade)."""
+        known = self.frames[channel]
+        known.extend(sources)
+        group = self.instrument[self.names[channel]]
+        info = self.document.channel(channel)
+        write_frame_references(group, "data", info, known, str(self.path))
+
+    def comment(self, stamp: str, text: str) -> None:
+        note = _group(self.comments, f"comment_{len(self.comments) + 1:02d}", "NXnote")
+        _text(note, "type", "text/plain")
+        _text(note, "date", stamp)
+        _text(note, "data", text)
+
+    def started(self, start_time: str) -> None:
+        _text(self.entry, "start_time", start_time)
+
+    def add_message(self, message: str) -> None:
+        """Record a problem in ``writer/messages`` (it stays in the file)."""
+        messages = self.writer["messages"]
+        messages.resize(messages.shape[0] + 1, axis=0)
+        messages[-1] = message
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    # -- the end --------------------------------------------------------------------------
+
+    def finish(
+        self,
+        document: ScanDocument,
+        status: str,
+        end_reason: str,
+        message: str | None,
+        end_time: str,
+    ) -> None:
+        """Write what is only known at the end; ``end_time`` goes last."""
+        self.document = document
+        self._positioners("positioners_end", document.positioners_end)
+        self._create_mesh_plots()
+        self._set_default_plot()
+        _text(self.entry, "end_reason", end_reason)
+        if message:
+            _text(self.entry, "end_message", message)
+        _text(self.writer, "status", status)
+        _text(self.entry, "end_time", end_time)
+        self.file.flush()
+
+    def _create_mesh_plots(self) -> None:
+        """A 2D NXdata per plot with two axes: the signal's points as an image of
+        (slow, fast), by a virtual dataset over its complete rows."""
+        shape = self.document.shape
+        for plot in self.document.plots:
+            if (
+                len(plot.axes) != 2
+                or len(shape) != 2
+                or not all(c in self.datasets for c in (*plot.signals[:1], *plot.axes))
+            ):
+                continue
+            fast_n = shape[0]
+            signal = self.datasets[plot.signals[0]].dataset
+            rows = min(signal.shape[0], *(self.datasets[a].length for a in plot.axes)) // fast_n
+            if rows == 0:
+                continue
+            name = _plot_name(plot.name)
+            if name in self.entry:
+                continue
+            data = _group(self.entry, name, "NXdata")
+            signal_name = self.names[plot.signals[0]]
+            layout = h5py.VirtualLayout(shape=(rows, fast_n), dtype=signal.dtype)
+            # "." is this very file: the view survives the file being moved or renamed.
+            source = h5py.VirtualSource(".", signal.name, shape=signal.shape, dtype=signal.dtype)
+            for row in range(rows):
+                layout[row] = source[row * fast_n : (row + 1) * fast_n]
+            data.create_virtual_dataset(signal_name, layout, fillvalue=np.nan)
+            fast, slow = plot.axes
+            fast_values = self.datasets[fast].dataset[:fast_n]
+            slow_values = self.datasets[slow].dataset[: rows * fast_n : fast_n]
+            for axis, values in ((fast, fast_values), (slow, slow_values)):
+                dataset = data.create_dataset(self.names[axis], data=values)
+                if self.document.channel(axis).unit:
+                    dataset.attrs["units"] = self.document.channel(axis).unit
+            data.attrs.update(signal=signal_name, axes=[self.names[slow], self.names[fast]])
+
+    def close(self) -> None:
+        """Release the file (closed when no other scan writes to it); idempotent."""
+        if self._open:
+            self._open = False
+            files.release(self.path)
+
+
+def _write_mapping(group: h5py.Group, mapping: dict[str, Any]) -> None:
+    """User metadata: nested mappings become groups, strings and numbers datasets, and
+    anything else its JSON text."""
+    for key, value in mapping.items():
+        name = valid_name(str(key))
+        if isinstance(value, dict):
+            _write_mapping(_group(group, name, "NXcollection"), value)
+        elif isinstance(value, str):
+            _text(group, name, value)
+        elif isinstance(value, bool | int | float):
+            group.create_dataset(name, data=value)
+        else:
+            _text(group, name, json.dumps(value))
+
+
+def _plot_name(name: str) -> str:
+    return f"plot_{valid_name(name)}"

@@ -1,0 +1,250 @@
+"""NexusScanWriter: one scan from Redis into its NXentry.
+
+.. important::
+   The listener (a :class:`~nexus_writer.protocol.ScanReader`) runs in the start hub; the
+   consumer, which owns the :class:`~nexus_writer.nexus.ScanFile`, runs in the consumer
+   thread in parallel mode (see :mod:`nexus_writer.subscriber`). The two share only the
+   queue of event batches.
+
+What it guarantees: every point that is read is written, in the batch it arrived with (one
+resize and one write per channel and batch), and flushed before the next batch is taken, so
+another process reading the file sees it within a batch's time. A bad entry or lost points
+of one channel are recorded in ``writer/messages`` and make the scan FAULT, while the other
+channels go on. Redis going away is waited out (the reader resumes from its cursor); a
+publisher that goes silent without closing the scan gets it closed after the inactivity
+time-out, with the reason in the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import redis
+
+from nexus_writer.nexus.datasets import FrameSource
+from nexus_writer.nexus.options import WriterOptions
+from nexus_writer.nexus.scan_file import ScanFile
+from nexus_writer.protocol import (
+    ChannelEndEvent,
+    CommentEvent,
+    EndReason,
+    ErrorEvent,
+    FrameRefsEvent,
+    PointsEvent,
+    ScanDocument,
+    ScanReader,
+    ScanState,
+    StateEvent,
+)
+from sync_primitives import Thread
+
+from .subscriber import Mode, State, Subscriber
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """The listener's first event: the scan's document."""
+
+    document: ScanDocument
+
+
+@dataclass(frozen=True)
+class DocumentChanged:
+    document: ScanDocument
+
+
+@dataclass(frozen=True)
+class Abandoned:
+    """The listener gave up on an unclosed scan."""
+
+    reason: str
+
+
+class NexusScanWriter(Subscriber):
+    """Writes the scan stored at ``key`` to the file its document names."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        options: WriterOptions | None = None,
+        mode: Mode = Mode.PARALLEL,
+        consumer_thread: Thread | None = None,
+    ) -> None:
+        super().__init__(key, mode, consumer_thread)
+        self.client = client
+        self.key = key
+        self.options = options or WriterOptions()
+        # listener side
+        self._reader: ScanReader | None = None
+        self._source_done = False
+        self._last_activity = time.monotonic()
+        self._retry_delay = 0.1
+        # consumer side
+        self._file: ScanFile | None = None
+        self._document: ScanDocument | None = None
+        self._closed: StateEvent | None = None
+        self._abandoned: str | None = None
+        self._written: dict[str, int] = defaultdict(int)
+
+    @property
+    def file(self) -> str | None:
+        """The file being written, once the scan's document is known."""
+        return self._document.file if self._document else None
+
+    # -- listener ---------------------------------------------------------------------------
+
+    def listen(self, timeout: float) -> list[object]:
+        try:
+            events: list[object] = []
+            if self._reader is None:
+                self._reader = ScanReader(self.client, self.key)
+                events.append(Opened(self._reader.document))
+            document = self._reader.document
+            events.extend(self._reader.read(timeout))
+            if self._reader.document is not document:
+                events.append(DocumentChanged(self._reader.document))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._wait_for_redis(exc)
+            return []
+        self._retry_delay = 0.1
+        now = time.monotonic()
+        if events:
+            self._last_activity = now
+        elif now - self._last_activity > self.options.inactivity_timeout:
+            self._source_done = True
+            return [
+                Abandoned(
+                    f"nothing was published for {self.options.inactivity_timeout:g} s and the "
+                    "scan was not closed (publisher gone?): closed by the writer"
+                )
+            ]
+        self._source_done = self._reader.done
+        return events
+
+    def _wait_for_redis(self, exc: Exception) -> None:
+        _log.warning(
+            "scan %s: Redis unreachable (%s); retrying in %.1f s", self.key, exc, self._retry_delay
+        )
+        self._stop_requested.wait(self._retry_delay)  # a pause that ends early on stop()
+        self._retry_delay = min(2 * self._retry_delay, self.options.retry_max_delay)
+        self._last_activity = time.monotonic()  # Redis being away is not the publisher's silence
+
+    def listen_finished(self) -> bool:
+        return self._source_done
+
+    def publication_time(self, event: object) -> float | None:
+        if isinstance(event, PointsEvent | FrameRefsEvent):
+            return int(event.stream_id.split("-", 1)[0]) / 1000.0
+        return None
+
+    # -- consumer ---------------------------------------------------------------------------
+
+    def consume(self, events: list[object]) -> None:
+        points: dict[str, list[PointsEvent]] = defaultdict(list)
+        frames: dict[str, list[FrameSource]] = defaultdict(list)
+        ends: list[ChannelEndEvent] = []  # checked once this batch's points are written
+        for event in events:
+            if isinstance(event, ChannelEndEvent):
+                ends.append(event)
+            elif isinstance(event, PointsEvent):
+                points[event.channel.name].append(event)
+            elif isinstance(event, FrameRefsEvent):
+                ref = event.ref
+                frames[event.channel.name].append(
+                    FrameSource(event.first, event.count, ref.file, ref.dataset, ref.frame)
+                )
+            else:
+                self._consume_other(event)
+        if self._file is None:
+            return
+        for channel, parts in points.items():
+            for first, data in _contiguous(parts):
+                self._file.write_points(channel, first, data)
+                self._written[channel] = max(self._written[channel], first + len(data))
+        for channel, sources in frames.items():
+            self._file.add_frames(channel, sources)
+            end = sources[-1].first + sources[-1].count
+            self._written[channel] = max(self._written[channel], end)
+        for ended in ends:
+            written = self._written[ended.channel.name]
+            if ended.total != written:
+                self._problem(
+                    f"channel {ended.channel.name!r}: {ended.total} points published, "
+                    f"{written} written"
+                )
+        self._file.flush()
+
+    def _consume_other(self, event: object) -> None:
+        if isinstance(event, Opened):
+            self._document = event.document
+            self._file = ScanFile(event.document, self.options)
+            _log.info("scan %s: writing %s in %s", self.key, self._file.entry_name, self._file.path)
+            return
+        if self._file is None:
+            return
+        if isinstance(event, DocumentChanged):
+            self._document = event.document
+            if event.document.start_time:
+                self._file.started(event.document.start_time)
+        elif isinstance(event, StateEvent) and event.state is ScanState.CLOSED:
+            self._closed = event
+        elif isinstance(event, CommentEvent):
+            self._file.comment(event.time, event.text)
+        elif isinstance(event, ErrorEvent):
+            self._problem(str(event.error))
+        elif isinstance(event, Abandoned):
+            self._abandoned = event.reason
+
+    def _problem(self, message: str) -> None:
+        _log.error("scan %s: %s", self.key, message)
+        self.degrade(message)
+        if self._file is not None:
+            self._file.add_message(message)
+
+    def finish(self, state: State, reason: str | None) -> None:
+        if self._file is None:
+            return
+        try:
+            document = self._document or self._file.document
+            if self._closed is not None:
+                end_reason = (self._closed.reason or EndReason.SUCCESS).value
+                message = self._closed.message
+            else:
+                end_reason = EndReason.FAILURE.value
+                message = self._abandoned or reason or "the writer stopped before the scan closed"
+            if reason and self._file is not None:
+                self._file.add_message(reason)
+            status = "FAULT" if state is State.FAULT else "SUCCEEDED"
+            if self._closed is None and state is State.OFF and not self._abandoned:
+                status = "STOPPED"
+            end_time = document.end_time or datetime.now().astimezone().isoformat()
+            self._file.finish(document, status, end_reason, message, end_time)
+        finally:
+            self._file.close()
+
+
+def _contiguous(parts: list[PointsEvent]) -> list[tuple[int, np.ndarray | list[np.ndarray]]]:
+    """Runs of consecutive points: one write per run (fixed shapes joined, variable kept)."""
+    runs: list[tuple[int, list[PointsEvent]]] = []
+    for part in parts:
+        if runs and runs[-1][0] + sum(p.count for p in runs[-1][1]) == part.first:
+            runs[-1][1].append(part)
+        else:
+            runs.append((part.first, [part]))
+    merged: list[tuple[int, np.ndarray | list[np.ndarray]]] = []
+    for first, group in runs:
+        if isinstance(group[0].data, list):
+            merged.append((first, [a for p in group for a in p.data]))
+        elif len(group) == 1:
+            merged.append((first, group[0].data))
+        else:
+            merged.append((first, np.concatenate([p.data for p in group])))
+    return merged
