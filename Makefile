@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv test lint typecheck unit bench clean
+.PHONY: all venv demo test lint typecheck unit bench clean
 
 all: test
 
@@ -16,6 +16,9 @@ $(STAMP): setup.py setup.cfg pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/nexus-writer demo --root demo-data
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -34,4 +37,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_redis --write docs/benchmarks.md
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-data

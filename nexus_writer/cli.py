@@ -1,4 +1,4 @@
-"""The ``nexus-writer`` command: ``nexus-writer simulate ...`` (more sub-commands follow).
+"""The ``nexus-writer`` command: ``run`` (the writer service), ``simulate``, ``demo``.
 
 .. important::
    Runs in the main thread of its own process.
@@ -9,13 +9,22 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import gevent
+
+from nexus_writer.demo import run_demo
+from nexus_writer.nexus.options import Compression, WriterOptions
 from nexus_writer.protocol import DEFAULT_PREFIX, SessionPublisher
 from nexus_writer.redis_client import connect
 from nexus_writer.redis_server import EmbeddedRedis
+from nexus_writer.session_writer import NexusSessionWriter
 from nexus_writer.simulator import SCAN_TYPES, Beamline, Detectors, ScanSyntaxError
+from nexus_writer.subscriber import Mode, State
+from sync_primitives import Event
 
 REDIS_URL_VARIABLE = "NEXUS_WRITER_REDIS_URL"
 
@@ -99,7 +108,96 @@ def build_parser() -> argparse.ArgumentParser:
         "--comment", action="append", default=[], help="a comment added to each scan (repeatable)"
     )
     simulate.add_argument("scans", nargs="+", metavar="SCAN", help="scan commands, each quoted")
+
+    run = commands.add_parser(
+        "run",
+        help="write every scan of a session to NeXus files, until stopped (Ctrl-C, SIGTERM)",
+        description="The writer service: follows a session in Redis and writes each new scan "
+        "to the NeXus file its document names.",
+    )
+    _add_redis_options(run)
+    run.add_argument("--session", required=True, help="the session to follow")
+    run.add_argument(
+        "--root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="files may only be written below DIR (repeatable; default: anywhere)",
+    )
+    run.add_argument(
+        "--compression",
+        choices=[c.value for c in Compression],
+        default=Compression.BITSHUFFLE_LZ4.value,
+        help="filter for array data (default: %(default)s; gzip needs no plugin)",
+    )
+    run.add_argument(
+        "--mode",
+        choices=[m.value for m in Mode],
+        default=Mode.PARALLEL.value,
+        help="how each scan's reading and writing are arranged",
+    )
+    run.add_argument(
+        "--since",
+        choices=["now", "all"],
+        default="now",
+        help="scans announced from now on, or all still in Redis",
+    )
+    run.add_argument(
+        "--inactivity-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="close a scan whose publisher has sent nothing for this long",
+    )
+
+    demo = commands.add_parser(
+        "demo", help="embedded Redis + writer + simulator: write a few scans and show them"
+    )
+    demo.add_argument(
+        "--root",
+        default=os.path.join(os.getcwd(), "demo-data"),
+        help="directory for the files (default: ./demo-data)",
+    )
     return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    url = args.redis or os.environ.get(REDIS_URL_VARIABLE)
+    if not url and not args.embedded:
+        print(
+            f"nexus-writer run: give --redis URL, --embedded, or set ${REDIS_URL_VARIABLE}",
+            file=sys.stderr,
+        )
+        return 2
+    server = EmbeddedRedis().start() if args.embedded else None
+    try:
+        if server is not None:
+            print(f"embedded Redis at {server.url}", flush=True)
+        options = WriterOptions(
+            roots=tuple(Path(r).resolve() for r in args.root),
+            compression=Compression(args.compression),
+            inactivity_timeout=args.inactivity_timeout,
+        )
+        client = connect(server.url if server else str(url))
+        writer = NexusSessionWriter(
+            client,
+            args.session,
+            options,
+            prefix=args.prefix,
+            since="0-0" if args.since == "all" else "$",
+            scan_mode=Mode(args.mode),
+        )
+        stop = Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            gevent.signal_handler(signum, stop.set)
+        writer.start()
+        logging.getLogger(__name__).info("writing session %r", args.session)
+        stop.wait()  # yields to the hub, which runs the writer
+        writer.stop(wait=True, timeout=60)
+        return 0 if writer.state is State.OFF else 1
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def simulate(args: argparse.Namespace) -> int:
@@ -156,6 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "simulate":
         return simulate(args)
+    if args.command == "run":
+        return run(args)
+    if args.command == "demo":
+        return run_demo(Path(args.root))
     raise AssertionError(args.command)  # argparse only accepts the sub-commands above
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -75,10 +76,12 @@ class NexusScanWriter(Subscriber):
         client: redis.Redis,
         key: str,
         options: WriterOptions | None = None,
+        *,
         mode: Mode = Mode.PARALLEL,
         consumer_thread: Thread | None = None,
+        on_finish: Callable[[Subscriber], None] | None = None,
     ) -> None:
-        super().__init__(key, mode, consumer_thread)
+        super().__init__(key, mode, consumer_thread, on_finish)
         self.client = client
         self.key = key
         self.options = options or WriterOptions()

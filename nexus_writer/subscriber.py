@@ -76,16 +76,22 @@ class Subscriber:
     """Base class: subclasses implement ``listen``, ``listen_finished`` and ``consume``."""
 
     def __init__(
-        self, name: str, mode: Mode = Mode.SEQUENTIAL, consumer_thread: Thread | None = None
+        self,
+        name: str,
+        mode: Mode = Mode.SEQUENTIAL,
+        consumer_thread: Thread | None = None,
+        on_finish: Callable[[Subscriber], None] | None = None,
     ) -> None:
         """``consumer_thread``: in PARALLEL mode, the running Thread whose hub runs the
         consumer (shared by several subscribers); by default the subscriber starts its own.
+        ``on_finish(subscriber)`` is called once it has finished, in the consumer's thread.
         """
         if consumer_thread is not None and mode is not Mode.PARALLEL:
             raise ValueError("a consumer thread is only for the parallel mode")
         self.name = name
         self.mode = mode
         self._consumer_thread = consumer_thread
+        self._on_finish = on_finish
         self._own_thread: Thread | None = None
         self._state = State.INIT
         self._reason: str | None = None
@@ -311,6 +317,11 @@ class Subscriber:
         self._state = state
         self._ended_at = time.monotonic()
         self._finished.set()
+        if self._on_finish is not None:
+            try:
+                self._on_finish(self)
+            except Exception:
+                _log.exception("subscriber %r: on_finish failed", self.name)
         if self._own_thread is not None:
             self._own_thread.stop(wait=False)
         log: Callable[..., None] = _log.info if state is State.OFF else _log.warning

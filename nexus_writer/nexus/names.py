@@ -26,11 +26,23 @@ def valid_name(text: str) -> str:
     return f"_{name}" if name[0].isdigit() else name
 
 
+#: Channel name endings that say what a detector gives, not which detector it is.
+GENERIC = frozenset({"data", "image", "spectrum", "counts", "value", "frame"})
+
+
+def _short(channel: str) -> str:
+    head, _, tail = channel.rpartition(":")
+    if head and tail in GENERIC:
+        return valid_name(head.rsplit(":", 1)[-1])  # mca1:spectrum -> mca1
+    return valid_name(tail)  # axis:robx -> robx
+
+
 def short_names(channels: Iterable[str]) -> dict[str, str]:
     """A unique valid name for each channel: the part after the last ``:`` where that is
-    unique (``simu:diode1`` -> ``diode1``), else the whole name (``simu_diode1``)."""
+    unique (``simu:diode1`` -> ``diode1``; the detector for generic endings:
+    ``mca1:spectrum`` -> ``mca1``), else the whole name (``simu_diode1``)."""
     channels = list(channels)
-    tails = [valid_name(c.rsplit(":", 1)[-1]) for c in channels]
+    tails = [_short(c) for c in channels]
     names: dict[str, str] = {}
     taken: set[str] = set()
     for channel, tail in zip(channels, tails, strict=True):

@@ -113,9 +113,8 @@ class ScanFile:
         if doc.npoints is not None:
             parameters["npoints"] = doc.npoints
         _write_mapping(_group(entry, "metadata", "NXcollection"), doc.user)
+        # Comments come from the events stream, which a new reader reads from its start.
         self.comments = _group(entry, "comments", "NXcollection")
-        for stamp, text in doc.comments:
-            self.comment(stamp, text)
         self.writer = _group(entry, "writer", "NXcollection")
         _text(self.writer, "version", nexus_writer.__version__)
         _text(self.writer, "status", "RUNNING")
@@ -284,4 +283,4 @@ def _write_mapping(group: h5py.Group, mapping: dict[str, Any]) -> None:
 
 
 def _plot_name(name: str) -> str:
-    return f"plot_{valid_name(name)}"
+    return f"plot_{valid_name(name.rsplit(':', 1)[-1])}"

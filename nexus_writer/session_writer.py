@@ -1,0 +1,200 @@
+"""NexusSessionWriter: follows one session and starts a NexusScanWriter for every new scan.
+
+.. important::
+   Sequential mode: one greenlet in the start hub (the service's main hub), which also runs
+   the listeners of all scan writers. All scan consumers run as greenlets of *one* shared
+   consumer :class:`~sync_primitives.Thread`, started and stopped with the session writer.
+   ``statistics()`` and ``scans()`` may be called from any thread.
+
+Memory stays bounded over thousands of scans: finished scan writers are dropped, and only
+the statistics of the last ``keep_finished`` are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+import redis
+
+from nexus_writer.nexus.options import WriterOptions
+from nexus_writer.protocol import DEFAULT_PREFIX, ScanAnnouncement, SessionReader
+from sync_primitives import Event, Thread
+
+from .scan_writer import NexusScanWriter
+from .subscriber import Mode, State, Subscriber, SubscriberStatistics
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionStatistics:
+    """The session writer and its scans."""
+
+    writer: SubscriberStatistics
+    scans_started: int
+    scans_active: int
+    scans_succeeded: int
+    scans_failed: int
+    recent: tuple[SubscriberStatistics, ...]  #: finished scans, newest last
+
+
+class NexusSessionWriter(Subscriber):
+    """Writes every scan announced in ``session`` from now on (``since="$"``), or from an
+    earlier position."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        session: str,
+        options: WriterOptions | None = None,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        since: str = "$",
+        scan_mode: Mode = Mode.PARALLEL,
+        keep_finished: int = 100,
+    ) -> None:
+        super().__init__(f"session {session}", Mode.SEQUENTIAL)
+        self.client = client
+        self.session = session
+        self.options = options or WriterOptions()
+        self.prefix = prefix
+        self.scan_mode = scan_mode
+        self._since = since
+        self._reader: SessionReader | None = None
+        self._thread: Thread | None = None
+        self._active: dict[str, NexusScanWriter] = {}
+        self._recent: deque[SubscriberStatistics] = deque(maxlen=keep_finished)
+        self._started = self._succeeded = self._failed = 0
+        self._retry_delay = 0.1
+        self._finished_keys: OrderedDict[str, None] = OrderedDict()
+        self._keep_keys = 10 * keep_finished
+        self._scan_ended = Event()
+
+    def start(self, wait: bool = False, timeout: float | None = None) -> None:
+        """Start following the session. "Now" (``since="$"``) is this call: a scan
+        announced after it returns is written.
+        """
+        try:
+            self._reader = SessionReader(self.client, self.session, self.prefix, self._since)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            _log.warning(
+                "session %s: Redis unreachable at start (%s); will retry", self.session, exc
+            )
+        if self.scan_mode is Mode.PARALLEL:
+            self._thread = Thread(name=f"{self.session}-consumers")
+            self._thread.start()
+        super().start(wait, timeout)
+
+    # -- listener: announcements --------------------------------------------------------------
+
+    def listen(self, timeout: float) -> list[ScanAnnouncement]:
+        self._purge()
+        try:
+            if self._reader is None:
+                self._reader = SessionReader(self.client, self.session, self.prefix, self._since)
+            announcements = self._reader.read(timeout)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            _log.warning(
+                "session %s: Redis unreachable (%s); retrying in %.1f s",
+                self.session,
+                exc,
+                self._retry_delay,
+            )
+            self._stop_requested.wait(self._retry_delay)
+            self._retry_delay = min(2 * self._retry_delay, self.options.retry_max_delay)
+            return []
+        self._retry_delay = 0.1
+        return announcements
+
+    def listen_finished(self) -> bool:
+        return False  # a session goes on until the writer is stopped
+
+    # -- consumer: one scan writer per scan -----------------------------------------------------
+
+    def consume(self, events: list[ScanAnnouncement]) -> None:
+        for announcement in events:
+            if announcement.key in self._active:
+                continue
+            writer = NexusScanWriter(
+                self.client,
+                announcement.key,
+                self.options,
+                mode=self.scan_mode,
+                consumer_thread=self._thread,
+                on_finish=self._scan_finished,
+            )
+            self._active[announcement.key] = writer
+            self._started += 1
+            writer.start()
+            _log.info(
+                "session %s: scan %d (%s) started",
+                self.session,
+                announcement.number,
+                announcement.key,
+            )
+
+    def _scan_finished(self, writer: Subscriber) -> None:
+        """Any thread: a scan writer has ended."""
+        self._finished_keys[writer.name] = None
+        while len(self._finished_keys) > self._keep_keys:
+            self._finished_keys.popitem(last=False)
+        self._scan_ended.set()
+
+    def wait_for_scans(self, keys: list[str], timeout: float | None = None) -> bool:
+        """Wait until the scans with these keys have been written (and their writers have
+        ended); False if ``timeout`` seconds passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._scan_ended.clear()  # before looking: a scan ending now sets it again
+            if all(key in self._finished_keys for key in keys):
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            self._scan_ended.wait(remaining)
+
+    def _purge(self) -> None:
+        for key, writer in list(self._active.items()):
+            if writer.done():
+                del self._active[key]
+                stats = writer.statistics()
+                self._recent.append(stats)
+                if writer.state is State.OFF:
+                    self._succeeded += 1
+                else:
+                    self._failed += 1
+
+    def finish(self, state: State, reason: str | None) -> None:
+        """Stop the scan writers still running; each writes what it has and closes."""
+        for writer in list(self._active.values()):
+            writer.stop()
+        deadline = time.monotonic() + 30.0
+        for writer in list(self._active.values()):
+            if not writer.join(max(0.0, deadline - time.monotonic())):
+                writer.kill()
+        self._purge()
+        if self._thread is not None:
+            self._thread.stop(timeout=30.0)
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def scans(self) -> list[NexusScanWriter]:
+        """The scan writers still running."""
+        return list(self._active.values())
+
+    def session_statistics(self) -> SessionStatistics:
+        # Writers that ended since the last purge are counted here without being purged:
+        # only the listener greenlet changes the dict (list() copies it atomically).
+        active = list(self._active.values())
+        ended = [w for w in active if w.done()]
+        return SessionStatistics(
+            writer=self.statistics(),
+            scans_started=self._started,
+            scans_active=len(active) - len(ended),
+            scans_succeeded=self._succeeded + sum(w.state is State.OFF for w in ended),
+            scans_failed=self._failed + sum(w.state is State.FAULT for w in ended),
+            recent=tuple(self._recent),
+        )
