@@ -29,7 +29,7 @@ import redis
 
 from nexus_writer.nexus.datasets import FrameSource
 from nexus_writer.nexus.options import WriterOptions
-from nexus_writer.nexus.scan_file import ScanFile
+from nexus_writer.nexus.scan_file import DiskFullError, ScanFile
 from nexus_writer.protocol import (
     ChannelEndEvent,
     CommentEvent,
@@ -151,6 +151,16 @@ class NexusScanWriter(Subscriber):
     # -- consumer ---------------------------------------------------------------------------
 
     def consume(self, events: list[object]) -> None:
+        try:
+            self._consume(events)
+        except DiskFullError:
+            raise  # refused before writing: the file is sound
+        except OSError:
+            if self._file is not None:
+                self._file.broken = True
+            raise
+
+    def _consume(self, events: list[object]) -> None:
         points: dict[str, list[PointsEvent]] = defaultdict(list)
         frames: dict[str, list[FrameSource]] = defaultdict(list)
         ends: list[ChannelEndEvent] = []  # checked once this batch's points are written
@@ -170,8 +180,10 @@ class NexusScanWriter(Subscriber):
             return
         for channel, parts in points.items():
             for first, data in _contiguous(parts):
-                self._file.write_points(channel, first, data)
-                self._written[channel] = max(self._written[channel], first + len(data))
+                for start, piece in _slices(first, data, self.options.write_bytes):
+                    self._file.reserve(_nbytes(piece))
+                    self._file.write_points(channel, start, piece)
+                    self._written[channel] = max(self._written[channel], start + len(piece))
         for channel, sources in frames.items():
             self._file.add_frames(channel, sources)
             end = sources[-1].first + sources[-1].count
@@ -215,6 +227,12 @@ class NexusScanWriter(Subscriber):
     def finish(self, state: State, reason: str | None) -> None:
         if self._file is None:
             return
+        if self._file.broken:
+            _log.error(
+                "scan %s: %s is left as it was after the I/O error", self.key, self._file.path
+            )
+            self._file.close()
+            return
         try:
             document = self._document or self._file.document
             if self._closed is not None:
@@ -251,3 +269,18 @@ def _contiguous(parts: list[PointsEvent]) -> list[tuple[int, np.ndarray | list[n
         else:
             merged.append((first, np.concatenate([p.data for p in group])))
     return merged
+
+
+def _nbytes(data: np.ndarray | list[np.ndarray]) -> int:
+    return sum(a.nbytes for a in data) if isinstance(data, list) else data.nbytes
+
+
+def _slices(
+    first: int, data: np.ndarray | list[np.ndarray], limit: int
+) -> list[tuple[int, np.ndarray | list[np.ndarray]]]:
+    """``data`` (points from ``first``) cut into pieces of about ``limit`` bytes."""
+    total = _nbytes(data)
+    if total <= limit or len(data) <= 1:
+        return [(first, data)]
+    step = max(1, len(data) * limit // total)
+    return [(first + i, data[i : i + step]) for i in range(0, len(data), step)]

@@ -23,6 +23,8 @@ from sync_primitives import Lock
 
 _lock = Lock()
 _open: dict[Path, tuple[h5py.File, int]] = {}
+#: Files that met an I/O error: never touched again, never closed (see abandon).
+_abandoned: list[h5py.File] = []
 
 
 def acquire(path: Path) -> h5py.File:
@@ -63,6 +65,20 @@ def release(path: Path) -> None:
             return
         del _open[path]
     handle.close()
+
+
+def abandon(path: Path) -> None:
+    """Forget the file at ``path`` without closing it, for all its users.
+
+    After an I/O error (a full disk) HDF5's state for the file cannot be trusted, and
+    flushing or closing it can crash the process (seen with HDF5 1.14 after ENOSPC). The
+    handle is kept, untouched, so that garbage collection does not close it either; the
+    next scan for that path opens it anew.
+    """
+    with _lock:
+        entry = _open.pop(path, None)
+        if entry is not None:
+            _abandoned.append(entry[0])
 
 
 def open_paths() -> list[Path]:

@@ -20,6 +20,13 @@ def entry_name(number: int) -> str:
     return f"scan_{number:04d}"
 
 
+def entry_number(name: str | None) -> int | None:
+    """The scan number of an entry name made by :func:`entry_name` (else None)."""
+    if name and name.startswith("scan_") and name[5:].isdigit():
+        return int(name[5:])
+    return None
+
+
 def valid_name(text: str) -> str:
     """``text`` made into a valid NeXus name (invalid characters become ``_``)."""
     name = _INVALID.sub("_", text) or "_"

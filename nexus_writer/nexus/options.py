@@ -44,6 +44,13 @@ class WriterOptions:
     inactivity_timeout: float = 600.0
     #: Longest wait between attempts to reach Redis again.
     retry_max_delay: float = 5.0
+    #: A batch is only written if its disk keeps this much free beyond the batch itself:
+    #: HDF5 cannot be trusted after it meets a full disk (it may even crash the process),
+    #: so the writer stops a scan cleanly before that happens.
+    min_free_bytes: int = 64 * MiB
+    #: Points of a batch are written in slices of about this size, each checked against
+    #: the free space: a full disk stops a scan with everything that fitted.
+    write_bytes: int = 8 * MiB
     extra: dict[str, Any] = field(default_factory=dict)
 
     def check_path(self, path: str) -> Path:

@@ -25,7 +25,9 @@ Layout of scan N (``scan_000N``), every group with its NX_class::
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,8 @@ from nexus_writer.protocol import Channel, Positioner, Role, ScanDocument
 
 from . import files
 from .datasets import FrameSource, GrowingDataset, write_frame_references
-from .names import entry_name, short_names, valid_name
-from .options import WriterOptions
+from .names import entry_name, entry_number, short_names, valid_name
+from .options import MiB, WriterOptions
 
 _CLASS_OF_ROLE = {Role.POSITIONER: "NXpositioner"}
 _STRINGS = h5py.string_dtype()
@@ -46,6 +48,11 @@ _STRINGS = h5py.string_dtype()
 
 class EntryExistsError(FileExistsError):
     """The scan's entry is already in its file: nothing is overwritten."""
+
+
+class DiskFullError(OSError):
+    """Writing a batch would leave its disk (nearly) full: the scan stops before HDF5 meets
+    the full disk, with everything written so far intact."""
 
 
 def _group(parent: h5py.Group, name: str, nx_class: str, **attrs: Any) -> h5py.Group:
@@ -57,8 +64,9 @@ def _group(parent: h5py.Group, name: str, nx_class: str, **attrs: Any) -> h5py.G
 
 def _text(group: h5py.Group, name: str, value: str) -> None:
     if name in group:
-        del group[name]
-    group.create_dataset(name, data=value, dtype=_STRINGS)
+        group[name][()] = value  # in place: no unlinking, no new object
+    else:
+        group.create_dataset(name, data=value, dtype=_STRINGS)
 
 
 class ScanFile:
@@ -76,6 +84,9 @@ class ScanFile:
         self.entry_name = entry_name(document.number)
         self.file = files.acquire(self.path)
         self._open = True
+        #: Set after an I/O error: HDF5's state for this file can no longer be trusted (a
+        #: further write after ENOSPC can crash the process), so nothing more is written.
+        self.broken = False
         try:
             if self.entry_name in self.file:
                 raise EntryExistsError(
@@ -119,7 +130,11 @@ class ScanFile:
         _text(self.writer, "version", nexus_writer.__version__)
         _text(self.writer, "status", "RUNNING")
         self.writer.create_dataset("messages", shape=(0,), maxshape=(None,), dtype=_STRINGS)
-        self.file.attrs["default"] = self.entry_name
+        # The root's default is the newest scan, whichever entry was created last.
+        current = self.file.attrs.get("default")
+        current = current.decode() if isinstance(current, bytes) else current
+        if entry_number(current) is None or entry_number(current) < doc.number:  # type: ignore[operator]
+            self.file.attrs["default"] = self.entry_name
         self.file.flush()
 
     def _create_channel(self, channel: Channel) -> None:
@@ -172,6 +187,28 @@ class ScanFile:
                 dataset.attrs["units"] = position.unit
 
     # -- growth ---------------------------------------------------------------------------
+
+    def reserve(self, nbytes: int) -> None:
+        """Check that ``nbytes`` more can be written while keeping the margin free.
+
+        Raises:
+            DiskFullError: the disk is (nearly) full; nothing has been written.
+        """
+        # HDF5 allocates whole chunks when it flushes: one more than the bytes themselves.
+        needed = nbytes + self.options.chunk_bytes + self.options.min_free_bytes
+        free = shutil.disk_usage(self.path.parent).free
+        if free < 4 * needed:
+            # Getting close: HDF5 still holds written chunks in its cache. Flush them so
+            # that the free space counts them (never needed while space is plentiful).
+            self.file.flush()
+            free = shutil.disk_usage(self.path.parent).free
+        if free < needed:
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"disk nearly full: {free / MiB:.1f} MiB free for {self.path}, "
+                f"{needed / MiB:.1f} MiB needed to write {nbytes / MiB:.2f} MiB more with a "
+                f"margin; the scan stops here, with the data written so far",
+            )
 
     def write_points(self, channel: str, first: int, data: np.ndarray | list[np.ndarray]) -> None:
         self.datasets[channel].write(first, data)
@@ -261,10 +298,16 @@ class ScanFile:
             data.attrs.update(signal=signal_name, axes=[self.names[slow], self.names[fast]])
 
     def close(self) -> None:
-        """Release the file (closed when no other scan writes to it); idempotent."""
+        """Release the file (closed when no other scan writes to it); idempotent.
+
+        A broken file is abandoned instead: closing it after an I/O error can crash HDF5.
+        """
         if self._open:
             self._open = False
-            files.release(self.path)
+            if self.broken:
+                files.abandon(self.path)
+            else:
+                files.release(self.path)
 
 
 def _write_mapping(group: h5py.Group, mapping: dict[str, Any]) -> None:

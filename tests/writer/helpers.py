@@ -1,0 +1,60 @@
+"""Helpers for writer tests: run a scan writer to the end, compare a file with what was
+published, and ask nxcheck."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import redis
+
+from nexus_writer.nexus.names import entry_name, short_names
+from nexus_writer.nexus.options import WriterOptions
+from nexus_writer.scan_writer import NexusScanWriter
+from nexus_writer.simulator import PublishedScan
+from nexus_writer.subscriber import Mode
+from tests.conftest import PROMPT
+
+
+def write_scan(
+    client: redis.Redis, key: str, mode: Mode = Mode.PARALLEL, options: WriterOptions | None = None
+) -> NexusScanWriter:
+    """Write one published scan to its file and return the finished writer."""
+    writer = NexusScanWriter(client, key, options or WriterOptions(), mode=mode)
+    writer.start(wait=True, timeout=PROMPT * 6)
+    return writer
+
+
+def entry_of(handle: h5py.File, published: PublishedScan) -> h5py.Group:
+    return handle[entry_name(published.document.number)]
+
+
+def assert_file_has_every_value(published: PublishedScan) -> None:
+    """Every value the simulator published is in the file, bit for bit, where the layout
+    says (measurement links, through virtual datasets for detector files)."""
+    names = short_names(c.name for c in published.document.channels)
+    with h5py.File(published.document.file, "r", locking=False) as handle:
+        measurement = entry_of(handle, published)["measurement"]
+        for channel, values in published.values.items():
+            got = measurement[names[channel]][()]
+            assert got.dtype == values.dtype, channel
+            assert got.shape == values.shape, (channel, got.shape, values.shape)
+            np.testing.assert_array_equal(got, values, err_msg=channel)
+
+
+def text(dataset: h5py.Dataset) -> str:
+    value = dataset[()]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def nxcheck_errors(path: str) -> int:
+    nxcheck = os.path.join(os.path.dirname(sys.executable), "nxcheck")
+    run = subprocess.run([nxcheck, path], capture_output=True, text=True, check=False)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", run.stdout + run.stderr)
+    found = re.search(r"Total number of errors:\s*(\d+)", plain)
+    assert found, plain[-2000:]
+    return int(found.group(1))
