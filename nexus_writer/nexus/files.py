@@ -41,7 +41,9 @@ def acquire(path: Path) -> h5py.File:
             _open[path] = (handle, users + 1)
             return handle
         os.makedirs(path.parent, exist_ok=True)
-        handle = h5py.File(path, "a", locking=False, libver=("v110", "latest"))
+        # Default format bounds on purpose: with libver="latest" HDF5 marks the file as
+        # open for writing, and then no other process can open it until it is closed.
+        handle = h5py.File(path, "a", locking=False)
         if "NX_class" not in handle.attrs:
             handle.attrs.update(
                 NX_class="NXroot",
