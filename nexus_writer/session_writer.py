@@ -137,7 +137,13 @@ class NexusSessionWriter(Subscriber):
             )
 
     def _scan_finished(self, writer: Subscriber) -> None:
-        """Any thread: a scan writer has ended."""
+        """A scan writer has ended (called in its consumer's thread: the shared consumer
+        thread, or the start hub, the only writers of these counters)."""
+        self._recent.append(writer.statistics())
+        if writer.state is State.OFF:
+            self._succeeded += 1
+        else:
+            self._failed += 1
         self._finished_keys[writer.name] = None
         while len(self._finished_keys) > self._keep_keys:
             self._finished_keys.popitem(last=False)
@@ -160,12 +166,6 @@ class NexusSessionWriter(Subscriber):
         for key, writer in list(self._active.items()):
             if writer.done():
                 del self._active[key]
-                stats = writer.statistics()
-                self._recent.append(stats)
-                if writer.state is State.OFF:
-                    self._succeeded += 1
-                else:
-                    self._failed += 1
 
     def finish(self, state: State, reason: str | None) -> None:
         """Stop the scan writers still running; each writes what it has and closes."""
@@ -186,15 +186,13 @@ class NexusSessionWriter(Subscriber):
         return list(self._active.values())
 
     def session_statistics(self) -> SessionStatistics:
-        # Writers that ended since the last purge are counted here without being purged:
-        # only the listener greenlet changes the dict (list() copies it atomically).
-        active = list(self._active.values())
-        ended = [w for w in active if w.done()]
+        # list() copies atomically; only the listener greenlet changes the dict.
+        active = [w for w in list(self._active.values()) if not w.done()]
         return SessionStatistics(
             writer=self.statistics(),
             scans_started=self._started,
-            scans_active=len(active) - len(ended),
-            scans_succeeded=self._succeeded + sum(w.state is State.OFF for w in ended),
-            scans_failed=self._failed + sum(w.state is State.FAULT for w in ended),
+            scans_active=len(active),
+            scans_succeeded=self._succeeded,
+            scans_failed=self._failed,
             recent=tuple(self._recent),
         )

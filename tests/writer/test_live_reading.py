@@ -30,7 +30,9 @@ def test_values_are_readable_by_another_process_within_half_a_second(
     fast_total, slow_total = int(FAST_RATE * SECONDS), int(SLOW_RATE * SECONDS)
     path = tmp_path / "live.h5"
     scan = SessionPublisher(redis_client, "live").new_scan(
-        name="timescan", title="timescan 0.001", file=str(path),
+        name="timescan",
+        title="timescan 0.001",
+        file=str(path),
         channels=[{"name": "fast", "dtype": "<f8"}, {"name": "slow", "dtype": "<f8"}],
     )
     scan.prepare()
@@ -38,9 +40,17 @@ def test_values_are_readable_by_another_process_within_half_a_second(
     writer = NexusScanWriter(redis_client, scan.key, mode=Mode.PARALLEL)
     writer.start()
     watcher = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(path), entry_name(scan.document.number),
-         str(fast_total), str(slow_total), "30"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(path),
+            entry_name(scan.document.number),
+            str(fast_total),
+            str(slow_total),
+            "30",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     published: AsyncResult[list[tuple[float, int, int]]] = AsyncResult()
 
@@ -63,7 +73,10 @@ def test_values_are_readable_by_another_process_within_half_a_second(
     scan.close()
     assert writer.join(PROMPT * 4) and writer.state is State.OFF
     output, _ = watcher.communicate(timeout=60)
-    seen = [(float(t), int(f), int(s)) for t, f, s in (line.split() for line in output.split("\n") if line)]
+    seen = [
+        (float(t), int(f), int(s))
+        for t, f, s in (line.split() for line in output.split("\n") if line)
+    ]
     assert seen and seen[-1][1:] == (fast_total, slow_total), seen[-3:]
 
     def visible_after(when: float, fast: int, slow: int) -> float:

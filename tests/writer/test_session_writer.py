@@ -1,0 +1,134 @@
+"""NexusSessionWriter: a scan writer per new scan, one shared consumer thread, bounded
+memory over many scans, and one bad scan never stopping the others."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import h5py
+import redis
+
+from nexus_writer.nexus import files
+from nexus_writer.nexus.options import WriterOptions
+from nexus_writer.protocol import SessionPublisher
+from nexus_writer.session_writer import NexusSessionWriter
+from nexus_writer.simulator import Beamline, Detectors, PublishedScan
+from nexus_writer.subscriber import State
+from sync_primitives import AsyncResult
+from tests.conftest import PROMPT, wait_until
+from tests.writer.helpers import assert_file_has_every_value, entry_of, text
+
+
+def publish_in_thread(beamline: Beamline, commands: list[str]) -> AsyncResult[list[PublishedScan]]:
+    done: AsyncResult[list[PublishedScan]] = AsyncResult()
+    threading.Thread(
+        target=lambda: done.set([beamline.run(c) for c in commands]), daemon=True
+    ).start()
+    return done
+
+
+def test_concurrent_scans_of_a_session_are_all_written(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    writer = NexusSessionWriter(redis_client, "sess", WriterOptions(roots=(tmp_path,)))
+    writer.start()
+    lines = [
+        Beamline(
+            SessionPublisher(redis_client, "sess"),
+            root=str(tmp_path / f"bl{i}"),
+            detectors=Detectors(mca=True),
+            record=True,
+        )
+        for i in range(3)
+    ]
+    pending = [
+        publish_in_thread(line, ["loopscan 20 0.001", "ascan robx 0 1 9 0"]) for line in lines
+    ]
+    published = [scan for p in pending for scan in p.get(PROMPT * 4)]
+    assert writer.wait_for_scans([p.key for p in published], PROMPT * 4)
+    for scan in published:
+        assert_file_has_every_value(scan)
+    stats = writer.session_statistics()
+    assert (stats.scans_started, stats.scans_succeeded, stats.scans_failed) == (6, 6, 0)
+    writer.stop(wait=True, timeout=PROMPT)
+    assert writer.state is State.OFF
+
+
+def test_a_bad_scan_fails_alone_and_the_session_goes_on(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    writer = NexusSessionWriter(redis_client, "mixed", WriterOptions(roots=(tmp_path,)))
+    writer.start()
+    line = Beamline(SessionPublisher(redis_client, "mixed"), root=str(tmp_path), record=True)
+    first = line.run("loopscan 3 0")
+    assert writer.wait_for_scans([first.key], PROMPT)
+    bad = SessionPublisher(redis_client, "mixed").new_scan(
+        name="ct", title="ct", file="/proc/not/allowed.h5", channels=[{"name": "c", "dtype": "<i4"}]
+    )
+    broken = SessionPublisher(redis_client, "mixed").new_scan(
+        name="ct", title="ct", file=str(tmp_path / "x.h5"), channels=[]
+    )
+    doc = json.loads(redis_client.get(broken.key))  # type: ignore[arg-type]
+    redis_client.set(broken.key, json.dumps({**doc, "protocol": "9.0"}))
+    last = line.run("loopscan 4 0")
+    assert writer.wait_for_scans([bad.key, broken.key, last.key], PROMPT * 2)
+    assert_file_has_every_value(last)
+    failures = {
+        s.name: s.reason or "" for s in writer.session_statistics().recent if s.state == "FAULT"
+    }
+    assert "outside the writer's root directories" in failures[bad.key]
+    assert "protocol 9.0" in failures[broken.key]
+    assert writer.state is State.ON
+    writer.stop(wait=True, timeout=PROMPT)
+
+
+def test_memory_stays_bounded_over_many_scans(redis_client: redis.Redis, tmp_path: Path) -> None:
+    writer = NexusSessionWriter(
+        redis_client, "many", WriterOptions(roots=(tmp_path,)), keep_finished=20
+    )
+    writer.start()
+    line = Beamline(
+        SessionPublisher(redis_client, "many"),
+        root=str(tmp_path),
+        batch=2,
+        detectors=Detectors(counters=1),
+    )
+    keys = [line.run("loopscan 2 0").key for _ in range(300)]
+    assert writer.wait_for_scans(keys[-200:], PROMPT * 12)  # the first 100 are forgotten
+    stats = writer.session_statistics()
+    assert stats.scans_started == 300 and stats.scans_failed == 0
+    assert stats.scans_active == 0
+    assert len(stats.recent) == 20  # only the newest statistics are kept
+    writer.stop(wait=True, timeout=PROMPT)
+    assert writer.scans() == [] and files.open_paths() == []
+    with h5py.File(line.session_file, "r") as handle:
+        assert len(handle) == 300
+
+
+def test_stopping_the_session_closes_running_scans(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    writer = NexusSessionWriter(redis_client, "halt", WriterOptions(roots=(tmp_path,)))
+    writer.start()
+    scan = SessionPublisher(redis_client, "halt").new_scan(
+        name="ct",
+        title="ct",
+        file=str(tmp_path / "halt.h5"),
+        channels=[{"name": "c", "dtype": "<i4"}],
+    )
+    scan.prepare()
+    scan.start()
+    scan.send("c", [1, 2])
+    wait_until(
+        lambda: any(w.statistics().events_processed >= 3 for w in writer.scans()),
+        "the scan writer has written the points",
+    )
+    writer.stop(wait=True, timeout=PROMPT * 2)
+    assert files.open_paths() == []
+    with h5py.File(tmp_path / "halt.h5", "r") as handle:
+        entry = entry_of(handle, PublishedScan(scan.key, scan.document, 2, None))  # type: ignore[arg-type]
+        assert text(entry["writer/status"]) == "STOPPED"
+        assert entry["measurement/c"][()].tolist() == [1, 2]
+        assert "end_time" in entry
