@@ -42,6 +42,7 @@ from nexus_writer.protocol import (
     ScanState,
     StateEvent,
 )
+from nexus_writer.protocol.reader import JOIN_LIMIT
 from sync_primitives import Thread
 
 from .subscriber import Mode, State, Subscriber
@@ -253,15 +254,25 @@ class NexusScanWriter(Subscriber):
 
 
 def _contiguous(parts: list[PointsEvent]) -> list[tuple[int, np.ndarray | list[np.ndarray]]]:
-    """Runs of consecutive points: one write per run (fixed shapes joined, variable kept)."""
+    """Runs of consecutive points: one write per run (fixed shapes joined, variable kept).
+
+    Parts of ``JOIN_LIMIT`` bytes or more are written as they are: joining them would only
+    copy them, and one write per large part costs nothing more.
+    """
     runs: list[tuple[int, list[PointsEvent]]] = []
     for part in parts:
-        if runs and runs[-1][0] + sum(p.count for p in runs[-1][1]) == part.first:
+        large = not isinstance(part.data, list) and part.data.nbytes >= JOIN_LIMIT
+        if large:
+            runs.append((part.first, [part]))
+            runs.append((-1, []))  # nothing joins after a large part
+        elif runs and runs[-1][1] and runs[-1][0] + sum(p.count for p in runs[-1][1]) == part.first:
             runs[-1][1].append(part)
         else:
             runs.append((part.first, [part]))
     merged: list[tuple[int, np.ndarray | list[np.ndarray]]] = []
     for first, group in runs:
+        if not group:
+            continue
         if isinstance(group[0].data, list):
             merged.append((first, [a for p in group for a in p.data]))
         elif len(group) == 1:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,8 @@ _log = logging.getLogger(__name__)
 
 #: Seconds a listener waits for events before it looks whether it should stop.
 LISTEN_POLL = 0.25
+#: Latencies kept for the percentiles of the statistics.
+LATENCY_SAMPLES = 1024
 _END = object()  # put by the listener when it is done
 
 
@@ -69,6 +72,8 @@ class SubscriberStatistics:
     processing_time: float  #: seconds the consumer spent consuming
     latency_last: float | None  #: seconds from publication to processed, last batch
     latency_max: float | None
+    latency_p50: float | None  #: over the last LATENCY_SAMPLES batches
+    latency_p99: float | None
     duration: float  #: seconds from start to end (or to now)
 
 
@@ -107,6 +112,7 @@ class Subscriber:
         self._processing_time = 0.0
         self._latency_last: float | None = None
         self._latency_max: float | None = None
+        self._latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
 
     # -- to implement -----------------------------------------------------------------------
 
@@ -219,6 +225,8 @@ class Subscriber:
             processing_time=self._processing_time,
             latency_last=self._latency_last,
             latency_max=self._latency_max,
+            latency_p50=_percentile(self._latencies, 0.50),
+            latency_p99=_percentile(self._latencies, 0.99),
             duration=self.duration(),
         )
 
@@ -299,6 +307,7 @@ class Subscriber:
             latency = max(0.0, time.time() - published)
             self._latency_last = latency
             self._latency_max = max(latency, self._latency_max or 0.0)
+            self._latencies.append(latency)
 
     def _fault_from(self, exc: Exception, what: str) -> None:
         _log.error("subscriber %r: %s: %s", self.name, what, exc, exc_info=exc)
@@ -332,3 +341,10 @@ class Subscriber:
             self.duration(),
             f" ({self._reason})" if self._reason else "",
         )
+
+
+def _percentile(samples: deque[float], fraction: float) -> float | None:
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]

@@ -36,6 +36,9 @@ _log = logging.getLogger(__name__)
 
 #: Consecutive entries of a channel are joined into one event up to about this many bytes.
 JOIN_LIMIT = 256 * 1024
+#: A read asks for at most about this many bytes of its largest channel, so that large
+#: frames arrive in several reads and the consumer can write while the next one comes.
+READ_BYTES = 16 * 1024 * 1024
 
 # -- events ------------------------------------------------------------------------------
 
@@ -145,8 +148,9 @@ class ScanReader:
         check_client(client)
         self.client = client
         self.key = key
-        self.count = count
         self.document = load_document(client, key)
+        largest = max((c.point_nbytes for c in self.document.channels if c.fixed_data), default=1)
+        self.count = max(1, min(count, READ_BYTES // max(1, largest)))
         self.state: ScanState | None = None
         cursor = cursor or Cursor()
         self._channels: dict[str, Channel] = {
