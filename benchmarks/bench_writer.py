@@ -29,7 +29,7 @@ import redis
 
 from benchmarks._report import markdown_table, report
 from nexus_writer.nexus.options import WriterOptions
-from nexus_writer.protocol import Keys, SessionPublisher
+from nexus_writer.protocol import Keys, ScanReader, SessionPublisher
 from nexus_writer.redis_client import connect
 from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.scan_writer import NexusScanWriter
@@ -100,9 +100,10 @@ def raw_h5py(path: str, data: dict[str, np.ndarray], batch: int) -> float:
 
 def raw_redis(client: redis.Redis, key: str, channels: int) -> float:
     streams: dict[Any, Any] = {Keys.channel(key, i): "0-0" for i in range(channels)}
+    count = ScanReader(client, key).count  # the writer's own requests: same COUNT
     started = time.perf_counter()
     while streams:
-        response: Any = client.xread(streams, count=1000)
+        response: Any = client.xread(streams, count=count)
         for stream, entries in response:
             name = stream.decode()
             streams[name] = entries[-1][0]
