@@ -180,7 +180,8 @@ class EmbeddedRedis:
         threading.Thread(
             target=_drain, args=(process, ready, output), name="redis-server-output", daemon=True
         ).start()
-        if not ready.wait(self.startup_timeout) or process.poll() is not None:
+        # The event is also set when the output ends; only the ready line says it started.
+        if not ready.wait(self.startup_timeout) or not any(map(_is_ready, output)):
             _terminate(process)
             tail = "".join(output[-10:]).strip()
             raise RedisServerError(f"{self.binary} did not start: {tail or 'no output'}")
@@ -216,14 +217,18 @@ def _drain(process: subprocess.Popen[bytes], ready: Event, output: list[str]) ->
     assert process.stdout is not None
     for raw in process.stdout:
         line = raw.decode(errors="replace")
-        if len(output) < 200:
+        if len(output) < 200 or _is_ready(line):
             output.append(line)
-        # 6.2 on TCP: "Ready to accept connections"; on a unix socket only: "The server is
-        # now ready to accept connections at <path>"; 7.x adds the listener's kind.
-        if "ready to accept connections" in line.lower():
+        if _is_ready(line):
             ready.set()
         _log.debug("redis-server: %s", line.rstrip())
     ready.set()  # it exited: the starter looks at poll()
+
+
+def _is_ready(line: str) -> bool:
+    # 6.2 on TCP: "Ready to accept connections"; on a unix socket only: "The server is now
+    # ready to accept connections at <path>"; 7.x adds the listener's kind.
+    return "ready to accept connections" in line.lower()
 
 
 def _terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
