@@ -7,14 +7,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import gevent
+import redis
 
 from nexus_writer.demo import run_demo
 from nexus_writer.nexus.options import Compression, WriterOptions
@@ -161,24 +163,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+class UsageError(Exception):
+    """The command line is incomplete; the message says what to add."""
+
+
+@contextlib.contextmanager
+def redis_for(args: argparse.Namespace) -> Iterator[redis.Redis]:
+    """A client of --redis, of $NEXUS_WRITER_REDIS_URL, or of an embedded server for the
+    command's duration (--embedded).
+
+    Raises:
+        UsageError: none of them was given.
+    """
     url = args.redis or os.environ.get(REDIS_URL_VARIABLE)
     if not url and not args.embedded:
-        print(
-            f"nexus-writer run: give --redis URL, --embedded, or set ${REDIS_URL_VARIABLE}",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError(f"give --redis URL, --embedded, or set ${REDIS_URL_VARIABLE}")
     server = EmbeddedRedis().start() if args.embedded else None
     try:
         if server is not None:
             print(f"embedded Redis at {server.url}", flush=True)
+        yield connect(server.url if server else str(url))
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    with redis_for(args) as client:
         options = WriterOptions(
             roots=tuple(Path(r).resolve() for r in args.root),
             compression=Compression(args.compression),
             inactivity_timeout=args.inactivity_timeout,
         )
-        client = connect(server.url if server else str(url))
         writer = NexusSessionWriter(
             client,
             args.session,
@@ -195,22 +211,10 @@ def run(args: argparse.Namespace) -> int:
         stop.wait()  # yields to the hub, which runs the writer
         writer.stop(wait=True, timeout=60)
         return 0 if writer.state is State.OFF else 1
-    finally:
-        if server is not None:
-            server.stop()
 
 
 def simulate(args: argparse.Namespace) -> int:
-    url = args.redis or os.environ.get(REDIS_URL_VARIABLE)
-    if not url and not args.embedded:
-        print(
-            f"nexus-writer simulate: give --redis URL, --embedded, or set ${REDIS_URL_VARIABLE}",
-            file=sys.stderr,
-        )
-        return 2
-    server = EmbeddedRedis().start() if args.embedded else None
-    try:
-        client = connect(server.url if server else str(url))
+    with redis_for(args) as client:
         detectors = Detectors(
             counters=args.counters,
             mca=args.mca,
@@ -242,9 +246,6 @@ def simulate(args: argparse.Namespace) -> int:
                 f"{done.end_reason.value}, {done.key} -> {done.document.file}"
             )
         return 1 if failed else 0
-    finally:
-        if server is not None:
-            server.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -252,12 +253,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if args.command == "simulate":
-        return simulate(args)
-    if args.command == "run":
-        return run(args)
-    if args.command == "demo":
-        return run_demo(Path(args.root))
+    try:
+        if args.command == "simulate":
+            return simulate(args)
+        if args.command == "run":
+            return run(args)
+        if args.command == "demo":
+            return run_demo(Path(args.root))
+    except UsageError as exc:
+        print(f"nexus-writer {args.command}: {exc}", file=sys.stderr)
+        return 2
     raise AssertionError(args.command)  # argparse only accepts the sub-commands above
 
 

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from typing import Any
 
 import h5py
 import numpy as np
@@ -14,10 +15,19 @@ import redis
 
 from nexus_writer.nexus.names import entry_name, short_names
 from nexus_writer.nexus.options import WriterOptions
+from nexus_writer.protocol import ScanPublisher, SessionPublisher
 from nexus_writer.scan_writer import NexusScanWriter
 from nexus_writer.simulator import PublishedScan
 from nexus_writer.subscriber import Mode
 from tests.conftest import PROMPT
+
+
+def started_scan(session: SessionPublisher, **scan: Any) -> ScanPublisher:
+    """``session.new_scan(**scan)``, prepared and started: ready for points."""
+    publisher = session.new_scan(**scan)
+    publisher.prepare()
+    publisher.start()
+    return publisher
 
 
 def write_scan(

@@ -22,7 +22,13 @@ from nexus_writer.scan_writer import NexusScanWriter
 from nexus_writer.simulator import Beamline, Detectors
 from nexus_writer.subscriber import Mode, State
 from tests.conftest import PROMPT, wait_until
-from tests.writer.helpers import assert_file_has_every_value, entry_of, text, write_scan
+from tests.writer.helpers import (
+    assert_file_has_every_value,
+    entry_of,
+    started_scan,
+    text,
+    write_scan,
+)
 
 
 def beamline(
@@ -150,14 +156,13 @@ def test_bad_channel_faults_the_scan_records_why_and_writes_the_rest(
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     session = SessionPublisher(redis_client, "badch")
-    scan = session.new_scan(
+    scan = started_scan(
+        session,
         name="ct",
         title="ct",
         file=str(tmp_path / "bad.h5"),
         channels=[{"name": "good", "dtype": "<f8"}, {"name": "bad", "dtype": "<u2", "shape": [4]}],
     )
-    scan.prepare()
-    scan.start()
     scan.send("good", [1.0, 2.0])
     scan.send("bad", np.ones((1, 4)))
     bad_entry = {"i": 1, "n": 1, "d": b"x"}  # one byte where a point needs eight
@@ -181,14 +186,13 @@ def test_bad_channel_faults_the_scan_records_why_and_writes_the_rest(
 def test_silent_publisher_gets_its_scan_closed_after_the_inactivity_timeout(
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    scan = SessionPublisher(redis_client, "silent").new_scan(
+    scan = started_scan(
+        SessionPublisher(redis_client, "silent"),
         name="ct",
         title="ct",
         file=str(tmp_path / "silent.h5"),
         channels=[{"name": "c", "dtype": "<i4"}],
     )
-    scan.prepare()
-    scan.start()
     scan.send("c", [1, 2, 3])  # ... and the publisher is gone
     writer = write_scan(redis_client, scan.key, options=WriterOptions(inactivity_timeout=0.5))
     with h5py.File(tmp_path / "silent.h5", "r") as handle:
@@ -204,14 +208,13 @@ def test_redis_connections_dropped_mid_scan_lose_nothing(
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     line = beamline(redis_client, tmp_path, mca=True)
-    scan = line.publisher.new_scan(
+    scan = started_scan(
+        line.publisher,
         name="ct",
         title="ct",
         file=str(tmp_path / "drop.h5"),
         channels=[{"name": "c", "dtype": "<i8"}],
     )
-    scan.prepare()
-    scan.start()
     writer = NexusScanWriter(redis_client, scan.key, mode=Mode.PARALLEL)
     writer.start()
     scan.send("c", np.arange(0, 100))
@@ -229,14 +232,13 @@ def test_redis_connections_dropped_mid_scan_lose_nothing(
 def test_stopped_writer_closes_the_file_with_status_stopped(
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    scan = SessionPublisher(redis_client, "stop").new_scan(
+    scan = started_scan(
+        SessionPublisher(redis_client, "stop"),
         name="ct",
         title="ct",
         file=str(tmp_path / "stop.h5"),
         channels=[{"name": "c", "dtype": "<i4"}],
     )
-    scan.prepare()
-    scan.start()
     scan.send("c", [7])
     writer = NexusScanWriter(redis_client, scan.key, mode=Mode.CONCURRENT)
     writer.start()

@@ -18,6 +18,7 @@ from nexus_writer.scan_writer import NexusScanWriter
 from nexus_writer.subscriber import Mode, State
 from sync_primitives import AsyncResult
 from tests.conftest import PROMPT
+from tests.writer.helpers import started_scan
 
 SCRIPT = Path(__file__).parent / "scripts" / "watch_file.py"
 FAST_RATE, SLOW_RATE, SECONDS, BATCH = 1000, 5, 2.0, 5
@@ -29,14 +30,13 @@ def test_values_are_readable_by_another_process_within_half_a_second(
 ) -> None:
     fast_total, slow_total = int(FAST_RATE * SECONDS), int(SLOW_RATE * SECONDS)
     path = tmp_path / "live.h5"
-    scan = SessionPublisher(redis_client, "live").new_scan(
+    scan = started_scan(
+        SessionPublisher(redis_client, "live"),
         name="timescan",
         title="timescan 0.001",
         file=str(path),
         channels=[{"name": "fast", "dtype": "<f8"}, {"name": "slow", "dtype": "<f8"}],
     )
-    scan.prepare()
-    scan.start()
     writer = NexusScanWriter(redis_client, scan.key, mode=Mode.PARALLEL)
     writer.start()
     watcher = subprocess.Popen(

@@ -19,7 +19,7 @@ from nexus_writer.simulator import Beamline, Detectors, PublishedScan
 from nexus_writer.subscriber import State
 from sync_primitives import AsyncResult
 from tests.conftest import PROMPT, wait_until
-from tests.writer.helpers import assert_file_has_every_value, entry_of, text
+from tests.writer.helpers import assert_file_has_every_value, entry_of, started_scan, text
 
 
 def publish_in_thread(beamline: Beamline, commands: list[str]) -> AsyncResult[list[PublishedScan]]:
@@ -120,14 +120,13 @@ def test_stopping_the_session_closes_running_scans(
 ) -> None:
     writer = NexusSessionWriter(redis_client, "halt", WriterOptions(roots=(tmp_path,)))
     writer.start()
-    scan = SessionPublisher(redis_client, "halt").new_scan(
+    scan = started_scan(
+        SessionPublisher(redis_client, "halt"),
         name="ct",
         title="ct",
         file=str(tmp_path / "halt.h5"),
         channels=[{"name": "c", "dtype": "<i4"}],
     )
-    scan.prepare()
-    scan.start()
     scan.send("c", [1, 2])
     wait_until(
         lambda: any(w.statistics().events_processed >= 3 for w in writer.scans()),

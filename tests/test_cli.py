@@ -1,0 +1,26 @@
+"""The nexus-writer command line: what it says when something is missing."""
+
+from __future__ import annotations
+
+import pytest
+
+from nexus_writer.cli import REDIS_URL_VARIABLE, main
+
+
+@pytest.mark.parametrize("argv", [["run", "--session", "s"], ["simulate", "loopscan 2 0"]])
+def test_a_command_without_redis_says_how_to_give_one(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(REDIS_URL_VARIABLE, raising=False)
+    assert main(argv) == 2
+    assert (
+        f"nexus-writer {argv[0]}: give --redis URL, --embedded, or set ${REDIS_URL_VARIABLE}"
+        in (capsys.readouterr().err)
+    )
+
+
+def test_a_bad_option_value_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", "--embedded", "--image-shape", "48by64", "loopscan 2 0"])
+    assert exit_info.value.code == 2
+    assert "'48by64': expected ROWSxCOLUMNS" in capsys.readouterr().err
