@@ -107,7 +107,6 @@ class Subscriber:
         self._finished = Event()
         self._started_at: float | None = None
         self._ended_at: float | None = None
-        self._listener: Any = None
         self._received = self._processed = self._batches = 0
         self._processing_time = 0.0
         self._latency_last: float | None = None
@@ -154,9 +153,9 @@ class Subscriber:
         self._state = State.ON
         self._started_at = time.monotonic()
         if self.mode is Mode.SEQUENTIAL:
-            self._listener = gevent.spawn(self._run_sequential)
+            gevent.spawn(self._run_sequential)
         else:
-            self._listener = gevent.spawn(self._run_listener)
+            gevent.spawn(self._run_listener)
             if self.mode is Mode.CONCURRENT:
                 gevent.spawn(self._run_consumer)
             else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,6 @@ class WriterOptions:
     #: Points of a batch are written in slices of about this size, each checked against
     #: the free space: a full disk stops a scan with everything that fitted.
     write_bytes: int = 8 * MiB
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def check_path(self, path: str) -> Path:
         """The absolute path of a file to write, after checking where it is.

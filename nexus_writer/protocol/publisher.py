@@ -238,9 +238,6 @@ class ScanPublisher:
         self._add(info, encode_end(self._next[channel]))
         self._ended.add(channel)
 
-    def points_sent(self, channel: str) -> int:
-        return self._next[channel]
-
     def _channel(self, name: str) -> Channel:
         if name in self._ended:
             raise ValueError(f"scan {self.key!r}: channel {name!r} has ended")
