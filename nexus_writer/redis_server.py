@@ -76,15 +76,19 @@ class EmbeddedRedis:
         unix_socket: bool = False,
         password: str | None = None,
         username: str | None = None,
+        persistent: bool = False,
         startup_timeout: float = 15.0,
     ) -> None:
         """``password`` alone protects the default user; with ``username`` it is the password
-        of an ACL user that may do everything, and the default user is switched off."""
+        of an ACL user that may do everything, and the default user is switched off.
+        ``persistent`` keeps an append-only file (synced on every write), so that the data
+        survive :meth:`halt` and :meth:`resume`."""
         if username and not password:
             raise ValueError("an ACL username needs a password")
         self.unix_socket = unix_socket
         self.password = password
         self.username = username
+        self.persistent = persistent
         self.startup_timeout = startup_timeout
         self.binary = find_redis_server()
         self._process: subprocess.Popen[bytes] | None = None
@@ -130,6 +134,7 @@ class EmbeddedRedis:
                 self._launch()
                 return self
             except RedisServerError:
+                self._port = None  # perhaps taken meanwhile: try another
                 if attempt == attempts - 1:
                     self.stop()
                     raise
@@ -146,7 +151,7 @@ class EmbeddedRedis:
             "--save",
             "",
             "--appendonly",
-            "no",
+            *(["yes", "--appendfsync", "always"] if self.persistent else ["no"]),
             "--daemonize",
             "no",
             "--loglevel",
@@ -155,7 +160,7 @@ class EmbeddedRedis:
         if self.unix_socket:
             args += ["--port", "0", "--unixsocket", self._socket_path, "--unixsocketperm", "700"]
         else:
-            self._port = _free_port()
+            self._port = self._port or _free_port()
             args += ["--port", str(self._port)]
         if self.username:
             args += [
@@ -189,17 +194,33 @@ class EmbeddedRedis:
         self._finalizer = weakref.finalize(self, _cleanup, process, self._directory)
         _log.info("embedded redis-server (pid %d) at %s", process.pid, self.url)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the server and remove its directory; does nothing if it is not running."""
+    def halt(self, timeout: float = 10.0) -> None:
+        """Stop the server process but keep its directory and address, for :meth:`resume`:
+        Redis "going away" (with ``persistent``, its data come back)."""
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
         if self._process is not None:
             _terminate(self._process, timeout)
             self._process = None
+
+    def resume(self) -> None:
+        """Start the server again after :meth:`halt`, at the same address.
+
+        Raises:
+            RedisServerError: it did not start (the port may have been taken meanwhile).
+        """
+        if self._process is not None or self._directory is None:
+            raise RedisServerError("resume() follows halt()")
+        self._launch()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server and remove its directory; does nothing if it is not running."""
+        self.halt(timeout)
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None
+            self._port = None
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()

@@ -3,6 +3,7 @@ nothing else."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from nexus_writer.nexus.names import entry_name
 from nexus_writer.nexus.options import Compression, WriterOptions
 from nexus_writer.protocol import Keys, SessionPublisher
 from nexus_writer.protocol.keys import text as text_of
+from nexus_writer.redis_client import connect
+from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.scan_writer import NexusScanWriter
 from nexus_writer.simulator import Beamline, Detectors
 from nexus_writer.subscriber import Mode, State
@@ -249,3 +252,34 @@ def test_stopped_writer_closes_the_file_with_status_stopped(
         assert text(entry["writer/status"]) == "STOPPED"
         assert entry["measurement/c"][()].tolist() == [7]
     assert entry_of is not None
+
+
+def test_redis_server_going_away_mid_scan_loses_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with EmbeddedRedis(persistent=True) as server:
+        client = connect(server.url)
+        scan = started_scan(
+            SessionPublisher(client, "away"),
+            name="ct",
+            title="ct",
+            file=str(tmp_path / "away.h5"),
+            channels=[{"name": "c", "dtype": "<i8"}],
+        )
+        writer = NexusScanWriter(client, scan.key, WriterOptions(retry_max_delay=0.2))
+        writer.start()
+        scan.send("c", np.arange(0, 100))
+        wait_until(
+            lambda: writer.statistics().events_processed >= 3, "the first points are written"
+        )
+        with caplog.at_level(logging.WARNING, logger="nexus_writer.scan_writer"):
+            server.halt()  # Redis goes away in the middle of the scan
+            wait_until(lambda: "Redis unreachable" in caplog.text, "the writer notices")
+            server.resume()  # ... and comes back, with its data
+        scan.send("c", np.arange(100, 200))
+        scan.close()
+        assert writer.join(PROMPT * 4) and writer.state is State.OFF
+    with h5py.File(tmp_path / "away.h5", "r") as handle:
+        entry = handle[entry_name(scan.document.number)]
+        np.testing.assert_array_equal(entry["measurement/c"][()], np.arange(200))
+        assert text(entry["end_reason"]) == "SUCCESS"
