@@ -234,15 +234,16 @@ class NexusScanWriter(Subscriber):
             )
             self._file.close()
             return
+        assert self._document is not None  # set with the file, by Opened
         try:
-            document = self._document or self._file.document
+            document = self._document
             if self._closed is not None:
                 end_reason = (self._closed.reason or EndReason.SUCCESS).value
                 message = self._closed.message
             else:
                 end_reason = EndReason.FAILURE.value
                 message = self._abandoned or reason or "the writer stopped before the scan closed"
-            if reason and self._file is not None:
+            if reason:
                 self._file.add_message(reason)
             status = "FAULT" if state is State.FAULT else "SUCCEEDED"
             if self._closed is None and state is State.OFF and not self._abandoned:
@@ -259,20 +260,18 @@ def _contiguous(parts: list[PointsEvent]) -> list[tuple[int, np.ndarray | list[n
     Parts of ``JOIN_LIMIT`` bytes or more are written as they are: joining them would only
     copy them, and one write per large part costs nothing more.
     """
-    runs: list[tuple[int, list[PointsEvent]]] = []
+    runs: list[list[PointsEvent]] = []
+    open_end: int | None = None  # where the last run ends, while a part may still join it
     for part in parts:
         large = not isinstance(part.data, list) and part.data.nbytes >= JOIN_LIMIT
-        if large:
-            runs.append((part.first, [part]))
-            runs.append((-1, []))  # nothing joins after a large part
-        elif runs and runs[-1][1] and runs[-1][0] + sum(p.count for p in runs[-1][1]) == part.first:
-            runs[-1][1].append(part)
+        if not large and part.first == open_end:
+            runs[-1].append(part)
         else:
-            runs.append((part.first, [part]))
+            runs.append([part])
+        open_end = None if large else part.first + part.count
     merged: list[tuple[int, np.ndarray | list[np.ndarray]]] = []
-    for first, group in runs:
-        if not group:
-            continue
+    for group in runs:
+        first = group[0].first
         if isinstance(group[0].data, list):
             merged.append((first, [a for p in group for a in p.data]))
         elif len(group) == 1:
