@@ -25,6 +25,7 @@ Layout of scan N (``scan_000N``), every group with its NX_class::
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import shutil
@@ -214,9 +215,24 @@ class ScanFile:
         self.datasets[channel].write(first, data)
 
     def add_frames(self, channel: str, sources: list[FrameSource]) -> None:
-        """Reference more frames of detector files (the virtual dataset is remade)."""
+        """Reference more frames of detector files (the virtual dataset is remade).
+
+        A reference that continues the previous one (same file and dataset, next frames,
+        next points) extends it: the virtual dataset keeps about one mapping per detector
+        file, however many batches referenced it.
+        """
         known = self.frames[channel]
-        known.extend(sources)
+        for source in sources:
+            last = known[-1] if known else None
+            if (
+                last is not None
+                and (last.file, last.dataset) == (source.file, source.dataset)
+                and last.first + last.count == source.first
+                and last.frame + last.count == source.frame
+            ):
+                known[-1] = dataclasses.replace(last, count=last.count + source.count)
+            else:
+                known.append(source)
         group = self.instrument[self.names[channel]]
         info = self.document.channel(channel)
         write_frame_references(group, "data", info, known, str(self.path))

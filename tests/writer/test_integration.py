@@ -119,3 +119,21 @@ def test_scans_of_a_session_share_one_file_one_entry_each(
     assert_file_has_every_value(first)
     assert_file_has_every_value(second)
     assert first.end_reason is EndReason.SUCCESS
+
+
+def test_frame_references_keep_one_mapping_per_detector_file(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    beamline = Beamline(
+        SessionPublisher(redis_client, "vds"),
+        root=str(tmp_path),
+        detectors=Detectors(image="file", image_shape=(4, 5), frames_per_file=10),
+        batch=2,  # five references per detector file
+        record=True,
+    )
+    published = beamline.run("loopscan 30 0")
+    assert write_scan(redis_client, published.key).state is State.OFF
+    assert_file_has_every_value(published)
+    with h5py.File(published.document.file, "r") as handle:
+        frames = entry_of(handle, published)["instrument/cam1/data"]
+        assert len(frames.virtual_sources()) == len(published.detector_files) == 3
