@@ -7,9 +7,6 @@
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -18,6 +15,7 @@ import h5py
 
 from nexus_writer.nexus.names import entry_name
 from nexus_writer.nexus.options import WriterOptions
+from nexus_writer.nexus.validation import nxcheck_errors
 from nexus_writer.protocol import SessionPublisher
 from nexus_writer.redis_client import connect
 from nexus_writer.redis_server import EmbeddedRedis
@@ -86,7 +84,7 @@ def _report(scans: list[PublishedScan], writer: NexusSessionWriter) -> int:
     print(f"\n{first.document.file}:/{entry_name(first.document.number)}")
     with h5py.File(first.document.file, "r", locking=False) as handle:
         _tree(handle[entry_name(first.document.number)], depth=0)
-    errors = [_nxcheck_errors(f) for f in files]
+    errors = [nxcheck_errors(f) for f in files]
     print(f"\nnxcheck: {sum(errors)} error(s)")
     return 0 if not failed and not any(errors) else 1
 
@@ -100,14 +98,3 @@ def _tree(group: h5py.Group, depth: int, max_depth: int = 2) -> None:
                 _tree(item, depth + 1, max_depth)
         else:
             print(f"{pad}{name}  {item.shape} {item.dtype}")
-
-
-def _nxcheck_errors(path: str) -> int:
-    """Errors that nxcheck finds in ``path``."""
-    nxcheck = os.path.join(os.path.dirname(sys.executable), "nxcheck")
-    run = subprocess.run([nxcheck, path], capture_output=True, text=True, check=False)
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", run.stdout + run.stderr)
-    found = re.search(r"Total number of errors:\s*(\d+)", plain)
-    if not found:
-        raise RuntimeError(f"nxcheck gave no verdict on {path}: {plain[-500:]}")
-    return int(found.group(1))

@@ -156,7 +156,7 @@ def test_points_trimmed_before_reading_are_reported_as_lost(redis_client: redis.
     scan = two_channel_scan(redis_client)
     reader = ScanReader(redis_client, scan.key)
     scan.send("a", [0, 1])
-    assert points_of(read_all_now(reader), "a").tolist() == [0, 1]
+    assert points_of(reader.read(timeout=1.0), "a").tolist() == [0, 1]
     stream = Keys.channel(scan.key, 0)
     for start in range(2, 12, 2):
         scan.send("a", [start, start + 1])
@@ -205,7 +205,3 @@ def test_closed_without_end_markers_ends_the_channels_with_an_error(
     errors = errors_of(events)
     assert sorted(e.channel for e in errors) == ["a", "b"]  # type: ignore[attr-defined]
     assert all("closed without this channel's end marker" in str(e) for e in errors)
-
-
-def read_all_now(reader: ScanReader) -> list:  # type: ignore[type-arg]
-    return reader.read(timeout=1.0)

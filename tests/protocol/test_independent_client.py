@@ -19,12 +19,12 @@ from nexus_writer.protocol import (
     EndReason,
     FrameRefsEvent,
     PointsEvent,
-    ScanEvent,
     ScanReader,
     ScanState,
     SessionReader,
     StateEvent,
 )
+from tests.protocol.helpers import read_all
 
 SCAN = "nxw:scan:demo:7-a1b2c3d4"
 T = "2026-11-21T13:00:26.468000+01:00"
@@ -175,15 +175,6 @@ def publish_by_hand(r: redis.Redis) -> dict[str, Any]:
     for key in (SCAN, f"{SCAN}:events", *(f"{SCAN}:ch:{i}" for i in range(5))):
         raw(r, "EXPIRE", key, 604800)
     return {"robx": x, "diode": diode, "mca": mca, "trace": traces}
-
-
-def read_all(reader: ScanReader) -> list[ScanEvent]:
-    events: list[ScanEvent] = []
-    for _ in range(100):
-        if reader.done:
-            return events
-        events.extend(reader.read(timeout=1.0))
-    raise AssertionError("the reader never finished")
 
 
 def test_reference_reader_reads_a_hand_published_scan_exactly(redis_client: redis.Redis) -> None:

@@ -3,10 +3,6 @@ published, and ask nxcheck."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 from typing import Any
 
 import h5py
@@ -59,12 +55,3 @@ def assert_file_has_every_value(published: PublishedScan) -> None:
 def text(dataset: h5py.Dataset) -> str:
     value = dataset[()]
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def nxcheck_errors(path: str) -> int:
-    nxcheck = os.path.join(os.path.dirname(sys.executable), "nxcheck")
-    run = subprocess.run([nxcheck, path], capture_output=True, text=True, check=False)
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", run.stdout + run.stderr)
-    found = re.search(r"Total number of errors:\s*(\d+)", plain)
-    assert found, plain[-2000:]
-    return int(found.group(1))

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from nexus_writer.nexus.names import entry_name
+from nexus_writer.nexus.validation import nxcheck_errors
 from nexus_writer.protocol import EndReason, SessionPublisher
 from nexus_writer.scan_writer import NexusScanWriter
 from nexus_writer.simulator import Beamline, Detectors
@@ -19,7 +20,6 @@ from tests.conftest import PROMPT
 from tests.writer.helpers import (
     assert_file_has_every_value,
     entry_of,
-    nxcheck_errors,
     text,
     write_scan,
 )
