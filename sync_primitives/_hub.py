@@ -33,11 +33,13 @@ from typing import Any, Protocol
 import gevent
 from gevent import monkey
 
+from ._fork import CLOSE, RENEW, track
 from .errors import ClosedError
 
 _log = logging.getLogger(__name__)
 
 allocate_native_lock: Callable[[], Any] = monkey.get_original("_thread", "allocate_lock")
+TIMEOUT_MAX: float = monkey.get_original("_thread", "TIMEOUT_MAX")
 native_get_ident: Callable[[], int] = monkey.get_original("_thread", "get_ident")
 start_native_thread: Callable[..., int] = monkey.get_original("_thread", "start_new_thread")
 _NativeLocal: type = monkey.get_original("_thread", "_local")
@@ -54,6 +56,13 @@ class PortItem(Protocol):
 
     def abandon(self, error: ClosedError) -> None:
         """Called instead of :meth:`fire` when the thread ended first (in the ending thread)."""
+
+
+class ParkedWaiter(Protocol):
+    """A waiter asleep in a port's hub (``_waiter.HubWaiter``)."""
+
+    def cancel(self) -> None:
+        """Its thread ended while it slept: take it out of its primitive (ending thread)."""
 
 
 def thread_name(ident: int | None = None) -> str:
@@ -89,7 +98,8 @@ class _ExitHooks:
             try:
                 callback()
             except Exception:  # a hook must never stop the others
-                _log.exception("thread-exit hook %r failed", callback)
+                if _log is not None:  # None once the interpreter is shutting down
+                    _log.exception("thread-exit hook %r failed", callback)
 
 
 def call_at_thread_exit(key: object, callback: Callable[[], None]) -> None:
@@ -127,6 +137,7 @@ class HubPort:
         "_items",
         "_lock",
         "_loop",
+        "_parked",
         "hub",
         "name",
         "thread_ident",
@@ -141,11 +152,13 @@ class HubPort:
         self._lock = allocate_native_lock()
         self._closed = False
         self._holds = 0
+        self._parked: set[ParkedWaiter] = set()
         self._async = self._loop.async_()
         self._async.start(self._drain)
         # Unreferenced until a greenlet of this hub waits (see hold): an idle port must not
         # keep ``gevent.wait()`` or ``hub.join()`` of its thread from returning.
         self._async.ref = False
+        track(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -168,6 +181,13 @@ class HubPort:
             self._items.append(item)
             self._async.send()
         return True
+
+    def is_current(self) -> bool:
+        """True in the port's own thread, while the port is that thread's port.
+
+        Never decided by thread ident: a new thread may get the ident of an ended one.
+        """
+        return getattr(_tls, "port", None) is self and not self._closed
 
     def post_or_raise(self, item: PortItem, what: str) -> None:
         """:meth:`post`, raising :class:`ClosedError` naming ``what`` when refused."""
@@ -201,11 +221,31 @@ class HubPort:
         if self._holds == 0 and not self._closed:
             self._async.ref = False
 
-    def close(self) -> None:
-        """Refuse further posts and abandon what is queued; idempotent.
+    def park(self, waiter: ParkedWaiter) -> None:
+        """A greenlet of this hub starts sleeping in ``waiter`` (hub thread only).
+
+        Holds the loop, and makes :meth:`close` cancel the waiter if the thread ends first.
+        """
+        self._parked.add(waiter)
+        self.hold()
+
+    def unpark(self, waiter: ParkedWaiter) -> None:
+        """Undo :meth:`park` (hub thread only)."""
+        self._parked.discard(waiter)
+        self.unhold()
+
+    @property
+    def parked(self) -> int:
+        """How many greenlets of this hub sleep in a waiter."""
+        return len(self._parked)
+
+    def close(self, stop_watcher: bool = True) -> None:
+        """Refuse further posts, abandon what is queued and cancel parked waiters; idempotent.
 
         Called in the port's own thread: by its exit hook, by :class:`~.Thread` when it ends,
-        or when the thread's hub was replaced.
+        or when the thread's hub was replaced; in a child process, for every thread that
+        did not survive ``fork()``. Never with a primitive's mutex held: abandoning and
+        cancelling take those mutexes.
         """
         with self._lock:
             if self._closed:
@@ -214,7 +254,9 @@ class HubPort:
             abandoned = list(self._items)
             self._items.clear()
             # The loop may already be destroyed (hub.destroy()): then its watchers are gone.
-            if getattr(self._loop, "ptr", 0):
+            # In a child process, the loop of a thread that did not survive is left alone.
+            loop_alive = bool(getattr(self._loop, "ptr", 0))
+            if stop_watcher and loop_alive:
                 self._async.close()
         if abandoned:
             error = ClosedError(f"thread {self.name!r} ended before the work sent to it ran")
@@ -223,16 +265,45 @@ class HubPort:
                     item.abandon(error)
                 except Exception:
                     _log.exception("abandoning work of ended thread %r failed", self.name)
+        # After the abandoning: a parked waiter whose wake-up was queued has passed it on
+        # already and is no longer in its primitive's deque, so cancelling finds nothing.
+        parked, self._parked = list(self._parked), set()
+        for waiter in parked:
+            try:
+                waiter.cancel()
+            except Exception:
+                _log.exception("cancelling a waiter of ended thread %r failed", self.name)
+
+    def _after_fork(self, stage: int) -> None:
+        """In a child process (see ``_fork``): renew the mutex; close if not the survivor."""
+        if stage == RENEW:
+            self._lock = allocate_native_lock()
+        elif stage == CLOSE and not self.is_current():
+            self.close(stop_watcher=False)
 
 
-def current_port(name: str | None = None) -> HubPort:
-    """The port of the current thread's hub, creating the hub and the port if needed."""
-    hub = gevent.get_hub()
+def port_for(hub: Any, create: bool = False) -> HubPort | None:
+    """The port of ``hub``, the current thread's hub; None if it has none yet, unless
+    ``create``: then it is made, closing the port of a previous hub of this thread."""
     port: HubPort | None = getattr(_tls, "port", None)
     if port is not None and port.hub is hub:
         return port
+    if not create:
+        return None
     if port is not None:  # the thread's previous hub was destroyed
         port.close()
-    port = _tls.port = HubPort(hub, name)
+    port = _tls.port = HubPort(hub)
     call_at_thread_exit(HubPort, port.close)
+    return port
+
+
+def current_port(name: str | None = None) -> HubPort:
+    """The port of the current thread's hub, creating the hub and the port if needed.
+
+    ``name``, if given, names the thread in messages.
+    """
+    port = port_for(gevent.get_hub(), create=True)
+    assert port is not None
+    if name is not None:
+        port.name = name
     return port

@@ -17,15 +17,37 @@ only ever held for a few bytecodes and never across a switch. A blocking call do
 
 and the side that changes the condition pops waiters *under the mutex* and wakes them.
 So a waiter is woken at most once, a waker never wakes a waiter that already left, and the
-condition is re-checked under the mutex after every wake-up or time-out. A wake-up is only
-"re-check now", never a hand-over: a waiter woken at the very moment its time runs out still
-sees the item, the lock or the flag that woke it. The one case that could lose a wake-up, a
-woken waiter that leaves by exception (killed greenlet, ``gevent.Timeout``), passes its
-wake-up on to the next waiter.
+condition is re-checked under the mutex after every wake-up or time-out. For most
+primitives a wake-up is "re-check now": a waiter woken at the very moment its time runs out
+still sees the item or the flag that woke it. :class:`~sync_primitives.Lock` instead hands
+the lock itself to the waiter it wakes (see ``lock.py``).
+
+Every wake-up reaches a live waiter
+-----------------------------------
+A wake-up is lost if it goes to a waiter that will never run again. There are four ways to
+be such a waiter, and each passes the wake-up on to the next one:
+
+1. Its greenlet leaves by exception (killed, ``gevent.Timeout``) after it was woken: the
+   exception path of :func:`sleep` finds it was popped and passes the wake-up on.
+2. Its thread ended before the wake-up was posted: :meth:`HubWaiter.wake` returns False
+   (the port refused the post) and :func:`wake_one` moves on to the next waiter.
+3. Its thread ended after the port accepted the wake-up but before the hub ran it: the
+   port *abandons* the queued wake-up (:meth:`HubWaiter.abandon`), which passes it on.
+4. Its thread ended while it slept, before anybody woke it: the closing port *cancels* it
+   (:meth:`HubWaiter.cancel`), which takes it out of the primitive's deque, so that no
+   wake-up is ever spent on it and ``statistics()`` no longer counts it.
+
+Exactly one of these applies to a dead waiter: a waker pops it under the primitive's
+mutex (so the port either refused the post, 2, or holds it, 3) or it is still queued (4);
+cases 3 and 4 run in the ending thread, in its port's ``close()``, after the port has
+stopped accepting posts. A waiter in a child process whose thread did not survive
+``fork()`` is removed by ``_fork``.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,7 +56,7 @@ from typing import Any
 from gevent._hub_local import get_hub_if_exists
 from greenlet import getcurrent
 
-from ._hub import HubPort, allocate_native_lock, current_port
+from ._hub import TIMEOUT_MAX, HubPort, allocate_native_lock, port_for
 from .errors import ClosedError, WouldDeadlockError
 
 _WOKEN = object()
@@ -44,17 +66,25 @@ _TIMED_OUT = object()
 class NativeWaiter:
     """Sleeps on a raw lock: for threads that have no gevent hub."""
 
-    __slots__ = ("_lock",)
+    __slots__ = ("_lock", "owner")
 
-    def __init__(self) -> None:
+    def __init__(self, owner: Any) -> None:
         self._lock = allocate_native_lock()
         self._lock.acquire()
+        #: The greenlet that sleeps (a hub-less thread's main greenlet).
+        self.owner = owner
 
-    def wake(self) -> None:
+    def wake(self) -> bool:
+        """Wake the thread; always taken (a thread blocked in a native wait is alive)."""
         self._lock.release()
+        return True
 
     def sleep(self, timeout: float | None) -> bool:
         return bool(self._lock.acquire(True, -1 if timeout is None else timeout))
+
+    def survives_fork(self) -> bool:
+        """Only the forking thread lives on in a child, and it is not asleep."""
+        return False
 
 
 class HubWaiter:
@@ -64,34 +94,55 @@ class HubWaiter:
     of them switches back into the sleeping greenlet; the other finds it done.
     """
 
-    __slots__ = ("_done", "_greenlet", "_port")
+    __slots__ = ("_done", "_mutex", "_pass_on", "_port", "_waiters", "owner")
 
-    def __init__(self, port: HubPort, greenlet: Any) -> None:
+    def __init__(
+        self,
+        port: HubPort,
+        owner: Any,
+        mutex: Any,
+        waiters: deque[Waiter],
+        pass_on: Callable[[], None] | None,
+    ) -> None:
         self._port = port
-        self._greenlet = greenlet
+        #: The greenlet that sleeps.
+        self.owner = owner
+        self._mutex = mutex
+        self._waiters = waiters
+        self._pass_on = pass_on
         self._done = False
 
-    def wake(self) -> None:
-        # A refused post means the waiter's thread has ended: nobody is left to wake.
-        self._port.post(self)
+    def wake(self) -> bool:
+        """Post the wake-up to the waiter's hub; False if its thread has ended (case 2)."""
+        return self._port.post(self)
 
     def fire(self) -> None:
         if not self._done:
             self._done = True
-            self._greenlet.switch(_WOKEN)
+            self.owner.switch(_WOKEN)
 
     def abandon(self, error: ClosedError) -> None:
-        """Its thread ended while it slept: nothing is left to resume."""
+        """Case 3: the thread ended with this wake-up still queued; give it to the next."""
+        with self._mutex:
+            pass_on(self._waiters, self._pass_on)
+
+    def cancel(self) -> None:
+        """Case 4: the thread ended while this waiter slept; forget it.
+
+        If a waker popped it meanwhile, that wake-up is case 2 or 3 and handled there.
+        """
+        with self._mutex:
+            discard(self._waiters, self)
 
     def _expire(self) -> None:
         if not self._done:
             self._done = True
-            self._greenlet.switch(_TIMED_OUT)
+            self.owner.switch(_TIMED_OUT)
 
     def sleep(self, timeout: float | None) -> bool:
         port = self._port
         timer = None
-        port.hold()  # no LoopExit while the only thing to wait for is another thread
+        port.park(self)  # also no LoopExit while the only thing to wait for is another thread
         try:
             if timeout is not None:
                 timer = port.hub.loop.timer(timeout)
@@ -102,41 +153,204 @@ class HubWaiter:
             self._done = True
             if timer is not None:
                 timer.close()
-            port.unhold()
+            port.unpark(self)
         return result is not _TIMED_OUT
+
+    def survives_fork(self) -> bool:
+        """In a child process: True if it sleeps in the hub of the forking thread."""
+        return self._port.is_current()
 
 
 Waiter = NativeWaiter | HubWaiter
 
 
-def make_waiter() -> Waiter:
-    """A waiter for the calling greenlet or thread.
+def sleep(
+    mutex: Any,
+    waiters: deque[Waiter],
+    deadline: float | None,
+    ready: Callable[[], bool] | None = None,
+    *,
+    on_lost: Callable[[], None] | None = None,
+    first: bool = False,
+) -> bool:
+    """Sleep until woken through ``waiters`` or until ``deadline``; True if woken.
+
+    Must be called with ``mutex`` held; returns with it held. The caller re-checks its
+    condition afterwards: a False return may also be a time-out, or a spurious return.
+
+    ``ready`` is for conditions that the other side changes *without* the mutex (the
+    lock-free fast paths of Lock and Queue): it is asked once more after the waiter is
+    registered, and a True answer returns at once (as woken). The other side changes the
+    condition before it looks for waiters, so between the two a wake-up cannot be lost.
+
+    ``on_lost`` is what passes on a wake-up that this waiter received but will not use
+    (called with the mutex held); by default, :func:`wake_one` of ``waiters``.
+
+    ``first`` queues the waiter at the front: for a waiter that was woken but found the
+    condition false again, so that it does not lose its turn.
 
     Raises:
-        WouldDeadlockError: called in a hub greenlet, which must never block.
+        WouldDeadlockError: called in a hub greenlet.
     """
-    hub = get_hub_if_exists()
-    if hub is None:
-        return NativeWaiter()
     current = getcurrent()
-    if current is hub:
-        raise WouldDeadlockError(
-            "a blocking call in the hub greenlet would stop the loop that has to wake it; "
-            "call it from a greenlet (gevent.spawn) or use the non-blocking variant"
-        )
-    return HubWaiter(current_port(), current)
+    hub = get_hub_if_exists()
+    waiter: Waiter
+    if hub is None:
+        waiter = NativeWaiter(current)
+    else:
+        if current is hub:
+            raise WouldDeadlockError(
+                "a blocking call in the hub greenlet would stop the loop that has to wake "
+                "it; call it from a greenlet (gevent.spawn) or use the non-blocking variant"
+            )
+        port = port_for(hub)
+        if port is None:
+            # This thread's port must be made (or replaced, closing the old one, which
+            # takes the mutexes of its parked waiters): never under a primitive's mutex.
+            mutex.release()
+            try:
+                port_for(hub, create=True)
+            finally:
+                mutex.acquire()
+            return False
+        waiter = HubWaiter(port, current, mutex, waiters, on_lost)
+    if first:
+        waiters.appendleft(waiter)
+    else:
+        waiters.append(waiter)
+    if ready is not None and ready():
+        # Nobody can have taken the waiter: wakers pop under the mutex, which we hold.
+        waiters.popleft() if first else waiters.pop()
+        return True
+    mutex.release()
+    try:
+        woken = waiter.sleep(time_left(deadline))
+    except BaseException:
+        mutex.acquire()
+        if not discard(waiters, waiter):
+            pass_on(waiters, on_lost)  # case 1: woken, but leaving without using it
+        raise
+    mutex.acquire()
+    # Woken or timed out, a waiter no longer in the deque was popped by a waker.
+    return woken or not discard(waiters, waiter)
 
 
-def deadline_after(timeout: float | None) -> float | None:
-    """The monotonic deadline of ``timeout`` seconds from now (None: no deadline).
+def renew_after_fork(waiters: deque[Waiter]) -> Any:
+    """In a child process: drop the waiters that did not survive; a new mutex to use."""
+    survivors = [waiter for waiter in waiters if waiter.survives_fork()]
+    waiters.clear()
+    waiters.extend(survivors)
+    return allocate_native_lock()
+
+
+def discard(waiters: deque[Waiter], waiter: Waiter) -> bool:
+    """Remove ``waiter`` if it is still queued; False when a waker already took it."""
+    try:
+        waiters.remove(waiter)
+    except ValueError:
+        return False
+    return True
+
+
+def pass_on(waiters: deque[Waiter], on_lost: Callable[[], None] | None) -> None:
+    """Give a wake-up that its waiter will not use to the next one (mutex held)."""
+    if on_lost is None:
+        wake_one(waiters)
+    else:
+        on_lost()
+
+
+def wake_one(waiters: deque[Waiter]) -> bool:
+    """Wake the longest waiting live waiter; False if none. Call with the mutex held.
+
+    A waiter whose thread has ended refuses the wake-up: it is dropped and the next tried.
+    """
+    while waiters:
+        if waiters.popleft().wake():
+            return True
+    return False
+
+
+def wake_all(waiters: deque[Waiter]) -> None:
+    """Wake every waiter. Call with the primitive's mutex held."""
+    while waiters:
+        waiters.popleft().wake()
+
+
+# -- time-outs --------------------------------------------------------------------------------
+#
+# Each primitive follows the standard library's meaning of a time-out, checked before any
+# fast path so that the answer never depends on timing. Every check rejects what is not a
+# real number (TypeError) and what is larger than threading.TIMEOUT_MAX (OverflowError).
+
+
+def _seconds(timeout: object) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    seconds = float(timeout)
+    if seconds > TIMEOUT_MAX:
+        raise OverflowError(f"timeout {timeout!r} is larger than threading.TIMEOUT_MAX")
+    return seconds
+
+
+def wait_timeout(timeout: float | None) -> float | None:
+    """``timeout`` of a wait that must be able to wait (``Queue``); None is forever.
 
     Raises:
-        ValueError: ``timeout`` is negative.
+        ValueError: it is negative or NaN (``queue.Queue`` raises for a negative one;
+            with NaN it would spin for ever).
+        TypeError, OverflowError: see above.
     """
     if timeout is None:
         return None
-    if timeout < 0:
+    seconds = _seconds(timeout)
+    if not seconds >= 0:  # also NaN
         raise ValueError(f"timeout must be a non-negative number, not {timeout!r}")
+    return seconds
+
+
+def poll_timeout(timeout: float | None) -> float | None:
+    """``timeout`` of ``Event.wait`` and ``AsyncResult.get``; None is forever.
+
+    As ``threading.Event.wait`` and ``Future.result``: a negative or NaN time-out means
+    "do not wait" (0).
+
+    Raises:
+        TypeError, OverflowError: see above.
+    """
+    if timeout is None:
+        return None
+    seconds = _seconds(timeout)
+    return seconds if seconds > 0 else 0.0
+
+
+def lock_timeout(blocking: bool, timeout: float | None) -> float | None:
+    """``timeout`` of ``Lock.acquire`` as ``threading.Lock`` means it; None is forever.
+
+    -1 (threading's default) and None mean "no time-out"; ``blocking=False`` is a time-out
+    of 0 and takes no other.
+
+    Raises:
+        ValueError: a time-out with ``blocking=False``, or one that is negative (but -1)
+            or NaN.
+        TypeError, OverflowError: see above.
+    """
+    if timeout is None:
+        return None if blocking else 0.0
+    seconds = _seconds(timeout)
+    if seconds == -1:
+        return None if blocking else 0.0
+    if not blocking:
+        raise ValueError("can't specify a timeout for a non-blocking call")
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"timeout must be a non-negative number or -1, not {timeout!r}")
+    return seconds
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    """The monotonic deadline of a checked ``timeout`` from now (None: no deadline)."""
+    if timeout is None:
+        return None
     return time.monotonic() + timeout
 
 
@@ -149,63 +363,3 @@ def time_left(deadline: float | None) -> float | None:
 
 def expired(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
-
-
-def sleep(
-    mutex: Any,
-    waiters: deque[Waiter],
-    deadline: float | None,
-    ready: Callable[[], bool] | None = None,
-) -> None:
-    """Sleep until woken through ``waiters`` or until ``deadline``.
-
-    Must be called with ``mutex`` held; returns with it held. The caller re-checks its
-    condition afterwards: this function does not say why it returned.
-
-    ``ready`` is for conditions that the other side changes *without* the mutex (the
-    lock-free fast paths of Lock and Queue): it is asked once more after the waiter is
-    registered, and a True answer returns at once. The other side changes the condition
-    before it looks for waiters, so between the two a wake-up cannot be lost.
-
-    Raises:
-        WouldDeadlockError: called in a hub greenlet.
-    """
-    waiter = make_waiter()
-    waiters.append(waiter)
-    if ready is not None and ready():
-        # Nobody can have taken the waiter: wakers pop under the mutex, which we hold.
-        waiters.pop()
-        return
-    mutex.release()
-    try:
-        woken = waiter.sleep(time_left(deadline))
-    except BaseException:
-        mutex.acquire()
-        if not _discard(waiters, waiter) and waiters:
-            # We were woken, but leave without re-checking: hand the wake-up on.
-            waiters.popleft().wake()
-        raise
-    mutex.acquire()
-    if not woken:
-        _discard(waiters, waiter)
-
-
-def _discard(waiters: deque[Waiter], waiter: Waiter) -> bool:
-    """Remove ``waiter`` if it is still queued; False when a waker already took it."""
-    try:
-        waiters.remove(waiter)
-    except ValueError:
-        return False
-    return True
-
-
-def wake_one(waiters: deque[Waiter]) -> None:
-    """Wake the longest waiting waiter, if any. Call with the primitive's mutex held."""
-    if waiters:
-        waiters.popleft().wake()
-
-
-def wake_all(waiters: deque[Waiter]) -> None:
-    """Wake every waiter. Call with the primitive's mutex held."""
-    while waiters:
-        waiters.popleft().wake()

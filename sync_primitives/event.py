@@ -19,8 +19,18 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from . import _fork
+from ._fork import RENEW, track
 from ._hub import allocate_native_lock
-from ._waiter import Waiter, deadline_after, expired, sleep, wake_all
+from ._waiter import (
+    Waiter,
+    deadline_after,
+    expired,
+    poll_timeout,
+    renew_after_fork,
+    sleep,
+    wake_all,
+)
 
 T = TypeVar("T")
 
@@ -47,6 +57,7 @@ class Event:
         self._generation = 0
         self._mutex = allocate_native_lock()
         self._waiters: deque[Waiter] = deque()
+        track(self)
 
     def is_set(self) -> bool:
         return self._flag
@@ -65,14 +76,21 @@ class Event:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the flag is set or ``timeout`` seconds pass; return the flag.
 
-        A waiter woken by ``set()`` returns True even if ``clear()`` followed at once.
+        A waiter woken by ``set()`` returns True even if ``clear()`` followed at once. As
+        with :meth:`threading.Event.wait`, a ``timeout`` that is negative or NaN does not
+        wait.
 
         Raises:
             WouldDeadlockError: in a hub greenlet while the flag is not set.
-            ValueError: ``timeout`` is negative.
+            OverflowError: ``timeout`` is larger than ``threading.TIMEOUT_MAX``.
+            TypeError: ``timeout`` is not a number.
         """
+        if timeout is not None:
+            timeout = poll_timeout(timeout)
         if self._flag:
             return True
+        if timeout == 0.0:
+            return False
         deadline = deadline_after(timeout)
         with self._mutex:
             # A set() bumps the generation: a waiter it woke returns True even when a
@@ -83,6 +101,11 @@ class Event:
                     return False
                 sleep(self._mutex, self._waiters, deadline)
             return True
+
+    def _after_fork(self, stage: int) -> None:
+        """In a child process (see ``_fork``)."""
+        if stage == RENEW:
+            self._mutex = renew_after_fork(self._waiters)
 
     def statistics(self) -> EventStatistics:
         return EventStatistics(is_set=self._flag, waiting=len(self._waiters))
@@ -98,7 +121,15 @@ class AsyncResult(Generic[T]):
     ``set(value)`` stores a value; if ``value`` is an exception instance, ``get()`` raises it.
     """
 
-    __slots__ = ("__weakref__", "_exception", "_mutex", "_ready", "_value", "_waiters")
+    __slots__ = (
+        "__weakref__",
+        "_exception",
+        "_fork_generation",
+        "_mutex",
+        "_ready",
+        "_value",
+        "_waiters",
+    )
 
     def __init__(self) -> None:
         self._ready = False
@@ -106,6 +137,9 @@ class AsyncResult(Generic[T]):
         self._exception: BaseException | None = None
         self._mutex = allocate_native_lock()
         self._waiters: deque[Waiter] = deque()
+        # Made by the thousand (one per Launcher call): not tracked for fork(), but renewed
+        # on first use in a child process (see _fork).
+        self._fork_generation = _fork.generation
 
     def ready(self) -> bool:
         """True once a value or an exception has been set."""
@@ -131,6 +165,8 @@ class AsyncResult(Generic[T]):
             self._resolve(value, None)
 
     def _resolve(self, value: T | None, exception: BaseException | None) -> None:
+        if self._fork_generation != _fork.generation:
+            self._after_fork(RENEW)
         with self._mutex:
             if self._ready:
                 raise RuntimeError(f"{self!r} is already set")
@@ -142,12 +178,22 @@ class AsyncResult(Generic[T]):
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the result is set or ``timeout`` seconds pass; return :meth:`ready`.
 
+        As with :meth:`concurrent.futures.Future.result`, a ``timeout`` that is negative or
+        NaN does not wait.
+
         Raises:
             WouldDeadlockError: in a hub greenlet while the result is not ready.
-            ValueError: ``timeout`` is negative.
+            OverflowError: ``timeout`` is larger than ``threading.TIMEOUT_MAX``.
+            TypeError: ``timeout`` is not a number.
         """
+        if timeout is not None:
+            timeout = poll_timeout(timeout)
         if self._ready:
             return True
+        if timeout == 0.0:
+            return False
+        if self._fork_generation != _fork.generation:
+            self._after_fork(RENEW)
         deadline = deadline_after(timeout)
         with self._mutex:
             while not self.ready():  # a call: mypy would keep the narrowing of _ready
@@ -162,7 +208,7 @@ class AsyncResult(Generic[T]):
         Raises:
             TimeoutError: nothing was set within ``timeout`` seconds.
             WouldDeadlockError: in a hub greenlet while the result is not ready.
-            ValueError: ``timeout`` is negative.
+            OverflowError, TypeError: as :meth:`wait`.
         """
         if not self.wait(timeout):
             raise TimeoutError(f"{self!r} was not set within {timeout} s")
@@ -170,7 +216,15 @@ class AsyncResult(Generic[T]):
             raise self._exception
         return self._value  # type: ignore[return-value]
 
+    def _after_fork(self, stage: int) -> None:
+        """In a child process, on first use (see ``_fork``)."""
+        if stage == RENEW:
+            self._mutex = renew_after_fork(self._waiters)
+            self._fork_generation = _fork.generation
+
     def statistics(self) -> EventStatistics:
+        if self._fork_generation != _fork.generation:
+            self._after_fork(RENEW)
         return EventStatistics(is_set=self._ready, waiting=len(self._waiters))
 
     def __repr__(self) -> str:

@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import gevent
 
-from ._hub import HubPort, current_port, native_get_ident
+from ._hub import HubPort, current_port
 from .errors import ClosedError
 from .event import AsyncResult
 
@@ -116,7 +116,7 @@ class Launcher:
             ClosedError: the launcher's thread has ended, before or during the call.
             BaseException: whatever ``fn`` raised.
         """
-        if native_get_ident() == self._port.thread_ident:
+        if self._port.is_current():  # the port, not the thread ident, which is reused
             return fn(*args, **kwargs)
         return self.apply_async(fn, *args, **kwargs).get()
 

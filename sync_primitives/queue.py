@@ -20,6 +20,11 @@ getters, so either that second try finds the item or the putter sees the waiter:
 cannot be lost. A bounded queue checks its size under the mutex (two putters must not both
 take the last free place); getters only make the queue shorter, so they still need no mutex,
 and afterwards wake a sleeping putter in the same register-then-retry way.
+
+A woken getter that finds the queue empty again (a ``get_nowait`` took the item first)
+goes back to the *front* of the getters: it does not lose its turn. Time-outs are checked
+before any fast path, whatever the queue holds: with ``block=True`` a negative or NaN one is
+a ValueError; with ``block=False`` it is ignored, as :class:`queue.Queue` ignores it.
 """
 
 from __future__ import annotations
@@ -29,8 +34,17 @@ from dataclasses import dataclass
 from queue import Empty, Full
 from typing import Generic, TypeVar
 
+from ._fork import RENEW, track
 from ._hub import allocate_native_lock
-from ._waiter import Waiter, deadline_after, expired, sleep, wake_one
+from ._waiter import (
+    Waiter,
+    deadline_after,
+    expired,
+    renew_after_fork,
+    sleep,
+    wait_timeout,
+    wake_one,
+)
 
 T = TypeVar("T")
 
@@ -62,6 +76,7 @@ class Queue(Generic[T]):
         self._mutex = allocate_native_lock()
         self._getters: deque[Waiter] = deque()
         self._putters: deque[Waiter] = deque()
+        track(self)
 
     @property
     def maxsize(self) -> int:
@@ -83,8 +98,12 @@ class Queue(Generic[T]):
             queue.Full: no place became free (at once when ``block`` is False, else within
                 ``timeout`` seconds).
             WouldDeadlockError: a blocking put in a hub greenlet while the queue is full.
-            ValueError: ``timeout`` is negative.
+            ValueError: ``block`` and ``timeout`` is negative or NaN.
+            OverflowError: ``timeout`` is larger than ``threading.TIMEOUT_MAX``.
+            TypeError: ``timeout`` is not a number.
         """
+        if timeout is not None and block:
+            timeout = wait_timeout(timeout)
         if not self._maxsize:
             self._items.append(item)
             if self._getters:
@@ -95,10 +114,11 @@ class Queue(Generic[T]):
                 if not block:
                     raise Full
                 deadline = deadline_after(timeout)
+                woken = False
                 while len(self._items) >= self._maxsize:
                     if expired(deadline):
                         raise Full
-                    sleep(self._mutex, self._putters, deadline, self._has_room)
+                    woken = sleep(self._mutex, self._putters, deadline, self._has_room, first=woken)
             self._items.append(item)
             wake_one(self._getters)
 
@@ -113,8 +133,12 @@ class Queue(Generic[T]):
             queue.Empty: no item came (at once when ``block`` is False, else within
                 ``timeout`` seconds).
             WouldDeadlockError: a blocking get in a hub greenlet while the queue is empty.
-            ValueError: ``timeout`` is negative.
+            ValueError: ``block`` and ``timeout`` is negative or NaN.
+            OverflowError: ``timeout`` is larger than ``threading.TIMEOUT_MAX``.
+            TypeError: ``timeout`` is not a number.
         """
+        if timeout is not None and block:
+            timeout = wait_timeout(timeout)
         try:
             item = self._items.popleft()
         except IndexError:
@@ -131,6 +155,7 @@ class Queue(Generic[T]):
 
     def _get_slow(self, timeout: float | None) -> T:
         deadline = deadline_after(timeout)
+        woken = False
         with self._mutex:
             while True:
                 try:
@@ -139,7 +164,7 @@ class Queue(Generic[T]):
                     pass
                 if expired(deadline):
                     raise Empty
-                sleep(self._mutex, self._getters, deadline, self._has_items)
+                woken = sleep(self._mutex, self._getters, deadline, self._has_items, first=woken)
 
     def _has_items(self) -> bool:
         return bool(self._items)
@@ -154,6 +179,12 @@ class Queue(Generic[T]):
     def _wake_putter(self) -> None:
         with self._mutex:
             wake_one(self._putters)
+
+    def _after_fork(self, stage: int) -> None:
+        """In a child process (see ``_fork``)."""
+        if stage == RENEW:
+            self._mutex = renew_after_fork(self._getters)
+            renew_after_fork(self._putters)
 
     def statistics(self) -> QueueStatistics:
         return QueueStatistics(

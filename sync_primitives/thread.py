@@ -29,7 +29,8 @@ from typing import Any, ParamSpec, TypeVar
 import gevent
 import gevent.event
 
-from ._hub import HubPort, allocate_native_lock, current_port, native_get_ident, start_native_thread
+from ._fork import RELEASE, RENEW, track
+from ._hub import HubPort, allocate_native_lock, current_port, start_native_thread
 from .errors import ClosedError, ThreadStoppedError, WouldDeadlockError
 from .event import AsyncResult, Event
 from .launcher import Launcher
@@ -90,6 +91,7 @@ class Thread:
         self._value: Any = None
         self._exception: BaseException | None = None
         self._target_finished = False
+        track(self)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -230,7 +232,21 @@ class Thread:
 
     def _in_own_thread(self) -> bool:
         port = self._port
-        return port is not None and port.thread_ident == native_get_ident()
+        return port is not None and port.is_current()
+
+    def _after_fork(self, stage: int) -> None:
+        """In a child process (see ``_fork``): a thread other than the forking one has
+        ended there (and a target it was running was stopped)."""
+        if stage == RENEW:
+            self._state_lock = allocate_native_lock()
+        elif stage == RELEASE and self.is_alive() and not self._in_own_thread():
+            if self._target is not None and not self._target_finished:
+                self._exception = ThreadStoppedError(
+                    f"{self!r} does not run in this child process: only the thread that "
+                    "called fork() does"
+                )
+            self._ready.set()
+            self._ended.set()
 
     def _bootstrap(self) -> None:
         """The body of the OS thread."""

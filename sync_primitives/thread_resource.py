@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from ._fork import RELEASE, RENEW, track
 from ._hub import allocate_native_lock, call_at_thread_exit, cancel_thread_exit, native_get_ident
 
 T = TypeVar("T")
@@ -27,6 +28,7 @@ class ThreadResource(Generic[T]):
         self._init = init_resource
         self._mutex = allocate_native_lock()
         self._resources: dict[int, T] = {}
+        track(self)
 
     def get(self) -> T:
         """The calling thread's resource, created now if it has none."""
@@ -60,6 +62,14 @@ class ThreadResource(Generic[T]):
 
     def _hook_key(self) -> tuple[str, int]:
         return ("ThreadResource", id(self))
+
+    def _after_fork(self, stage: int) -> None:
+        """In a child process (see ``_fork``): only the forking thread's resource stays."""
+        if stage == RENEW:
+            self._mutex = allocate_native_lock()
+        elif stage == RELEASE:
+            ident = native_get_ident()  # the forking thread keeps its ident in the child
+            self._resources = {k: v for k, v in self._resources.items() if k == ident}
 
     def _forget_thread(self, ident: int) -> None:
         with self._mutex:

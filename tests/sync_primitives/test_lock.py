@@ -78,16 +78,6 @@ def test_acquire_timeout_is_honoured_in_greenlet_and_plain_thread(lock_class: ty
     lock.release()
 
 
-def test_acquire_argument_errors() -> None:
-    lock = Lock()
-    lock.acquire()
-    with pytest.raises(ValueError, match="non-negative"):
-        gevent.spawn(lock.acquire, True, -1).get(timeout=PROMPT)
-    with pytest.raises(ValueError, match="blocking=False"):
-        gevent.spawn(lock.acquire, False, 1).get(timeout=PROMPT)
-    lock.release()
-
-
 def test_greenlet_waiting_for_lock_yields_to_its_hub() -> None:
     lock = Lock()
     lock.acquire()

@@ -1,0 +1,112 @@
+"""After ``os.fork()``: the primitives a child process inherits work in the child.
+
+.. important::
+   :func:`track` may be called from any thread. The repair runs in the child process only,
+   in the thread that called ``fork()`` (the only thread the child has), before
+   ``os.fork()`` returns there (``os.register_at_fork``).
+
+A child process starts with one thread, a copy of the forking one. Everything else the
+parent's threads owned is inherited as it was at the instant of the fork: a primitive's
+mutex may be held by a thread that does not exist in the child, its waiter deques hold
+waiters that will never run, the ports of the other threads' hubs still accept work, and
+:class:`~sync_primitives.Thread` objects still say they run. In the child, the repair runs
+in three stages, each over every tracked object:
+
+1. ``RENEW``: every primitive and port gets a fresh mutex (as gevent does for its own
+   locks), and the waiters of threads that did not survive are dropped from every deque.
+2. ``CLOSE``: the ports of the threads that did not survive are closed, so that work sent
+   there fails with ``ClosedError``, work queued there is abandoned, and a wake-up queued
+   there passes on to a live waiter (a lock being handed to a dead waiter goes to the next).
+3. ``RELEASE``: a lock still owned by a greenlet that did not survive is freed, or handed
+   to a surviving waiter: nobody else could ever release it (the state it guarded may be
+   half-updated, exactly as with a ``threading.Lock`` held by a thread that vanished).
+   Each :class:`~sync_primitives.Thread` that did not survive is marked ended, and
+   :class:`~sync_primitives.ThreadResource` drops the entries of the other threads.
+
+Last, if the forking thread runs a hub, its loop is re-initialised (``gevent.hub.reinit``,
+idempotent: ``gevent.os.fork`` calls it too), so that the child does not share the
+parent's wake-up pipe.
+
+Objects take part by being passed to :func:`track` when they are made and by having an
+``_after_fork(stage)`` method. The order matters: a closing port takes the mutexes that
+``RENEW`` made, and a lock is only freed once a wake-up abandoned by ``CLOSE`` has had its
+chance to hand it over. What
+survived is told apart by identity, never by thread ident: a port survives if it is the
+forking thread's port (``HubPort.is_current``), a greenlet if its chain of parents ends at
+the forking thread's main greenlet (:func:`survives`).
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any, Protocol
+
+from gevent import monkey
+from gevent._hub_local import get_hub_if_exists
+from gevent.hub import reinit as reinit_hub
+from greenlet import getcurrent
+
+_allocate_native_lock = monkey.get_original("_thread", "allocate_lock")
+
+#: The repair stages, in order (see the module documentation).
+RENEW, CLOSE, RELEASE = STAGES = (0, 1, 2)
+
+
+class ForkAware(Protocol):
+    def _after_fork(self, stage: int) -> None: ...
+
+
+#: How many times this process is a fork child of a process that imported the package.
+#: Objects made in great numbers (``AsyncResult``) are not tracked: they compare the
+#: generation they were made in with this one before they take their mutex.
+generation = 0
+
+_registry: list[weakref.ref[Any]] = []
+_registry_lock = _allocate_native_lock()
+_prune_at = 1024
+
+
+def track(obj: ForkAware) -> None:
+    """Repair ``obj`` in a child process after ``fork()``; any thread.
+
+    About a microsecond: for objects that are not made by the thousand.
+    """
+    global _prune_at
+    ref = weakref.ref(obj)
+    with _registry_lock:
+        _registry.append(ref)
+        if len(_registry) >= _prune_at:
+            _registry[:] = [r for r in _registry if r() is not None]
+            _prune_at = max(1024, 2 * len(_registry))
+
+
+def survives(greenlet: Any) -> bool:
+    """In the child: True if ``greenlet`` belongs to the forking (the only) thread.
+
+    Every greenlet's chain of parents ends at the main greenlet of its own thread.
+    """
+    return _root(greenlet) is _root(getcurrent())
+
+
+def _root(greenlet: Any) -> Any:
+    while greenlet.parent is not None:
+        greenlet = greenlet.parent
+    return greenlet
+
+
+def _after_fork_in_child() -> None:
+    global _registry_lock, generation
+    generation += 1
+    _registry_lock = _allocate_native_lock()
+    live = [obj for obj in (ref() for ref in _registry) if obj is not None]
+    _registry[:] = [weakref.ref(obj) for obj in live]
+    for stage in STAGES:
+        for obj in live:
+            obj._after_fork(stage)
+    hub = get_hub_if_exists()
+    if hub is not None:
+        reinit_hub(hub)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

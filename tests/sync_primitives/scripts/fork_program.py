@@ -1,0 +1,255 @@
+"""Fork a process whose primitives are in use by several threads; check both sides.
+
+Run by tests/sync_primitives/test_fork.py in a subprocess, so that the fork happens in a
+process of known threads. Prints one JSON object: {"child": {...}, "parent": {...}}, each
+mapping a check's name to "ok" or to what went wrong, and exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+
+import sync_primitives as sp
+
+TIMEOUT = 10.0
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        gevent.sleep(0.001)
+
+
+def checks(named: dict[str, Callable[[], None]]) -> dict[str, str]:
+    results = {}
+    for name, check in named.items():
+        try:
+            check()
+            results[name] = "ok"
+        except BaseException:
+            results[name] = traceback.format_exc(limit=4)
+    return results
+
+
+def main() -> None:
+    # -- the parent's state at the instant of the fork -------------------------------------
+    items: sp.Queue[int] = sp.Queue()
+    lock = sp.Lock()
+    mine = sp.RLock()
+    event = sp.Event()
+    busy: sp.Queue[int] = sp.Queue()  # its mutex is held by another thread at the fork
+    result: sp.AsyncResult[int] = sp.AsyncResult()  # likewise
+    resources = sp.ThreadResource(threading.get_ident)
+    gate = threading.Event()  # holds the plain threads until the parent is done
+
+    plain_got: list[int] = []
+    holder_ready = threading.Event()
+
+    def plain() -> None:  # a hub-less thread: holds lock, sleeps natively in get/wait
+        resources.get()
+        lock.acquire()
+        holder_ready.set()
+        plain_got.append(items.get())
+        gate.wait()
+
+    def in_critical_section() -> None:  # as if interrupted inside set() or put()
+        busy._mutex.acquire()
+        result._mutex.acquire()
+        holder_ready.set()
+        gate.wait()
+
+    threading.Thread(target=plain, daemon=True).start()
+    assert holder_ready.wait(TIMEOUT)
+    holder_ready.clear()
+    threading.Thread(target=in_critical_section, daemon=True).start()
+    assert holder_ready.wait(TIMEOUT)
+
+    blocker = sp.Event()
+    worker = sp.Thread(target=blocker.wait, name="worker")
+    worker.start(timeout=TIMEOUT)
+    worker.spawn(items.get)  # greenlets of another thread's hub, asleep
+    worker.spawn(event.wait)
+    worker_got = worker.apply_async(lock.acquire)
+
+    here = gevent.spawn(items.get)  # a greenlet of the forking thread's hub: survives
+    mine.acquire()
+    resources.get()
+    wait_until(
+        lambda: (
+            items.statistics().getters_waiting == 3
+            and lock.statistics().waiting == 1
+            and event.statistics().waiting == 1
+        )
+    )
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # -- the child ------------------------------------------------------------
+        os.close(read_end)
+        child = checks(
+            {
+                "only the forking thread's waiters remain": lambda: _equal(
+                    (
+                        items.statistics().getters_waiting,
+                        lock.statistics().waiting,
+                        event.statistics().waiting,
+                    ),
+                    (1, 0, 0),
+                ),
+                "a surviving greenlet gets an item": lambda: _gets(items, here),
+                "a lock held by a vanished thread is free": lambda: _free(lock),
+                "a lock held by the forking greenlet stays held": lambda: _still_mine(mine),
+                "an event is set and waited on": lambda: _event_works(event),
+                "a mutex held at the fork is renewed": lambda: _queue_works(busy),
+                "an AsyncResult's held mutex is renewed": lambda: _result_works(result),
+                "other threads' resources are dropped": lambda: _equal(
+                    list(resources), [threading.get_ident()]
+                ),
+                "a Thread of the parent has ended": lambda: _ended(worker),
+                "a new Thread runs": lambda: _new_thread_works(items),
+            }
+        )
+        os.write(write_end, json.dumps(child).encode())
+        os._exit(0)
+
+    # -- the parent: the child must not have disturbed anything -----------------------------
+    os.close(write_end)
+    child_report = _read_child(read_end, pid)
+    parent = checks(
+        {
+            "parent's waiters are all still there": lambda: _equal(
+                (items.statistics().getters_waiting, lock.statistics().waiting), (3, 1)
+            ),
+            "every parent waiter is woken": lambda: _parent_wakes(
+                items=items,
+                event=event,
+                here=here,
+                plain_got=plain_got,
+                worker_got=worker_got,
+            ),
+        }
+    )
+    gate.set()
+    busy._mutex.release()
+    result._mutex.release()
+    blocker.set()
+    worker.stop(timeout=TIMEOUT)
+    print(json.dumps({"child": child_report, "parent": parent}))
+
+
+def _equal(got: Any, expected: Any) -> None:
+    assert got == expected, f"{got!r} != {expected!r}"
+
+
+def _gets(items: sp.Queue[int], here: gevent.Greenlet) -> None:
+    items.put(41)
+    _equal(here.get(timeout=TIMEOUT), 41)
+    items.put(42)
+    _equal(items.get(timeout=TIMEOUT), 42)
+    _equal(items.statistics().getters_waiting, 0)
+
+
+def _free(lock: sp.Lock) -> None:
+    assert lock.acquire(timeout=TIMEOUT)
+    lock.release()
+    assert not lock.locked()
+
+
+def _still_mine(mine: sp.RLock) -> None:
+    _equal(mine.statistics().depth, 1)
+    mine.release()
+    assert not mine.locked()
+
+
+def _event_works(event: sp.Event) -> None:
+    waiter = gevent.spawn(event.wait, TIMEOUT)
+    wait_until(lambda: event.statistics().waiting == 1)
+    event.set()
+    assert waiter.get(timeout=TIMEOUT) is True
+
+
+def _queue_works(busy: sp.Queue[int]) -> None:
+    getter = gevent.spawn(busy.get, timeout=TIMEOUT)
+    wait_until(lambda: busy.statistics().getters_waiting == 1)
+    busy.put(7)
+    _equal(getter.get(timeout=TIMEOUT), 7)
+
+
+def _result_works(result: sp.AsyncResult[int]) -> None:
+    result.set(3)
+    _equal(result.get(TIMEOUT), 3)
+
+
+def _ended(worker: sp.Thread) -> None:
+    assert not worker.is_alive()
+    worker.join(TIMEOUT)
+    try:
+        worker.get(TIMEOUT)
+    except sp.ThreadStoppedError:
+        pass
+    else:
+        raise AssertionError("get() did not raise ThreadStoppedError")
+    try:
+        worker.apply(print, "never")
+    except sp.ClosedError:
+        return
+    raise AssertionError("apply() did not raise ClosedError")
+
+
+def _new_thread_works(items: sp.Queue[int]) -> None:
+    thread = sp.Thread(name="child-thread")
+    thread.start(timeout=TIMEOUT)
+    got = thread.apply_async(items.get, timeout=TIMEOUT)
+    items.put(5)
+    _equal(got.get(TIMEOUT), 5)
+    thread.stop(timeout=TIMEOUT)
+
+
+def _parent_wakes(
+    *,
+    items: sp.Queue[int],
+    event: sp.Event,
+    here: gevent.Greenlet,
+    plain_got: list[int],
+    worker_got: sp.AsyncResult[bool],
+) -> None:
+    for value in (1, 2, 3):
+        items.put(value)
+    _equal(here.get(timeout=TIMEOUT) in (1, 2, 3), True)
+    wait_until(lambda: items.statistics().getters_waiting == 0 and len(plain_got) == 1)
+    event.set()
+    wait_until(lambda: event.statistics().waiting == 0)
+    assert not worker_got.ready()  # the plain thread still holds the lock
+
+
+def _read_child(read_end: int, pid: int) -> dict[str, str]:
+    ready, _, _ = select.select([read_end], [], [], TIMEOUT)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return {"the child answered": "no answer within the time-out: it hung"}
+    data = b""
+    while chunk := os.read(read_end, 65536):
+        data += chunk
+    _, status = os.waitpid(pid, 0)
+    report: dict[str, str] = json.loads(data) if data else {}
+    report["the child exited cleanly"] = "ok" if status == 0 else f"status {status}"
+    return report
+
+
+if __name__ == "__main__":
+    main()
+    sys.stdout.flush()

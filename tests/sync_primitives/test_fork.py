@@ -1,0 +1,39 @@
+"""os.fork() while primitives are in use: the child can use what it inherited, and the
+parent is not disturbed by the child.
+
+The fork runs in a subprocess (scripts/fork_program.py) that sets up a known set of threads:
+a hub thread and a plain thread asleep in the primitives, a plain thread holding their
+internal mutexes at the instant of the fork, and greenlets of the forking thread's hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PROGRAM = Path(__file__).parent / "scripts" / "fork_program.py"
+ROOT = Path(__file__).parents[2]
+
+
+def test_child_uses_inherited_queue_lock_and_event_and_parent_is_undisturbed() -> None:
+    run = subprocess.run(
+        [sys.executable, str(PROGRAM)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    failures = {
+        f"{side}: {check}": outcome
+        for side, results in report.items()
+        for check, outcome in results.items()
+        if outcome != "ok"
+    }
+    assert not failures, "\n".join(f"{name}\n{why}" for name, why in failures.items())
+    assert len(report["child"]) == 11 and len(report["parent"]) == 2

@@ -1,0 +1,93 @@
+"""The hub port: identity of a thread is its port, never its number; a closing port
+leaves no waiter behind."""
+
+from __future__ import annotations
+
+import threading
+
+import gevent
+import pytest
+
+from sync_primitives import ClosedError, Launcher, Queue
+from sync_primitives._hub import current_port
+from tests.conftest import PROMPT, in_plain_thread, wait_until
+
+# -- defect 2: a launcher whose thread has ended runs work in the caller's thread ----------
+
+
+def _launcher_of_ended_thread() -> tuple[Launcher, int]:
+    made: list[tuple[Launcher, int]] = []
+    thread = threading.Thread(target=lambda: made.append((Launcher(), threading.get_ident())))
+    thread.start()
+    thread.join(PROMPT)
+    assert not thread.is_alive()
+    return made[0]
+
+
+def test_launcher_of_ended_thread_refuses_a_caller_that_reuses_its_thread_ident() -> None:
+    launcher, dead_ident = _launcher_of_ended_thread()
+    ran_in: list[int] = []
+
+    def attempt() -> tuple[int, BaseException | None]:
+        try:
+            launcher.apply(lambda: ran_in.append(threading.get_ident()))
+        except ClosedError as exc:
+            return threading.get_ident(), exc
+        return threading.get_ident(), None
+
+    reused = False
+    for _ in range(50):  # Linux hands the freed thread's ident to the next thread
+        ident, error = in_plain_thread(attempt).result(PROMPT)
+        assert isinstance(error, ClosedError), "fn ran although its thread had ended"
+        reused = reused or ident == dead_ident
+        if reused:
+            break
+    assert ran_in == []
+    if not reused:
+        pytest.skip("no new thread reused the ended thread's ident on this platform")
+
+
+def test_launcher_of_ended_thread_refuses_apply_async_from_anywhere() -> None:
+    launcher, _ = _launcher_of_ended_thread()
+    with pytest.raises(ClosedError, match="has ended"):
+        launcher.apply_async(print, "too late")
+    with pytest.raises(ClosedError):
+        gevent.spawn(launcher.apply, print, "too late").get(timeout=PROMPT)
+    assert launcher.statistics().closed
+
+
+def test_port_is_current_only_in_its_own_thread_and_hub() -> None:
+    port = current_port()
+    assert port.is_current()
+    assert in_plain_thread(port.is_current).result(PROMPT) is False
+    other = in_plain_thread(current_port).result(PROMPT)  # that thread has ended since
+    assert other.closed
+    assert not other.is_current()
+
+
+# -- a closing port cancels its parked waiters -----------------------------------------------
+
+
+def test_closing_port_removes_its_parked_waiters_from_every_primitive() -> None:
+    first: Queue[int] = Queue()
+    second: Queue[int] = Queue(maxsize=1)
+    second.put(0)
+
+    def body() -> None:
+        for _ in range(3):
+            gevent.spawn(first.get)
+        gevent.spawn(second.put, 1)
+        wait_until(
+            lambda: (
+                first.statistics().getters_waiting == 3 and second.statistics().putters_waiting == 1
+            ),
+            "four greenlets sleep",
+        )
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(PROMPT)
+    assert first.statistics().getters_waiting == 0
+    assert second.statistics().putters_waiting == 0
+    first.put(1)
+    assert first.get_nowait() == 1  # nobody took it
