@@ -15,7 +15,9 @@ gets ``GreenletExit`` at its next blocking point) and every function still runni
 thread; work given to the thread and not yet started fails with
 :class:`~sync_primitives.ClosedError`, and so does work given after it ended. ``get()`` waits
 for the end and returns the target's value or raises its exception
-(:class:`~sync_primitives.ThreadStoppedError` if ``stop()`` interrupted it).
+(:class:`~sync_primitives.ThreadStoppedError` if ``stop()`` interrupted it). In a child
+process made by ``fork()`` from another thread, the thread has ended (its target, if it
+was running, as if stopped).
 """
 
 from __future__ import annotations
