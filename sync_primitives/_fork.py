@@ -58,8 +58,9 @@ class ForkAware(Protocol):
 
 
 #: How many times this process is a fork child of a process that imported the package.
-#: Objects made in great numbers (``AsyncResult``) are not tracked: they compare the
-#: generation they were made in with this one before they take their mutex.
+#: Objects made in great numbers (``AsyncResult``) are tracked only once somebody waits on
+#: them; until then they compare the generation they were made in with this one before they
+#: take their mutex, and call :func:`renew_lazily` when it differs.
 generation = 0
 
 _registry: list[weakref.ref[Any]] = []
@@ -81,6 +82,21 @@ def track(obj: ForkAware) -> None:
             _prune_at = max(1024, 2 * len(_registry))
 
 
+class LazilyRenewed(ForkAware, Protocol):
+    _fork_generation: int
+
+
+_lazy_lock = _allocate_native_lock()
+
+
+def renew_lazily(obj: LazilyRenewed) -> None:
+    """Do the ``RENEW`` stage of an untracked ``obj`` that was made before a fork, once
+    (other threads of the child may be trying at the same time)."""
+    with _lazy_lock:
+        if obj._fork_generation != generation:
+            obj._after_fork(RENEW)
+
+
 def survives(greenlet: Any) -> bool:
     """In the child: True if ``greenlet`` belongs to the forking (the only) thread.
 
@@ -96,9 +112,10 @@ def _root(greenlet: Any) -> Any:
 
 
 def _after_fork_in_child() -> None:
-    global _registry_lock, generation
+    global generation
     generation += 1
-    _registry_lock = _allocate_native_lock()
+    _registry_lock._at_fork_reinit()
+    _lazy_lock._at_fork_reinit()
     live = [obj for obj in (ref() for ref in _registry) if obj is not None]
     _registry[:] = [weakref.ref(obj) for obj in live]
     for stage in STAGES:

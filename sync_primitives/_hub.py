@@ -277,7 +277,7 @@ class HubPort:
     def _after_fork(self, stage: int) -> None:
         """In a child process (see ``_fork``): renew the mutex; close if not the survivor."""
         if stage == RENEW:
-            self._lock = allocate_native_lock()
+            self._lock._at_fork_reinit()  # in place: see _waiter.renew_after_fork
         elif stage == CLOSE and not self.is_current():
             self.close(stop_watcher=False)
 

@@ -235,12 +235,19 @@ def sleep(
     return woken or not discard(waiters, waiter)
 
 
-def renew_after_fork(waiters: deque[Waiter]) -> Any:
-    """In a child process: drop the waiters that did not survive; a new mutex to use."""
-    survivors = [waiter for waiter in waiters if waiter.survives_fork()]
-    waiters.clear()
-    waiters.extend(survivors)
-    return allocate_native_lock()
+def renew_after_fork(mutex: Any, *queues: deque[Waiter]) -> None:
+    """In a child process: unlock ``mutex`` in place and drop the waiters that did not
+    survive from ``queues``.
+
+    In place, not replaced: a surviving greenlet asleep in :func:`sleep` holds a reference
+    to this very mutex and takes it when it wakes. The forking thread never holds a mutex
+    at the fork (none is held across a call that could fork), so unlocking is safe.
+    """
+    mutex._at_fork_reinit()
+    for waiters in queues:
+        survivors = [waiter for waiter in waiters if waiter.survives_fork()]
+        waiters.clear()
+        waiters.extend(survivors)
 
 
 def discard(waiters: deque[Waiter], waiter: Waiter) -> bool:

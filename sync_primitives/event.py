@@ -105,7 +105,7 @@ class Event:
     def _after_fork(self, stage: int) -> None:
         """In a child process (see ``_fork``)."""
         if stage == RENEW:
-            self._mutex = renew_after_fork(self._waiters)
+            renew_after_fork(self._mutex, self._waiters)
 
     def statistics(self) -> EventStatistics:
         return EventStatistics(is_set=self._flag, waiting=len(self._waiters))
@@ -127,6 +127,7 @@ class AsyncResult(Generic[T]):
         "_fork_generation",
         "_mutex",
         "_ready",
+        "_tracked",
         "_value",
         "_waiters",
     )
@@ -137,9 +138,10 @@ class AsyncResult(Generic[T]):
         self._exception: BaseException | None = None
         self._mutex = allocate_native_lock()
         self._waiters: deque[Waiter] = deque()
-        # Made by the thousand (one per Launcher call): not tracked for fork(), but renewed
-        # on first use in a child process (see _fork).
+        # Made by the thousand (one per Launcher call), it is tracked for fork() only once
+        # somebody waits on it; until then, a child process renews it on first use.
         self._fork_generation = _fork.generation
+        self._tracked = False
 
     def ready(self) -> bool:
         """True once a value or an exception has been set."""
@@ -166,7 +168,7 @@ class AsyncResult(Generic[T]):
 
     def _resolve(self, value: T | None, exception: BaseException | None) -> None:
         if self._fork_generation != _fork.generation:
-            self._after_fork(RENEW)
+            _fork.renew_lazily(self)
         with self._mutex:
             if self._ready:
                 raise RuntimeError(f"{self!r} is already set")
@@ -193,7 +195,10 @@ class AsyncResult(Generic[T]):
         if timeout == 0.0:
             return False
         if self._fork_generation != _fork.generation:
-            self._after_fork(RENEW)
+            _fork.renew_lazily(self)
+        if not self._tracked:  # a waiter may be asleep in it at a fork from now on
+            self._tracked = True
+            track(self)
         deadline = deadline_after(timeout)
         with self._mutex:
             while not self.ready():  # a call: mypy would keep the narrowing of _ready
@@ -217,14 +222,14 @@ class AsyncResult(Generic[T]):
         return self._value  # type: ignore[return-value]
 
     def _after_fork(self, stage: int) -> None:
-        """In a child process, on first use (see ``_fork``)."""
+        """In a child process: at the fork if tracked, else on first use (see ``_fork``)."""
         if stage == RENEW:
-            self._mutex = renew_after_fork(self._waiters)
+            renew_after_fork(self._mutex, self._waiters)
             self._fork_generation = _fork.generation
 
     def statistics(self) -> EventStatistics:
         if self._fork_generation != _fork.generation:
-            self._after_fork(RENEW)
+            _fork.renew_lazily(self)
         return EventStatistics(is_set=self._ready, waiting=len(self._waiters))
 
     def __repr__(self) -> str:

@@ -153,7 +153,7 @@ class Lock:
     def _after_fork(self, stage: int) -> None:
         """In a child process (see ``_fork``)."""
         if stage == RENEW:
-            self._mutex = renew_after_fork(self._waiters)
+            renew_after_fork(self._mutex, self._waiters)
         elif stage == RELEASE and self._owner is not None and not survives(self._owner):
             # Its owner's thread is gone: nobody could ever release it.
             self._release_owned()

@@ -183,8 +183,7 @@ class Queue(Generic[T]):
     def _after_fork(self, stage: int) -> None:
         """In a child process (see ``_fork``)."""
         if stage == RENEW:
-            self._mutex = renew_after_fork(self._getters)
-            renew_after_fork(self._putters)
+            renew_after_fork(self._mutex, self._getters, self._putters)
 
     def statistics(self) -> QueueStatistics:
         return QueueStatistics(

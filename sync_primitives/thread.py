@@ -240,7 +240,7 @@ class Thread:
         """In a child process (see ``_fork``): a thread other than the forking one has
         ended there (and a target it was running was stopped)."""
         if stage == RENEW:
-            self._state_lock = allocate_native_lock()
+            self._state_lock._at_fork_reinit()
         elif stage == RELEASE and self.is_alive() and not self._in_own_thread():
             if self._target is not None and not self._target_finished:
                 self._exception = ThreadStoppedError(

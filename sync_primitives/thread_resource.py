@@ -66,7 +66,7 @@ class ThreadResource(Generic[T]):
     def _after_fork(self, stage: int) -> None:
         """In a child process (see ``_fork``): only the forking thread's resource stays."""
         if stage == RENEW:
-            self._mutex = allocate_native_lock()
+            self._mutex._at_fork_reinit()
         elif stage == RELEASE:
             ident = native_get_ident()  # the forking thread keeps its ident in the child
             self._resources = {k: v for k, v in self._resources.items() if k == ident}

@@ -24,7 +24,7 @@ def test_child_uses_inherited_queue_lock_and_event_and_parent_is_undisturbed() -
         check=False,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=45,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     assert run.returncode == 0, run.stdout + run.stderr
@@ -36,4 +36,4 @@ def test_child_uses_inherited_queue_lock_and_event_and_parent_is_undisturbed() -
         if outcome != "ok"
     }
     assert not failures, "\n".join(f"{name}\n{why}" for name, why in failures.items())
-    assert len(report["child"]) == 11 and len(report["parent"]) == 2
+    assert len(report["child"]) == 12 and len(report["parent"]) == 2

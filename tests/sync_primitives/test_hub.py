@@ -8,9 +8,9 @@ import threading
 import gevent
 import pytest
 
-from sync_primitives import ClosedError, Launcher, Queue
+from sync_primitives import ClosedError, Launcher, Queue, Thread, WouldDeadlockError
 from sync_primitives._hub import current_port
-from tests.conftest import PROMPT, in_plain_thread, wait_until
+from tests.conftest import PROMPT, HubThreads, in_plain_thread, wait_until
 
 # -- defect 2: a launcher whose thread has ended runs work in the caller's thread ----------
 
@@ -25,26 +25,38 @@ def _launcher_of_ended_thread() -> tuple[Launcher, int]:
 
 
 def test_launcher_of_ended_thread_refuses_a_caller_that_reuses_its_thread_ident() -> None:
-    launcher, dead_ident = _launcher_of_ended_thread()
+    launcher, _ = _launcher_of_ended_thread()
     ran_in: list[int] = []
 
-    def attempt() -> tuple[int, BaseException | None]:
+    def attempt() -> BaseException | None:
+        # Linux usually gives a new thread the ident of the one that ended last, but not
+        # always: make it so, as the port saw it.
+        launcher._port.thread_ident = threading.get_ident()
         try:
             launcher.apply(lambda: ran_in.append(threading.get_ident()))
         except ClosedError as exc:
-            return threading.get_ident(), exc
-        return threading.get_ident(), None
+            return exc
+        return None
 
-    reused = False
-    for _ in range(50):  # Linux hands the freed thread's ident to the next thread
-        ident, error = in_plain_thread(attempt).result(PROMPT)
-        assert isinstance(error, ClosedError), "fn ran although its thread had ended"
-        reused = reused or ident == dead_ident
-        if reused:
-            break
-    assert ran_in == []
-    if not reused:
-        pytest.skip("no new thread reused the ended thread's ident on this platform")
+    assert isinstance(in_plain_thread(attempt).result(PROMPT), ClosedError)
+    assert ran_in == [], "fn ran in the caller's thread although the launcher's had ended"
+
+
+def test_thread_of_a_reused_ident_is_not_its_own(hub_threads: HubThreads) -> None:
+    thread: Thread = hub_threads()
+    thread.stop(timeout=PROMPT)
+    port = thread._port
+    assert port is not None
+
+    def join_as_if_reused() -> BaseException | None:
+        port.thread_ident = threading.get_ident()
+        try:
+            thread.join(PROMPT)  # its own thread would get WouldDeadlockError
+        except WouldDeadlockError as exc:
+            return exc
+        return None
+
+    assert in_plain_thread(join_as_if_reused).result(PROMPT) is None
 
 
 def test_launcher_of_ended_thread_refuses_apply_async_from_anywhere() -> None:

@@ -51,7 +51,8 @@ def main() -> None:
     mine = sp.RLock()
     event = sp.Event()
     busy: sp.Queue[int] = sp.Queue()  # its mutex is held by another thread at the fork
-    result: sp.AsyncResult[int] = sp.AsyncResult()  # likewise
+    result: sp.AsyncResult[int] = sp.AsyncResult()  # likewise, and waited on
+    unwaited: sp.AsyncResult[int] = sp.AsyncResult()  # likewise, never waited on
     resources = sp.ThreadResource(threading.get_ident)
     gate = threading.Event()  # holds the plain threads until the parent is done
 
@@ -65,9 +66,16 @@ def main() -> None:
         plain_got.append(items.get())
         gate.wait()
 
+    # Greenlets of the forking thread's hub, asleep in primitives whose mutex another thread
+    # holds at the fork: they survive, and take that very mutex when they wake.
+    here_busy = gevent.spawn(busy.get)
+    here_result = gevent.spawn(result.get)  # no time-out: the parent holds the mutex
+    wait_until(lambda: busy.statistics().getters_waiting == 1 and result.statistics().waiting == 1)
+
     def in_critical_section() -> None:  # as if interrupted inside set() or put()
         busy._mutex.acquire()
         result._mutex.acquire()
+        unwaited._mutex.acquire()
         holder_ready.set()
         gate.wait()
 
@@ -113,8 +121,13 @@ def main() -> None:
                 "a lock held by a vanished thread is free": lambda: _free(lock),
                 "a lock held by the forking greenlet stays held": lambda: _still_mine(mine),
                 "an event is set and waited on": lambda: _event_works(event),
-                "a mutex held at the fork is renewed": lambda: _queue_works(busy),
-                "an AsyncResult's held mutex is renewed": lambda: _result_works(result),
+                "a mutex held at the fork is renewed": lambda: _queue_works(busy, here_busy),
+                "an AsyncResult's held mutex is renewed": lambda: _result_works(
+                    result, here_result
+                ),
+                "an unwaited AsyncResult's held mutex is renewed": lambda: _result_works(
+                    unwaited, None
+                ),
                 "other threads' resources are dropped": lambda: _equal(
                     list(resources), [threading.get_ident()]
                 ),
@@ -145,6 +158,7 @@ def main() -> None:
     gate.set()
     busy._mutex.release()
     result._mutex.release()
+    unwaited._mutex.release()
     blocker.set()
     worker.stop(timeout=TIMEOUT)
     print(json.dumps({"child": child_report, "parent": parent}))
@@ -181,16 +195,20 @@ def _event_works(event: sp.Event) -> None:
     assert waiter.get(timeout=TIMEOUT) is True
 
 
-def _queue_works(busy: sp.Queue[int]) -> None:
+def _queue_works(busy: sp.Queue[int], here: gevent.Greenlet) -> None:
+    busy.put(6)
+    _equal(here.get(timeout=TIMEOUT), 6)
     getter = gevent.spawn(busy.get, timeout=TIMEOUT)
     wait_until(lambda: busy.statistics().getters_waiting == 1)
     busy.put(7)
     _equal(getter.get(timeout=TIMEOUT), 7)
 
 
-def _result_works(result: sp.AsyncResult[int]) -> None:
+def _result_works(result: sp.AsyncResult[int], here: gevent.Greenlet | None) -> None:
     result.set(3)
     _equal(result.get(TIMEOUT), 3)
+    if here is not None:
+        _equal(here.get(timeout=TIMEOUT), 3)
 
 
 def _ended(worker: sp.Thread) -> None:
