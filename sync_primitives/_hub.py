@@ -171,7 +171,8 @@ class HubPort:
     def post(self, item: PortItem) -> bool:
         """Queue ``item`` to be fired in this port's hub; any thread.
 
-        Returns False, and does nothing, when the port's thread has ended.
+        Returns False, and does nothing, when the port's thread has ended or its hub was
+        destroyed.
         """
         # The send stays under the lock: close() stops the watcher under the same lock,
         # so a send can never reach a watcher that has been closed.
@@ -179,8 +180,24 @@ class HubPort:
             if self._closed:
                 return False
             self._items.append(item)
-            self._async.send()
-        return True
+            try:
+                self._async.send()
+                return True
+            except ValueError:  # "operation on destroyed loop"
+                if self._loop_alive():
+                    raise
+                self._items.pop()
+                self._closed = True
+        # The thread destroyed its hub (gevent.get_hub().destroy()) and may live on: that
+        # hub will never run again, as if its thread had ended. What is queued, and the
+        # parked waiters, are given up as close() does, but not here, where the caller may
+        # hold the mutex of a primitive that abandoning and cancelling take: in a thread
+        # of its own, once.
+        start_native_thread(self._give_up, ())
+        return False
+
+    def _loop_alive(self) -> bool:
+        return bool(getattr(self._loop, "ptr", 0))
 
     def is_current(self) -> bool:
         """True in the port's own thread, while the port is that thread's port.
@@ -251,13 +268,21 @@ class HubPort:
             if self._closed:
                 return
             self._closed = True
-            abandoned = list(self._items)
-            self._items.clear()
             # The loop may already be destroyed (hub.destroy()): then its watchers are gone.
             # In a child process, the loop of a thread that did not survive is left alone.
-            loop_alive = bool(getattr(self._loop, "ptr", 0))
-            if stop_watcher and loop_alive:
+            if stop_watcher and self._loop_alive():
                 self._async.close()
+        self._give_up()
+
+    def _give_up(self) -> None:
+        """Abandon what is queued and cancel the parked waiters of a closed port.
+
+        Runs in the port's thread, or in any thread once its hub has been destroyed (its
+        greenlets can no longer park or unpark). Never with a primitive's mutex held.
+        """
+        with self._lock:
+            abandoned = list(self._items)
+            self._items.clear()
         if abandoned:
             error = ClosedError(f"thread {self.name!r} ended before the work sent to it ran")
             for item in abandoned:

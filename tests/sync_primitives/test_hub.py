@@ -4,6 +4,7 @@ leaves no waiter behind."""
 from __future__ import annotations
 
 import threading
+import time
 
 import gevent
 import pytest
@@ -103,3 +104,37 @@ def test_closing_port_removes_its_parked_waiters_from_every_primitive() -> None:
     assert second.statistics().putters_waiting == 0
     first.put(1)
     assert first.get_nowait() == 1  # nobody took it
+
+
+def test_destroyed_hub_refuses_wakeups_and_its_waiters_are_given_up() -> None:
+    items: Queue[int] = Queue()
+    destroyed, release = threading.Event(), threading.Event()
+
+    def body() -> None:  # a thread that destroys its hub under a waiting greenlet, and lives on
+        gevent.spawn(items.get)
+        wait_until(lambda: items.statistics().getters_waiting == 1, "the greenlet sleeps")
+        gevent.get_hub().destroy(destroy_loop=True)
+        destroyed.set()
+        release.wait(PROMPT)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    try:
+        assert destroyed.wait(PROMPT)
+
+        def timed_get() -> tuple[int, float]:
+            started = time.monotonic()
+            return items.get(timeout=2.0), time.monotonic() - started
+
+        live = in_plain_thread(timed_get)
+        wait_until(lambda: items.statistics().getters_waiting == 2, "the live getter sleeps")
+        items.put(1)  # neither raises nor is lost on the destroyed hub
+        value, elapsed = live.result(PROMPT)
+        assert value == 1
+        assert elapsed < 0.5
+        wait_until(
+            lambda: items.statistics().getters_waiting == 0, "the destroyed hub's waiter is gone"
+        )
+    finally:
+        release.set()
+        thread.join(PROMPT)
