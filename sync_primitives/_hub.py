@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import gevent
 from gevent import monkey
 
-from ._fork import CLOSE, RENEW, track
+from ._fork import CLOSE, RENEW, RESUME, track
 from .errors import ClosedError
 
 _log = logging.getLogger(__name__)
@@ -58,8 +58,8 @@ class PortItem(Protocol):
         """Called instead of :meth:`fire` when the thread ended first (in the ending thread)."""
 
 
-class ParkedWaiter(Protocol):
-    """A waiter asleep in a port's hub (``_waiter.HubWaiter``)."""
+class ParkedWaiter(PortItem, Protocol):
+    """A waiter asleep in a port's hub (``_waiter.HubWaiter``); posting it wakes it."""
 
     def cancel(self) -> None:
         """Its thread ended while it slept: take it out of its primitive (ending thread)."""
@@ -305,6 +305,12 @@ class HubPort:
             self._lock._at_fork_reinit()  # in place: see _waiter.renew_after_fork
         elif stage == CLOSE and not self.is_current():
             self.close(stop_watcher=False)
+        elif stage == RESUME and not self._closed:
+            # The survivor: wake every parked greenlet to look again, so that a wake-up
+            # another thread had half sent at the fork is not lost (see _fork). This post
+            # also tells the loop about items appended without the watcher being sent.
+            for waiter in list(self._parked):
+                self.post(waiter)
 
 
 def port_for(hub: Any, create: bool = False) -> HubPort | None:

@@ -173,10 +173,10 @@ def sleep(
     on_lost: Callable[[], None] | None = None,
     first: bool = False,
 ) -> bool:
-    """Sleep until woken through ``waiters`` or until ``deadline``; True if woken.
+    """Sleep until woken through ``waiters`` or until ``deadline``; True if a waker took it.
 
     Must be called with ``mutex`` held; returns with it held. The caller re-checks its
-    condition afterwards: a False return may also be a time-out, or a spurious return.
+    condition afterwards: a False return may be a time-out or a spurious wake-up.
 
     ``ready`` is for conditions that the other side changes *without* the mutex (the
     lock-free fast paths of Lock and Queue): it is asked once more after the waiter is
@@ -224,15 +224,17 @@ def sleep(
         return True
     mutex.release()
     try:
-        woken = waiter.sleep(time_left(deadline))
+        waiter.sleep(time_left(deadline))
     except BaseException:
         mutex.acquire()
         if not discard(waiters, waiter):
             pass_on(waiters, on_lost)  # case 1: woken, but leaving without using it
         raise
     mutex.acquire()
-    # Woken or timed out, a waiter no longer in the deque was popped by a waker.
-    return woken or not discard(waiters, waiter)
+    # Only the deque says whether a waker took the waiter: it may also have woken by its
+    # time-out (then the waker's wake-up is still its own), or spuriously (after a fork),
+    # still queued: then it must leave the deque, or a wake-up would be spent on it.
+    return not discard(waiters, waiter)
 
 
 def renew_after_fork(mutex: Any, *queues: deque[Waiter]) -> None:
@@ -294,7 +296,10 @@ def wake_all(waiters: deque[Waiter]) -> None:
 def _seconds(timeout: object) -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
         raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-    seconds = float(timeout)
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an int beyond a float's range: only its sign matters
+        seconds = -math.inf if timeout < 0 else math.inf
     if seconds > TIMEOUT_MAX:
         raise OverflowError(f"timeout {timeout!r} is larger than threading.TIMEOUT_MAX")
     return seconds

@@ -89,7 +89,7 @@ class Launcher:
 
     def __init__(self) -> None:
         self._port: HubPort = current_port()
-        self._running: set[Any] = set()
+        self._running: dict[Any, Task] = {}  # greenlet -> its task, started or not yet
         self._started = 0
         self._closed = False
 
@@ -155,21 +155,27 @@ class Launcher:
             return
         self._started += 1
         greenlet = gevent.spawn(self._run_task, task)
-        self._running.add(greenlet)
+        self._running[greenlet] = task
 
     def _run_task(self, task: Task) -> None:
         try:
             task.run()
         finally:
-            self._running.discard(gevent.getcurrent())
+            self._running.pop(gevent.getcurrent(), None)
 
     def kill_running(self) -> None:
         """Raise ``GreenletExit`` in every running task and wait for them to end.
 
-        Called in the launcher's thread, outside the hub greenlet.
+        A task whose greenlet is killed before it started never runs: its result gets
+        :class:`ClosedError`. Called in the launcher's thread, outside the hub greenlet.
         """
         while self._running:
-            gevent.killall(list(self._running), block=True)
+            greenlets = list(self._running)
+            gevent.killall(greenlets, block=True)
+            for greenlet in greenlets:  # all dead now, whether they ever ran or not
+                task = self._running.pop(greenlet, None)
+                if task is not None and not task.result.ready():
+                    task.abandon(ClosedError(f"{self!r} was stopped before {task} could start"))
 
     def statistics(self) -> LauncherStatistics:
         return LauncherStatistics(

@@ -36,7 +36,7 @@ from typing import Any
 
 from greenlet import getcurrent
 
-from ._fork import RELEASE, RENEW, survives, track
+from ._fork import RENEW, RESUME, survives, track
 from ._hub import allocate_native_lock
 from ._waiter import Waiter, deadline_after, expired, lock_timeout, renew_after_fork, sleep
 from .errors import WouldDeadlockError
@@ -154,9 +154,12 @@ class Lock:
         """In a child process (see ``_fork``)."""
         if stage == RENEW:
             renew_after_fork(self._mutex, self._waiters)
-        elif stage == RELEASE and self._owner is not None and not survives(self._owner):
-            # Its owner's thread is gone: nobody could ever release it.
-            self._release_owned()
+        elif stage == RESUME and self._lock.locked():
+            owner = self._owner
+            # Taken by a thread that is gone (owner not recorded yet: it was between taking
+            # the native lock and recording itself, or releasing): nobody can release it.
+            if owner is None or not survives(owner):
+                self._release_owned()
 
     def locked(self) -> bool:
         return bool(self._lock.locked())

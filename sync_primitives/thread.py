@@ -31,8 +31,9 @@ from typing import Any, ParamSpec, TypeVar
 import gevent
 import gevent.event
 
-from ._fork import RELEASE, RENEW, track
+from ._fork import RENEW, RESUME, track
 from ._hub import HubPort, allocate_native_lock, current_port, start_native_thread
+from ._waiter import poll_timeout
 from .errors import ClosedError, ThreadStoppedError, WouldDeadlockError
 from .event import AsyncResult, Event
 from .launcher import Launcher
@@ -104,6 +105,8 @@ class Thread:
             RuntimeError: it was started before.
             TimeoutError: ``wait`` and it was not ready within ``timeout`` seconds.
         """
+        if timeout is not None:
+            poll_timeout(timeout)  # checked before anything happens
         with self._state_lock:
             if self._started:
                 raise RuntimeError(f"{self!r} was already started")
@@ -120,6 +123,10 @@ class Thread:
             WouldDeadlockError: ``wait`` from inside the thread itself.
             TimeoutError: ``wait`` and it had not ended within ``timeout`` seconds.
         """
+        if timeout is not None:
+            poll_timeout(timeout)  # checked before anything happens
+        if wait and self._in_own_thread():
+            raise WouldDeadlockError(f"{self!r} cannot wait for its own end; use wait=False")
         port = self._wait_ready()
         if port is not None and not self._ended.is_set():
             assert self._done is not None
@@ -241,7 +248,7 @@ class Thread:
         ended there (and a target it was running was stopped)."""
         if stage == RENEW:
             self._state_lock._at_fork_reinit()
-        elif stage == RELEASE and self.is_alive() and not self._in_own_thread():
+        elif stage == RESUME and self.is_alive() and not self._in_own_thread():
             if self._target is not None and not self._target_finished:
                 self._exception = ThreadStoppedError(
                     f"{self!r} does not run in this child process: only the thread that "

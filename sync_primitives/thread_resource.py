@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from ._fork import RELEASE, RENEW, track
+from ._fork import RENEW, RESUME, track
 from ._hub import allocate_native_lock, call_at_thread_exit, cancel_thread_exit, native_get_ident
 
 T = TypeVar("T")
@@ -67,7 +67,7 @@ class ThreadResource(Generic[T]):
         """In a child process (see ``_fork``): only the forking thread's resource stays."""
         if stage == RENEW:
             self._mutex._at_fork_reinit()
-        elif stage == RELEASE:
+        elif stage == RESUME:
             ident = native_get_ident()  # the forking thread keeps its ident in the child
             self._resources = {k: v for k, v in self._resources.items() if k == ident}
 

@@ -97,14 +97,44 @@ def test_calls_from_inside_the_thread_run_inline_or_refuse_to_deadlock() -> None
         except WouldDeadlockError as exc:
             refused_stop: object = exc
         outcome.set((inline, refused_get, refused_stop))
+        proceed.wait(PROMPT)  # blocks: a stop posted by the refused call would land here
 
+    proceed = Event()
     thread = Thread(target=target)
     thread.start()
     inline, refused_get, refused_stop = outcome.get(PROMPT)
     assert inline is True
     assert isinstance(refused_get, WouldDeadlockError)
     assert isinstance(refused_stop, WouldDeadlockError)
-    thread.get(PROMPT)
+    proceed.set()
+    assert thread.get(PROMPT) is None  # a refused stop() did nothing
+
+
+def test_work_given_just_after_stop_fails_and_the_thread_ends() -> None:
+    for _ in range(10):
+        thread = Thread(name="stopping")
+        thread.start(timeout=PROMPT)
+        thread.stop(wait=False)
+        try:
+            late = thread.apply_async(gevent.sleep, 0)
+        except ClosedError:
+            continue  # the thread had already closed: refused at once
+        with pytest.raises((ClosedError, gevent.GreenletExit)):  # not started, or stopped
+            late.get(PROMPT)
+        thread.join(PROMPT)
+        assert thread.statistics().tasks_running == 0
+
+
+def test_stop_checks_its_timeout_before_stopping() -> None:
+    thread = Thread(name="kept")
+    thread.start(timeout=PROMPT)
+    for bad in ["soon", float("inf"), True]:
+        with pytest.raises((TypeError, OverflowError)):
+            thread.stop(timeout=bad)  # type: ignore[arg-type]
+    assert thread.is_alive()
+    with pytest.raises(TypeError):
+        Thread(name="never").start(timeout="soon")  # type: ignore[arg-type]
+    thread.stop(timeout=PROMPT)
 
 
 def test_spawn_logs_errors_apply_async_only_delivers_them(caplog: pytest.LogCaptureFixture) -> None:

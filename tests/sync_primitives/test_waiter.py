@@ -247,7 +247,7 @@ def test_lock_arguments_mean_what_threading_says_whatever_the_state(state: str) 
     for blocking, timeout in [(False, 0), (False, 1), (False, 0.5)]:
         with pytest.raises(ValueError, match="non-blocking"):
             lock.acquire(blocking, timeout)
-    for bad in [-2, -0.5, math.nan]:
+    for bad in [-2, -0.5, math.nan, -(10**400)]:
         with pytest.raises(ValueError):
             lock.acquire(True, bad)
     with pytest.raises(OverflowError):
@@ -278,7 +278,7 @@ def test_queue_timeouts_are_checked_before_any_fast_path(state: str) -> None:
     items: Queue[int] = Queue(maxsize=1)
     if state == "not empty":
         items.put(1)
-    for bad in [-1, -0.5, math.nan]:
+    for bad in [-1, -0.5, math.nan, -(10**400)]:
         with pytest.raises(ValueError, match="timeout"):
             items.get(True, bad)
         with pytest.raises(ValueError, match="timeout"):
@@ -321,7 +321,12 @@ def test_event_and_result_timeouts_behave_as_threading_whatever_the_state(is_set
         else:
             with pytest.raises(TimeoutError):
                 result.get(timeout)
+    # an int beyond a float's range is still only negative
+    assert event.wait(-(10**400)) is is_set
+    assert result.wait(-(10**400)) is is_set
     for wait in (event.wait, result.wait, result.get):
+        with pytest.raises(OverflowError):
+            wait(10**400)
         with pytest.raises(OverflowError):
             wait(math.inf)
         with pytest.raises(TypeError):

@@ -1,12 +1,20 @@
 """Fork a process whose primitives are in use by several threads; check both sides.
 
 Run by tests/sync_primitives/test_fork.py in a subprocess, so that the fork happens in a
-process of known threads. Prints one JSON object: {"child": {...}, "parent": {...}}, each
-mapping a check's name to "ok" or to what went wrong, and exits 0.
+process of known threads. Prints one JSON object mapping each side of each scenario
+("child", "parent", "interrupted", "hammered") to its checks, each mapping a check's name
+to "ok" or to what went wrong, and exits 0.
+
+* child / parent: threads asleep in and holding the primitives at the fork.
+* interrupted: the fork falls in the middle of another thread's set(), put() or acquire(),
+  recreated exactly by doing the first half of what those do, from another thread.
+* hammered: forks again and again while another thread loops over the primitives.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import select
@@ -44,7 +52,119 @@ def checks(named: dict[str, Callable[[], None]]) -> dict[str, str]:
     return results
 
 
+def fork_and_check(named: dict[str, Callable[[], None]]) -> dict[str, str]:
+    """Fork; run the checks in the child; return the child's report in the parent."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        os.write(write_end, json.dumps(checks(named)).encode())
+        os._exit(0)
+    os.close(write_end)
+    return _read_child(read_end, pid)
+
+
 def main() -> None:
+    report = inherited()
+    report["interrupted"] = interrupted()
+    report["hammered"] = hammered()
+    print(json.dumps(report))
+
+
+def interrupted() -> dict[str, str]:
+    """Another thread is half-way through waking a survivor, or through taking a lock."""
+    event, popped, unsent = sp.Event(), sp.Event(), sp.Event()
+    items: sp.Queue[int] = sp.Queue()
+    lock = sp.Lock()
+    sleepers = {
+        "event": gevent.spawn(event.wait),
+        "popped": gevent.spawn(popped.wait),
+        "unsent": gevent.spawn(unsent.wait),
+        "items": gevent.spawn(items.get),
+    }
+    wait_until(
+        lambda: (
+            all(e.statistics().waiting == 1 for e in (event, popped, unsent))
+            and items.statistics().getters_waiting == 1
+        )
+    )
+    halfway, gate = threading.Event(), threading.Event()
+    port = sp._hub.current_port()
+
+    def first_halves() -> None:
+        with event._mutex:  # set(): the flag is up, the waiters not woken yet
+            event._flag = True
+            event._generation += 1
+        with popped._mutex:  # set(): the waiter is popped, its wake-up not posted yet
+            popped._flag = True
+            popped._generation += 1
+            popped._waiters.popleft()
+        with unsent._mutex, port._lock:  # post(): queued, the loop not told yet
+            unsent._flag = True
+            unsent._generation += 1
+            port._items.append(unsent._waiters.popleft())  # type: ignore[arg-type]
+        items._items.append(1)  # put(): appended, the getter not looked for yet
+        lock._lock.acquire()  # acquire(): taken, the owner not recorded yet
+        halfway.set()
+        gate.wait()
+
+    threading.Thread(target=first_halves, daemon=True).start()
+    assert halfway.wait(TIMEOUT)
+    try:
+        return fork_and_check(
+            {
+                f"a greenlet asleep in {name} wakes": lambda g=sleeper: _woken(g)
+                for name, sleeper in sleepers.items()
+            }
+            | {"a lock taken by a vanished thread is free": lambda: _free(lock)}
+        )
+    finally:
+        gate.set()
+
+
+def hammered() -> dict[str, str]:
+    """Twenty forks while another thread sets, puts and takes the lock in a loop."""
+    event, lock, items = sp.Event(), sp.Lock(), sp.Queue[int]()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            with lock:
+                items.put(1)
+            event.set()
+            event.clear()
+            with contextlib.suppress(sp.Empty):
+                items.get_nowait()
+
+    threading.Thread(target=hammer, daemon=True).start()
+    outcomes: dict[str, str] = {}
+    try:
+        for attempt in range(20):
+            waiter = gevent.spawn(event.wait)
+            getter = gevent.spawn(items.get)
+            gevent.sleep(0.001)  # let them fall asleep; the hammer runs meanwhile
+            report = fork_and_check(
+                {
+                    "the lock is free or freed": lambda: _free(lock),
+                    "a greenlet waiting on the event wakes": functools.partial(
+                        _woken_by, waiter, event.set
+                    ),
+                    "a greenlet waiting on the queue gets an item": functools.partial(
+                        _woken_by, getter, functools.partial(items.put, 2)
+                    ),
+                }
+            )
+            outcomes |= {f"fork {attempt}: {k}": v for k, v in report.items() if v != "ok"}
+            event.set()
+            items.put(3)
+            waiter.get(timeout=TIMEOUT)
+            getter.get(timeout=TIMEOUT)
+    finally:
+        stop.set()
+    return outcomes or {"every fork": "ok"}
+
+
+def inherited() -> dict[str, dict[str, str]]:
     # -- the parent's state at the instant of the fork -------------------------------------
     items: sp.Queue[int] = sp.Queue()
     lock = sp.Lock()
@@ -103,44 +223,33 @@ def main() -> None:
         )
     )
 
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # -- the child ------------------------------------------------------------
-        os.close(read_end)
-        child = checks(
-            {
-                "only the forking thread's waiters remain": lambda: _equal(
-                    (
-                        items.statistics().getters_waiting,
-                        lock.statistics().waiting,
-                        event.statistics().waiting,
-                    ),
-                    (1, 0, 0),
+    child_report = fork_and_check(
+        {
+            "only the forking thread's waiters remain": lambda: _equal(
+                (
+                    items.statistics().getters_waiting,
+                    lock.statistics().waiting,
+                    event.statistics().waiting,
                 ),
-                "a surviving greenlet gets an item": lambda: _gets(items, here),
-                "a lock held by a vanished thread is free": lambda: _free(lock),
-                "a lock held by the forking greenlet stays held": lambda: _still_mine(mine),
-                "an event is set and waited on": lambda: _event_works(event),
-                "a mutex held at the fork is renewed": lambda: _queue_works(busy, here_busy),
-                "an AsyncResult's held mutex is renewed": lambda: _result_works(
-                    result, here_result
-                ),
-                "an unwaited AsyncResult's held mutex is renewed": lambda: _result_works(
-                    unwaited, None
-                ),
-                "other threads' resources are dropped": lambda: _equal(
-                    list(resources), [threading.get_ident()]
-                ),
-                "a Thread of the parent has ended": lambda: _ended(worker),
-                "a new Thread runs": lambda: _new_thread_works(items),
-            }
-        )
-        os.write(write_end, json.dumps(child).encode())
-        os._exit(0)
-
+                (1, 0, 0),
+            ),
+            "a surviving greenlet gets an item": lambda: _gets(items, here),
+            "a lock held by a vanished thread is free": lambda: _free(lock),
+            "a lock held by the forking greenlet stays held": lambda: _still_mine(mine),
+            "an event is set and waited on": lambda: _event_works(event),
+            "a mutex held at the fork is renewed": lambda: _queue_works(busy, here_busy),
+            "an AsyncResult's held mutex is renewed": lambda: _result_works(result, here_result),
+            "an unwaited AsyncResult's held mutex is renewed": lambda: _result_works(
+                unwaited, None
+            ),
+            "other threads' resources are dropped": lambda: _equal(
+                list(resources), [threading.get_ident()]
+            ),
+            "a Thread of the parent has ended": lambda: _ended(worker),
+            "a new Thread runs": lambda: _new_thread_works(items),
+        }
+    )
     # -- the parent: the child must not have disturbed anything -----------------------------
-    os.close(write_end)
-    child_report = _read_child(read_end, pid)
     parent = checks(
         {
             "parent's waiters are all still there": lambda: _equal(
@@ -161,7 +270,17 @@ def main() -> None:
     unwaited._mutex.release()
     blocker.set()
     worker.stop(timeout=TIMEOUT)
-    print(json.dumps({"child": child_report, "parent": parent}))
+    return {"child": child_report, "parent": parent}
+
+
+def _woken(greenlet: gevent.Greenlet) -> None:
+    greenlet.join(timeout=TIMEOUT)
+    assert greenlet.ready(), "still asleep"
+
+
+def _woken_by(greenlet: gevent.Greenlet, wake: Callable[[], None]) -> None:
+    wake()
+    _woken(greenlet)
 
 
 def _equal(got: Any, expected: Any) -> None:
