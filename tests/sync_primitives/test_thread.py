@@ -131,6 +131,7 @@ def test_stop_checks_its_timeout_before_stopping() -> None:
     for bad in ["soon", float("inf"), True]:
         with pytest.raises((TypeError, OverflowError)):
             thread.stop(timeout=bad)  # type: ignore[arg-type]
+    assert thread.apply(lambda: "still working") == "still working"  # no stop was posted
     assert thread.is_alive()
     with pytest.raises(TypeError):
         Thread(name="never").start(timeout="soon")  # type: ignore[arg-type]
