@@ -74,9 +74,9 @@ class Lock:
         ``timeout`` None or -1 waits forever; ``blocking=False`` does not wait at all.
 
         Raises:
-            WouldDeadlockError: the calling greenlet already holds it (a blocking acquire
-                could never return), or a blocking acquire was attempted in a hub greenlet
-                while the lock is taken.
+            WouldDeadlockError: the calling greenlet already holds it and would wait (for
+                itself: always a bug, with or without a time-out), or a blocking acquire
+                was attempted in a hub greenlet while the lock is taken.
             ValueError: ``timeout`` is negative (but -1) or NaN, or given with
                 ``blocking=False``.
             OverflowError: ``timeout`` is larger than ``threading.TIMEOUT_MAX``.
