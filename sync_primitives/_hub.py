@@ -61,6 +61,9 @@ class PortItem(Protocol):
 class ParkedWaiter(PortItem, Protocol):
     """A waiter asleep in a port's hub (``_waiter.HubWaiter``); posting it wakes it."""
 
+    def queued(self) -> bool:
+        """Still in its primitive's deque, not taken by a waker."""
+
     def cancel(self) -> None:
         """Its thread ended while it slept: take it out of its primitive (ending thread)."""
 
@@ -306,11 +309,17 @@ class HubPort:
         elif stage == CLOSE and not self.is_current():
             self.close(stop_watcher=False)
         elif stage == RESUME and not self._closed:
-            # The survivor: wake every parked greenlet to look again, so that a wake-up
-            # another thread had half sent at the fork is not lost (see _fork). This post
-            # also tells the loop about items appended without the watcher being sent.
+            # The survivor. A parked greenlet that a waker took from its deque but whose
+            # wake-up may not have been posted when the fork came is woken now (twice at
+            # worst, which fire() ignores); the ones still queued are woken, in order, by
+            # their primitives (see _fork). Any post also tells the loop about items
+            # appended without the watcher being sent.
             for waiter in list(self._parked):
-                self.post(waiter)
+                if not waiter.queued():
+                    self.post(waiter)
+            with self._lock:
+                if self._items:
+                    self._async.send()
 
 
 def port_for(hub: Any, create: bool = False) -> HubPort | None:

@@ -160,6 +160,11 @@ class HubWaiter:
         """In a child process: True if it sleeps in the hub of the forking thread."""
         return self._port.is_current()
 
+    def queued(self) -> bool:
+        """Still in its primitive's deque, not taken by a waker (mutex held, or no other
+        thread running)."""
+        return self in self._waiters
+
 
 Waiter = NativeWaiter | HubWaiter
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from . import _fork
-from ._fork import RENEW, track
+from ._fork import RENEW, RESUME, track
 from ._hub import allocate_native_lock
 from ._waiter import (
     Waiter,
@@ -106,6 +106,10 @@ class Event:
         """In a child process (see ``_fork``)."""
         if stage == RENEW:
             renew_after_fork(self._mutex, self._waiters)
+        elif stage == RESUME:
+            # A set() that the fork interrupted (even one undone by clear() since) may have
+            # woken only some: all look again; the ones it did not concern sleep on.
+            wake_all(self._waiters)
 
     def statistics(self) -> EventStatistics:
         return EventStatistics(is_set=self._flag, waiting=len(self._waiters))
@@ -226,6 +230,8 @@ class AsyncResult(Generic[T]):
         if stage == RENEW:
             renew_after_fork(self._mutex, self._waiters)
             self._fork_generation = _fork.generation
+        elif stage == RESUME and self._ready:  # a set() the fork interrupted
+            wake_all(self._waiters)
 
     def statistics(self) -> EventStatistics:
         if self._fork_generation != _fork.generation:

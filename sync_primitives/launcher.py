@@ -22,6 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import gevent
 
+from ._fork import RESUME, track
 from ._hub import HubPort, current_port
 from .errors import ClosedError
 from .event import AsyncResult
@@ -92,6 +93,7 @@ class Launcher:
         self._running: dict[Any, Task] = {}  # greenlet -> its task, started or not yet
         self._started = 0
         self._closed = False
+        track(self)
 
     @property
     def thread_name(self) -> str:
@@ -176,6 +178,20 @@ class Launcher:
                 task = self._running.pop(greenlet, None)
                 if task is not None and not task.result.ready():
                     task.abandon(ClosedError(f"{self!r} was stopped before {task} could start"))
+
+    def _after_fork(self, stage: int) -> None:
+        """In a child process (see ``_fork``): the work its thread had taken on, started or
+        not, will never end there; it fails with :class:`ClosedError`."""
+        if stage == RESUME and not self._port.is_current():
+            self._closed = True
+            error = ClosedError(
+                f"{self!r}: its thread does not run in this child process (only the thread "
+                "that called fork() does)"
+            )
+            for task in self._running.values():
+                if not task.result.ready():
+                    task.abandon(error)
+            self._running.clear()
 
     def statistics(self) -> LauncherStatistics:
         return LauncherStatistics(

@@ -154,11 +154,15 @@ class Lock:
         """In a child process (see ``_fork``)."""
         if stage == RENEW:
             renew_after_fork(self._mutex, self._waiters)
-        elif stage == RESUME and self._lock.locked():
+        elif stage == RESUME:
             owner = self._owner
-            # Taken by a thread that is gone (owner not recorded yet: it was between taking
-            # the native lock and recording itself, or releasing): nobody can release it.
-            if owner is None or not survives(owner):
+            if not self._lock.locked():
+                # Freed by a release that the fork interrupted before it looked for waiters.
+                if self._waiters and self._lock.acquire(False):
+                    self._release_owned()
+            elif owner is None or not survives(owner):
+                # Taken by a thread that is gone (or by one that had not recorded itself as
+                # the owner yet, or was releasing): nobody else can ever release it.
                 self._release_owned()
 
     def locked(self) -> bool:

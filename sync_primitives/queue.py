@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from queue import Empty, Full
 from typing import Generic, TypeVar
 
-from ._fork import RENEW, track
+from ._fork import RENEW, RESUME, track
 from ._hub import allocate_native_lock
 from ._waiter import (
     Waiter,
@@ -184,6 +184,12 @@ class Queue(Generic[T]):
         """In a child process (see ``_fork``)."""
         if stage == RENEW:
             renew_after_fork(self._mutex, self._getters, self._putters)
+        elif stage == RESUME:  # finish a put() or get() that the fork interrupted, in order
+            for _ in range(min(len(self._items), len(self._getters))):
+                wake_one(self._getters)
+            room = self._maxsize - len(self._items) if self._maxsize else 0
+            for _ in range(min(max(room, 0), len(self._putters))):
+                wake_one(self._putters)
 
     def statistics(self) -> QueueStatistics:
         return QueueStatistics(

@@ -8,6 +8,7 @@ to "ok" or to what went wrong, and exits 0.
 * child / parent: threads asleep in and holding the primitives at the fork.
 * interrupted: the fork falls in the middle of another thread's set(), put() or acquire(),
   recreated exactly by doing the first half of what those do, from another thread.
+* ordered: waiters of the forking thread keep their turns through the fork.
 * hammered: forks again and again while another thread loops over the primitives.
 """
 
@@ -67,6 +68,7 @@ def fork_and_check(named: dict[str, Callable[[], None]]) -> dict[str, str]:
 def main() -> None:
     report = inherited()
     report["interrupted"] = interrupted()
+    report["ordered"] = ordered()
     report["hammered"] = hammered()
     print(json.dumps(report))
 
@@ -120,6 +122,43 @@ def interrupted() -> dict[str, str]:
         )
     finally:
         gate.set()
+
+
+def ordered() -> dict[str, str]:
+    """Greenlets of the forking thread queue on a lock, a queue and a full queue."""
+    lock, items, full = sp.Lock(), sp.Queue[int](), sp.Queue[int](maxsize=1)
+    lock.acquire()
+    full.put(-1)
+    turns: dict[str, list[int]] = {"lock": [], "get": [], "put": []}
+
+    def take_lock(i: int) -> None:
+        with lock:
+            turns["lock"].append(i)
+
+    def get(i: int) -> None:
+        items.get()
+        turns["get"].append(i)
+
+    def put(i: int) -> None:
+        full.put(i)
+        turns["put"].append(i)
+
+    greenlets = []
+    for i in range(8):
+        for fn in (take_lock, get, put):
+            greenlets.append(gevent.spawn(fn, i))
+        gevent.sleep(0)  # they queue up in this order
+    wait_until(lambda: lock.statistics().waiting == 8 and items.statistics().getters_waiting == 8)
+
+    def serve() -> None:
+        lock.release()
+        for i in range(8):
+            items.put(i)
+            full.get()
+        gevent.joinall(greenlets, timeout=TIMEOUT)
+        _equal(turns, {k: list(range(8)) for k in turns})
+
+    return fork_and_check({"each waiter keeps its turn": serve})
 
 
 def hammered() -> dict[str, str]:
@@ -246,6 +285,7 @@ def inherited() -> dict[str, dict[str, str]]:
                 list(resources), [threading.get_ident()]
             ),
             "a Thread of the parent has ended": lambda: _ended(worker),
+            "work that thread had started fails": lambda: _fails_closed(worker_got),
             "a new Thread runs": lambda: _new_thread_works(items),
         }
     )
@@ -281,6 +321,14 @@ def _woken(greenlet: gevent.Greenlet) -> None:
 def _woken_by(greenlet: gevent.Greenlet, wake: Callable[[], None]) -> None:
     wake()
     _woken(greenlet)
+
+
+def _fails_closed(result: sp.AsyncResult[Any]) -> None:
+    try:
+        result.get(TIMEOUT)
+    except sp.ClosedError:
+        return
+    raise AssertionError("no ClosedError")
 
 
 def _equal(got: Any, expected: Any) -> None:
