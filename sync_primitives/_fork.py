@@ -71,7 +71,21 @@ class ForkAware(Protocol):
 generation = 0
 
 _registry: list[weakref.ref[Any]] = []
-_registry_lock = _allocate_native_lock()
+#: Module-level native locks, unlocked in a child before anything else (see module_lock).
+_module_locks: list[Any] = []
+
+
+def module_lock() -> Any:
+    """A native lock for module-level state, unlocked in place in a child process.
+
+    For the few locks that belong to no tracked object; any thread may use it.
+    """
+    lock = _allocate_native_lock()
+    _module_locks.append(lock)
+    return lock
+
+
+_registry_lock = module_lock()
 _prune_at = 1024
 
 
@@ -93,7 +107,7 @@ class LazilyRenewed(ForkAware, Protocol):
     _fork_generation: int
 
 
-_lazy_lock = _allocate_native_lock()
+_lazy_lock = module_lock()
 
 
 def renew_lazily(obj: LazilyRenewed) -> None:
@@ -121,8 +135,8 @@ def _root(greenlet: Any) -> Any:
 def _after_fork_in_child() -> None:
     global generation
     generation += 1
-    _registry_lock._at_fork_reinit()
-    _lazy_lock._at_fork_reinit()
+    for lock in _module_locks:
+        lock._at_fork_reinit()
     live = [obj for obj in (ref() for ref in _registry) if obj is not None]
     _registry[:] = [weakref.ref(obj) for obj in live]
     for stage in (RENEW, CLOSE):

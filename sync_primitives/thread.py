@@ -17,13 +17,16 @@ thread; work given to the thread and not yet started fails with
 for the end and returns the target's value or raises its exception
 (:class:`~sync_primitives.ThreadStoppedError` if ``stop()`` interrupted it). In a child
 process made by ``fork()`` from another thread, the thread has ended (its target, if it
-was running, as if stopped).
+was running, as if stopped). At interpreter exit, threads still running are stopped and
+waited for (``EXIT_TIMEOUT`` seconds in all).
 """
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -31,7 +34,7 @@ from typing import Any, ParamSpec, TypeVar
 import gevent
 import gevent.event
 
-from ._fork import RENEW, RESUME, track
+from ._fork import RENEW, RESUME, module_lock, track
 from ._hub import HubPort, allocate_native_lock, current_port, start_native_thread
 from ._waiter import poll_timeout
 from .errors import ClosedError, ThreadStoppedError, WouldDeadlockError
@@ -42,7 +45,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _log = logging.getLogger(__name__)
+#: Seconds the interpreter's exit waits, in all, for the Threads it stops.
+EXIT_TIMEOUT = 10.0
 _counter = itertools.count(1)
+#: Threads started and not yet ended, for the interpreter's exit (see _stop_all_at_exit).
+_running: set[Thread] = set()
+_running_lock = module_lock()
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,8 @@ class Thread:
             if self._started:
                 raise RuntimeError(f"{self!r} was already started")
             self._started = True
+        with _running_lock:
+            _running.add(self)
         start_native_thread(self._bootstrap, ())
         if wait and not self._ready.wait(timeout):
             raise TimeoutError(f"{self!r} did not start within {timeout} s")
@@ -254,6 +264,8 @@ class Thread:
                     f"{self!r} does not run in this child process: only the thread that "
                     "called fork() does"
                 )
+            with _running_lock:
+                _running.discard(self)
             self._ready.set()
             self._ended.set()
 
@@ -271,6 +283,8 @@ class Thread:
         except BaseException as exc:
             _log.exception("%r failed to start", self)
             self._exception = exc
+            with _running_lock:
+                _running.discard(self)
             self._ready.set()
             self._ended.set()
             return
@@ -299,6 +313,8 @@ class Thread:
             try:
                 hub.destroy(destroy_loop=True)
             finally:
+                with _running_lock:
+                    _running.discard(self)
                 self._ended.set()
 
     def _run_target(self) -> None:
@@ -311,3 +327,24 @@ class Thread:
             _log.exception("the target of %r raised", self)
             self._exception = exc
         self._target_finished = True
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    """Stop the Threads still running when the interpreter exits, and wait for their end.
+
+    A Thread's OS thread is not a ``threading`` thread, so the interpreter would not wait
+    for it: one still ending its hub while the interpreter tears itself down can crash the
+    process (greenlet frees its references with no interpreter left). Each gets ``stop()``
+    (its target and work are interrupted, as documented) and the whole set EXIT_TIMEOUT
+    seconds to end.
+    """
+    with _running_lock:
+        threads = list(_running)
+    deadline = time.monotonic() + EXIT_TIMEOUT
+    for thread in threads:
+        if not thread._in_own_thread():
+            thread.stop(wait=False)
+    for thread in threads:
+        if not thread._in_own_thread():
+            thread._ended.wait(max(0.0, deadline - time.monotonic()))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import threading
 
 import gevent
@@ -195,3 +197,35 @@ def test_many_threads_start_and_stop_without_leaking_hubs() -> None:
         thread.start(timeout=PROMPT)
         in_plain_thread(thread.stop, True, PROMPT).result(PROMPT)
     assert open_fds() <= before + 2  # each hub's loop owns descriptors: all were closed
+
+
+_EXIT_PROGRAMS = {
+    # A Thread still ending its hub while the interpreter exits crashed it (SIGSEGV) about
+    # one run in two, before Threads were stopped and waited for at exit.
+    "ending": "t = sp.Thread(name='w'); t.start(); t.stop(wait=False)\n"
+    "try:\n    t.apply_async(time.sleep, 0).get(timeout=2)\n"
+    "except sp.ClosedError:\n    pass\n",
+    # A Thread nobody stopped, its target blocked for ever: the exit stops it.
+    "forgotten": "def target():\n"
+    "    try:\n        sp.Event().wait()\n"
+    "    finally:\n        print('stopped at exit', flush=True)\n"
+    "sp.Thread(target=target, name='w').start()\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(_EXIT_PROGRAMS))
+def test_interpreter_exit_stops_threads_and_does_not_crash(case: str) -> None:
+    program = "import time\nimport sync_primitives as sp\n" + _EXIT_PROGRAMS[case]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for _ in range(10):
+        run = subprocess.run(
+            [sys.executable, "-c", program],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=dict(os.environ, PYTHONPATH=root),
+        )
+        assert run.returncode == 0, f"exit status {run.returncode}: {run.stderr}"
+        if case == "forgotten":
+            assert run.stdout == "stopped at exit\n"
