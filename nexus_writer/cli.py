@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import gevent
@@ -68,7 +70,10 @@ def _add_redis_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nexus-writer", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="default: info for run (the service says what it follows and writes), "
+        "warning otherwise",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -145,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="scans announced from now on, or all still in Redis",
     )
     run.add_argument(
+        "--ready-file",
+        type=Path,
+        metavar="PATH",
+        help="write PATH (JSON: session, position, pid, time) once the service follows the "
+        "session, so that every scan announced after it appears is written; removed at stop",
+    )
+    run.add_argument(
         "--inactivity-timeout",
         type=float,
         default=600.0,
@@ -208,9 +220,31 @@ def run(args: argparse.Namespace) -> int:
             gevent.signal_handler(signum, stop.set)
         writer.start()
         logging.getLogger(__name__).info("writing session %r", args.session)
-        stop.wait()  # yields to the hub, which runs the writer
-        writer.stop(wait=True, timeout=60)
+        announcing = gevent.spawn(_announce_ready, writer, args.ready_file)
+        try:
+            stop.wait()  # yields to the hub, which runs the writer
+            writer.stop(wait=True, timeout=60)
+        finally:
+            announcing.kill()
+            if args.ready_file is not None:
+                args.ready_file.unlink(missing_ok=True)
         return 0 if writer.state is State.OFF else 1
+
+
+def _announce_ready(writer: NexusSessionWriter, path: Path | None) -> None:
+    """Once ``writer`` follows its session, write the ready file (atomically) if asked."""
+    writer.following.wait()
+    if path is None:
+        return
+    ready = {
+        "session": writer.session,
+        "position": writer.position,
+        "pid": os.getpid(),
+        "time": datetime.now().astimezone().isoformat(),
+    }
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(ready) + "\n")
+    os.replace(partial, path)
 
 
 def simulate(args: argparse.Namespace) -> int:
@@ -250,8 +284,9 @@ def simulate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    level = args.log_level or ("info" if args.command == "run" else "warning")
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         if args.command == "simulate":

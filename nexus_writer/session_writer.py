@@ -72,13 +72,23 @@ class NexusSessionWriter(Subscriber):
         self._finished_keys: OrderedDict[str, None] = OrderedDict()
         self._keep_keys = 10 * keep_finished
         self._scan_ended = Event()
+        #: Set once the writer follows the session from a fixed position: every scan
+        #: announced after that is written (see :attr:`position`).
+        self.following = Event()
+
+    @property
+    def position(self) -> str | None:
+        """The id of the last announcement read in the session's stream (None before the
+        writer follows the session)."""
+        return self._reader.position if self._reader is not None else None
 
     def start(self, wait: bool = False, timeout: float | None = None) -> None:
-        """Start following the session. "Now" (``since="$"``) is this call: a scan
-        announced after it returns is written.
+        """Start following the session. "Now" (``since="$"``) is this call if Redis can be
+        reached (else the moment it can): a scan announced after :attr:`following` is set
+        is written.
         """
         try:
-            self._reader = SessionReader(self.client, self.session, self.prefix, self._since)
+            self._follow()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             _log.warning(
                 "session %s: Redis unreachable at start (%s); will retry", self.session, exc
@@ -93,9 +103,8 @@ class NexusSessionWriter(Subscriber):
     def listen(self, timeout: float) -> list[ScanAnnouncement]:
         self._purge()
         try:
-            if self._reader is None:
-                self._reader = SessionReader(self.client, self.session, self.prefix, self._since)
-            announcements = self._reader.read(timeout)
+            reader = self._reader or self._follow()
+            announcements = reader.read(timeout)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             _log.warning(
                 "session %s: Redis unreachable (%s); retrying in %.1f s",
@@ -108,6 +117,21 @@ class NexusSessionWriter(Subscriber):
             return []
         self._retry_delay = 0.1
         return announcements
+
+    def _follow(self) -> SessionReader:
+        """Pin the read position (a network round trip) and say so.
+
+        Raises:
+            redis.ConnectionError, redis.TimeoutError: Redis cannot be reached.
+        """
+        reader = self._reader = SessionReader(self.client, self.session, self.prefix, self._since)
+        _log.info(
+            "session %s: following from announcement %s: every scan announced after it is written",
+            self.session,
+            reader.position,
+        )
+        self.following.set()
+        return reader
 
     def listen_finished(self) -> bool:
         return False  # a session goes on until the writer is stopped

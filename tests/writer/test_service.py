@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import h5py
@@ -49,6 +51,17 @@ def wait_for_line(lines: queue.Queue[str], needle: str, timeout: float = 30.0) -
         seen.append(line)
         if needle in line:
             return line
+
+
+def wait_for_file(path: Path, timeout: float = 30.0) -> str:
+    """The text of ``path`` once it exists. Another process writes it: there is no event to
+    wait on, so this polls, within a bound."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.01)
+    return path.read_text()
 
 
 def test_the_service_writes_scans_until_sigterm(
@@ -129,3 +142,72 @@ def test_compression_applies_to_arrays_only(
         assert ids == expected
         assert diode.compression is None and diode.id.get_create_plist().get_nfilters() == 0
         assert text(entry["writer/status"]) == "SUCCEEDED"
+
+
+def _service(redis_url: str, tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
+    """``nexus-writer run`` at its default log level, with extra options."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nexus_writer.cli",
+            "run",
+            "--redis",
+            redis_url,
+            "--session",
+            "ready",
+            "--root",
+            str(tmp_path),
+            *extra,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+
+
+def test_ready_file_says_when_every_later_scan_is_written(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    ready_file = tmp_path / "writer.ready"
+    service = _service(redis_server.url, tmp_path, "--ready-file", str(ready_file))
+    try:
+        lines = lines_of(service.stderr)
+        # At the default log level, it says what it follows and from where.
+        line = wait_for_line(lines, "session ready: following from announcement")
+        ready = json.loads(wait_for_file(ready_file))
+        assert ready["session"] == "ready" and ready["pid"] == service.pid
+        assert ready["position"] in line
+        # A scan announced the instant the file is there is written.
+        published = Beamline(
+            SessionPublisher(redis_client, "ready"), root=str(tmp_path), record=True
+        ).run("loopscan 3 0")
+        wait_for_line(lines, f"subscriber '{published.key}': OFF")
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(30) == 0
+    finally:
+        if service.poll() is None:
+            service.kill()
+    assert_file_has_every_value(published)
+    assert not ready_file.exists()  # removed at stop: it never outlives the service
+
+
+def test_not_ready_while_redis_is_away_at_start(tmp_path: Path) -> None:
+    ready_file = tmp_path / "writer.ready"
+    with EmbeddedRedis() as server:
+        url = server.url
+        server.halt()  # nothing listens there now
+        service = _service(url, tmp_path, "--ready-file", str(ready_file))
+        try:
+            lines = lines_of(service.stderr)
+            wait_for_line(lines, "Redis unreachable at start")
+            assert not ready_file.exists()
+            server.resume()
+            wait_for_line(lines, "session ready: following from announcement 0-0")
+            assert json.loads(wait_for_file(ready_file))["position"] == "0-0"
+            service.send_signal(signal.SIGTERM)
+            assert service.wait(30) == 0
+        finally:
+            if service.poll() is None:
+                service.kill()
+    assert not ready_file.exists()
