@@ -13,8 +13,8 @@ from pathlib import Path
 
 import h5py
 
-from nexus_writer.nexus.names import entry_name
 from nexus_writer.nexus.options import WriterOptions
+from nexus_writer.nexus.scan_file import entry_of_scan
 from nexus_writer.nexus.validation import nxcheck_errors
 from nexus_writer.protocol import SessionPublisher
 from nexus_writer.redis_client import connect
@@ -68,9 +68,10 @@ def run_demo(root: Path, session: str = "demo", timeout: float = 120.0) -> int:
 def _report(scans: list[PublishedScan], writer: NexusSessionWriter) -> int:
     stats = writer.session_statistics()
     failed = [s for s in stats.recent if s.state != "OFF"]
+    entries = {scan.key: _entry_name(scan) for scan in scans}
     for scan in scans:
         print(
-            f"{entry_name(scan.document.number)}  {scan.document.title:<38} "
+            f"{entries[scan.key] or '(none)':<12} {scan.document.title:<38} "
             f"{scan.npoints:4d} points  {scan.end_reason.value:<10} -> {scan.document.file}"
         )
     files = sorted({s.document.file for s in scans})
@@ -81,12 +82,20 @@ def _report(scans: list[PublishedScan], writer: NexusSessionWriter) -> int:
     for problem in failed:
         print(f"  FAULT {problem.name}: {problem.reason}")
     first = scans[0]
-    print(f"\n{first.document.file}:/{entry_name(first.document.number)}")
-    with h5py.File(first.document.file, "r", locking=False) as handle:
-        _tree(handle[entry_name(first.document.number)], depth=0)
+    if entries[first.key] is not None:
+        print(f"\n{first.document.file}:/{entries[first.key]}")
+        with h5py.File(first.document.file, "r", locking=False) as handle:
+            _tree(handle[entries[first.key]], depth=0)
     errors = [nxcheck_errors(f) for f in files]
     print(f"\nnxcheck: {sum(errors)} error(s)")
     return 0 if not failed and not any(errors) else 1
+
+
+def _entry_name(scan: PublishedScan) -> str | None:
+    """The entry the writer gave ``scan`` (``scan_000N``, or ``scan_000N_2``... when an
+    earlier run left a scan of that number in the file)."""
+    with h5py.File(scan.document.file, "r", locking=False) as handle:
+        return entry_of_scan(handle, scan.key, scan.document.number)
 
 
 def _tree(group: h5py.Group, depth: int, max_depth: int = 2) -> None:

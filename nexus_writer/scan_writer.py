@@ -203,6 +203,8 @@ class NexusScanWriter(Subscriber):
             self._document = event.document
             self._file = ScanFile(event.document, self.options)
             _log.info("scan %s: writing %s in %s", self.key, self._file.entry_name, self._file.path)
+            if self._file.renamed:
+                _log.warning("scan %s: %s", self.key, self._file.renamed)
             return
         if self._file is None:
             return

@@ -15,16 +15,24 @@ from collections.abc import Iterable
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
 
-def entry_name(number: int) -> str:
-    """The NXentry of scan ``number``."""
-    return f"scan_{number:04d}"
+def entry_name(number: int, occurrence: int = 1) -> str:
+    """The NXentry of scan ``number``: ``scan_0007``; the ``occurrence``-th scan of that
+    number in one file (another run of the session, another Redis) gets ``scan_0007_2``,
+    ``scan_0007_3``...: it never overwrites the first."""
+    base = f"scan_{number:04d}"
+    return base if occurrence == 1 else f"{base}_{occurrence}"
 
 
-def entry_number(name: str | None) -> int | None:
-    """The scan number of an entry name made by :func:`entry_name` (else None)."""
-    if name and name.startswith("scan_") and name[5:].isdigit():
-        return int(name[5:])
-    return None
+_ENTRY = re.compile(r"scan_(\d+)(?:_(\d+))?")
+
+
+def entry_order(name: str | None) -> tuple[int, int] | None:
+    """Where an entry made by :func:`entry_name` comes in time: (occurrence, number), so
+    that a later run's ``scan_0001_2`` comes after ``scan_0006`` (else None)."""
+    match = _ENTRY.fullmatch(name) if name else None
+    if match is None:
+        return None
+    return int(match.group(2) or 1), int(match.group(1))
 
 
 def valid_name(text: str) -> str:

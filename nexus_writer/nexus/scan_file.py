@@ -40,7 +40,7 @@ from nexus_writer.protocol import Channel, Positioner, Role, ScanDocument
 
 from . import files
 from .datasets import FrameSource, GrowingDataset, write_frame_references
-from .names import entry_name, entry_number, short_names, valid_name
+from .names import entry_name, entry_order, short_names, valid_name
 from .options import MiB, WriterOptions
 
 _CLASS_OF_ROLE = {Role.POSITIONER: "NXpositioner"}
@@ -48,7 +48,36 @@ _STRINGS = h5py.string_dtype()
 
 
 class EntryExistsError(FileExistsError):
-    """The scan's entry is already in its file: nothing is overwritten."""
+    """This very scan (same key) already has an entry in its file: nothing is overwritten."""
+
+
+#: How many scans of one number one file may hold (``scan_0007`` ... ``scan_0007_1000``).
+MAX_OCCURRENCES = 1000
+
+
+def entry_of_scan(file: h5py.File, key: str, number: int) -> str | None:
+    """The name of the entry that scan ``key`` (number ``number``) was written to in
+    ``file``, or None.
+
+    Entries record their scan's key in ``writer/scan_key``.
+    """
+    for occurrence in range(1, MAX_OCCURRENCES + 1):
+        name = entry_name(number, occurrence)
+        if name not in file:
+            return None
+        if _scan_key(file, name) == key:
+            return name
+    return None
+
+
+def _scan_key(file: h5py.File, name: str) -> str | None:
+    """The key recorded in entry ``name``; None for anything else there (not an entry of
+    ours, one written before keys were recorded, a dangling link, a dataset...)."""
+    try:
+        value = file[f"{name}/writer/scan_key"][()]
+    except Exception:  # whatever another program left under that name
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class DiskFullError(OSError):
@@ -82,23 +111,50 @@ class ScanFile:
         self.document = document
         self.options = options
         self.path: Path = options.check_path(document.file)
-        self.entry_name = entry_name(document.number)
         self.file = files.acquire(self.path)
         self._open = True
         #: Set after an I/O error: HDF5's state for this file can no longer be trusted (a
         #: further write after ENOSPC can crash the process), so nothing more is written.
         self.broken = False
         try:
-            if self.entry_name in self.file:
-                raise EntryExistsError(
-                    f"{self.path} already has entry {self.entry_name}: scan {document.number} "
-                    f"of session {document.session!r} was written there before; "
-                    "nothing was overwritten"
-                )
+            self.entry_name, renamed = self._free_entry_name()
             self._create()
         except BaseException:
             self.close()
             raise
+        #: Why the entry is not called ``scan_000N`` (None when it is).
+        self.renamed = renamed
+        if renamed:
+            self.add_message(renamed)
+
+    def _free_entry_name(self) -> tuple[str, str | None]:
+        """``scan_000N``, or the next free ``scan_000N_K`` when other scans numbered N are
+        in the file already (another run of the session): nothing is ever overwritten.
+        Also the warning that says so, if it is not ``scan_000N``.
+
+        Raises:
+            EntryExistsError: this very scan already has an entry here.
+        """
+        doc = self.document
+        first = entry_name(doc.number)
+        for occurrence in range(1, MAX_OCCURRENCES + 1):
+            name = entry_name(doc.number, occurrence)
+            if name not in self.file:
+                if name == first:
+                    return name, None
+                return name, (
+                    f"entry {first} of {self.path} already holds another scan numbered "
+                    f"{doc.number}: this scan ({doc.key}) is written as {name}"
+                )
+            if _scan_key(self.file, name) == doc.key:
+                raise EntryExistsError(
+                    f"{self.path} already has entry {name} for this scan ({doc.key}): "
+                    "it was written there before; nothing was overwritten"
+                )
+        raise EntryExistsError(
+            f"{self.path} already holds {MAX_OCCURRENCES} scans numbered {doc.number}; "
+            f"scan {doc.key} is not written"
+        )
 
     # -- creation -------------------------------------------------------------------------
 
@@ -129,12 +185,17 @@ class ScanFile:
         self.comments = _group(entry, "comments", "NXcollection")
         self.writer = _group(entry, "writer", "NXcollection")
         _text(self.writer, "version", nexus_writer.__version__)
+        _text(self.writer, "scan_key", doc.key)
         _text(self.writer, "status", "RUNNING")
         self.writer.create_dataset("messages", shape=(0,), maxshape=(None,), dtype=_STRINGS)
-        # The root's default is the newest scan, whichever entry was created last.
+        # The root's default is the newest scan: the highest number of the latest run,
+        # whichever of the concurrent scans was created first.
         current = self.file.attrs.get("default")
         current = current.decode() if isinstance(current, bytes) else current
-        if entry_number(current) is None or entry_number(current) < doc.number:  # type: ignore[operator]
+        order = entry_order(current)
+        mine = entry_order(self.entry_name)
+        assert mine is not None
+        if order is None or order < mine:
             self.file.attrs["default"] = self.entry_name
         self.file.flush()
 

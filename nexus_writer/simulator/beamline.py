@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -84,6 +85,20 @@ class Beamline:
         self.record = record
         self.positions = dict(DEFAULT_MOTORS)
 
+    def _new_directory(self, number: int) -> str:
+        """A directory of its own for scan ``number``'s detector files: ``scanNNNN``, or
+        ``scanNNNN_2``... when an earlier run of the session made one (as a detector would,
+        never overwriting the frames that earlier scans' files refer to)."""
+        base = os.path.join(self.root, self.publisher.session, f"scan{number:04d}")
+        for occurrence in itertools.count(1):
+            directory = base if occurrence == 1 else f"{base}_{occurrence}"
+            try:
+                os.makedirs(directory)
+            except FileExistsError:
+                continue
+            return directory
+        raise AssertionError("not reached")
+
     @property
     def session_file(self) -> str:
         """The NeXus file all scans of the session go to (one entry each)."""
@@ -122,8 +137,7 @@ class Beamline:
         number = scan.document.number
         files = None
         if det.image == "file":
-            directory = os.path.join(self.root, self.publisher.session, f"scan{number:04d}")
-            files = DetectorFiles(directory, "cam1", det.frames_per_file)
+            files = DetectorFiles(self._new_directory(number), "cam1", det.frames_per_file)
         scan.prepare()
         for text in comments:
             scan.comment(text)

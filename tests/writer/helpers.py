@@ -9,8 +9,9 @@ import h5py
 import numpy as np
 import redis
 
-from nexus_writer.nexus.names import entry_name, short_names
+from nexus_writer.nexus.names import short_names
 from nexus_writer.nexus.options import WriterOptions
+from nexus_writer.nexus.scan_file import entry_of_scan
 from nexus_writer.protocol import ScanPublisher, SessionPublisher
 from nexus_writer.scan_writer import NexusScanWriter
 from nexus_writer.simulator import PublishedScan
@@ -36,7 +37,11 @@ def write_scan(
 
 
 def entry_of(handle: h5py.File, published: PublishedScan) -> h5py.Group:
-    return handle[entry_name(published.document.number)]
+    """The entry the writer gave this scan (found by its key, whatever its name)."""
+    doc = published.document
+    name = entry_of_scan(handle, doc.key, doc.number)
+    assert name is not None, f"no entry of {doc.key} in {doc.file}"
+    return handle[name]
 
 
 def assert_file_has_every_value(published: PublishedScan) -> None:

@@ -17,6 +17,7 @@ import redis
 
 from nexus_writer.nexus.names import entry_name
 from nexus_writer.nexus.options import Compression, WriterOptions
+from nexus_writer.nexus.validation import nxcheck_errors
 from nexus_writer.protocol import Keys, SessionPublisher
 from nexus_writer.protocol.keys import text as text_of
 from nexus_writer.redis_client import connect
@@ -77,20 +78,67 @@ def test_existing_file_gets_a_new_entry_and_keeps_its_content(
     assert_file_has_every_value(published)
 
 
-def test_existing_entry_fails_the_scan_and_is_not_touched(
+def test_entry_name_taken_by_another_scan_gets_a_new_name_and_is_not_touched(
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     line = beamline(redis_client, tmp_path)
     os.makedirs(os.path.dirname(line.session_file))
     with h5py.File(line.session_file, "w") as handle:
         handle.create_group(entry_name(1)).attrs["mine"] = "do not touch"
+        handle[entry_name(1, 2)] = np.arange(3)  # not even a group
     published = line.run("loopscan 4 0")
     writer = write_scan(redis_client, published.key)
-    assert writer.state is State.FAULT
-    assert f"already has entry {entry_name(1)}" in (writer.statistics().reason or "")
+    assert writer.state is State.OFF  # saved, with a warning: not a fault
+    assert_file_has_every_value(published)
     with h5py.File(line.session_file, "r") as handle:
         assert dict(handle[entry_name(1)].attrs) == {"mine": "do not touch"}
         assert list(handle[entry_name(1)]) == []
+        np.testing.assert_array_equal(handle[entry_name(1, 2)][()], np.arange(3))
+        entry = handle[entry_name(1, 3)]
+        assert text(entry["writer/scan_key"]) == published.key
+        assert text(entry["writer/status"]) == "SUCCEEDED"
+        (message,) = [m.decode() for m in entry["writer/messages"][()]]
+        assert f"entry {entry_name(1)} of {line.session_file} already holds another scan" in message
+        assert message.endswith(f"is written as {entry_name(1, 3)}")
+    assert nxcheck_errors(line.session_file) == 0
+
+
+def test_the_same_scan_written_again_fails_and_touches_nothing(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    published = beamline(redis_client, tmp_path).run("loopscan 4 0")
+    assert write_scan(redis_client, published.key).state is State.OFF
+    before = Path(published.document.file).read_bytes()
+    again = write_scan(redis_client, published.key)
+    assert again.state is State.FAULT
+    assert f"already has entry {entry_name(1)} for this scan" in (again.statistics().reason or "")
+    assert Path(published.document.file).read_bytes() == before
+    assert_file_has_every_value(published)
+
+
+def test_a_session_run_twice_into_one_file_keeps_both_runs(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    runs = []
+    for _ in range(2):
+        client = redis.Redis.from_url(redis_server.url)
+        client.flushall()  # a new Redis, as a second `make demo` has: numbers start again
+        line = beamline(client, tmp_path, image="file", frames_per_file=2)
+        runs.append([line.run("loopscan 3 0"), line.run("ascan robx 0 1 4 0")])
+        for published in runs[-1]:
+            assert write_scan(client, published.key).state is State.OFF
+        client.close()
+    for published in [*runs[0], *runs[1]]:
+        assert_file_has_every_value(published)  # frames too: run 2 overwrote no detector file
+    with h5py.File(runs[0][0].document.file, "r") as handle:
+        assert sorted(k for k in handle if k.startswith("scan_")) == [
+            entry_name(1),
+            entry_name(1, 2),
+            entry_name(2),
+            entry_name(2, 2),
+        ]
+        assert handle.attrs["default"] == entry_name(2, 2)  # the newest scan
+    assert nxcheck_errors(runs[0][0].document.file) == 0
 
 
 def test_file_outside_the_roots_fails_that_scan_only(
