@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--since",
         choices=["now", "all"],
         default="now",
-        help="scans announced from now on, or all still in Redis",
+        help="the first time a session is followed: scans announced from now on, or all "
+        "still in Redis; afterwards the service goes on from where it stopped",
     )
     run.add_argument(
         "--ready-file",
@@ -200,6 +201,11 @@ def redis_for(args: argparse.Namespace) -> Iterator[redis.Redis]:
             server.stop()
 
 
+#: The consumer group in which the service keeps its place in a session (see
+#: docs/operations.md).
+WRITER_GROUP = "nexus-writer"
+
+
 def run(args: argparse.Namespace) -> int:
     with redis_for(args) as client:
         options = WriterOptions(
@@ -214,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
             prefix=args.prefix,
             since="0-0" if args.since == "all" else "$",
             scan_mode=Mode(args.mode),
+            group=WRITER_GROUP,
         )
         stop = Event()
         for signum in (signal.SIGINT, signal.SIGTERM):

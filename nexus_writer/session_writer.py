@@ -55,7 +55,14 @@ class NexusSessionWriter(Subscriber):
         since: str = "$",
         scan_mode: Mode = Mode.PARALLEL,
         keep_finished: int = 100,
+        group: str | None = None,
     ) -> None:
+        """``group``: keep the read position in Redis, in this consumer group of the
+        session's stream (see :class:`~nexus_writer.protocol.SessionReader`): a scan is
+        acknowledged once it is written (or failed for good), never when the writer stops
+        first, so that the next writer of the group writes the scans this one did not
+        finish and those announced while none ran. ``since`` then applies only when the
+        group is created."""
         super().__init__(f"session {session}", Mode.SEQUENTIAL)
         self.client = client
         self.session = session
@@ -72,15 +79,22 @@ class NexusSessionWriter(Subscriber):
         self._finished_keys: OrderedDict[str, None] = OrderedDict()
         self._keep_keys = 10 * keep_finished
         self._scan_ended = Event()
+        self._group = group
+        self._announced: dict[str, str] = {}  # scan key -> its announcement's stream id
+        self._stopping = False
         #: Set once the writer follows the session from a fixed position: every scan
         #: announced after that is written (see :attr:`position`).
         self.following = Event()
 
     @property
     def position(self) -> str | None:
-        """The id of the last announcement read in the session's stream (None before the
-        writer follows the session)."""
-        return self._reader.position if self._reader is not None else None
+        """The id of the last announcement read in the session's stream (with a group, the
+        last delivered to the group); None before the writer follows the session.
+
+        Raises:
+            redis.ConnectionError, redis.TimeoutError: with a group, Redis cannot be reached.
+        """
+        return self._reader.delivered if self._reader is not None else None
 
     def start(self, wait: bool = False, timeout: float | None = None) -> None:
         """Start following the session. "Now" (``since="$"``) is this call if Redis can be
@@ -124,12 +138,26 @@ class NexusSessionWriter(Subscriber):
         Raises:
             redis.ConnectionError, redis.TimeoutError: Redis cannot be reached.
         """
-        reader = self._reader = SessionReader(self.client, self.session, self.prefix, self._since)
-        _log.info(
-            "session %s: following from announcement %s: every scan announced after it is written",
-            self.session,
-            reader.position,
+        reader = self._reader = SessionReader(
+            self.client, self.session, self.prefix, self._since, group=self._group
         )
+        if self._group is None:
+            _log.info(
+                "session %s: following from announcement %s: every scan announced after it "
+                "is written",
+                self.session,
+                reader.position,
+            )
+        else:
+            _log.info(
+                "session %s: following from announcement %s with consumer group %r (%s): "
+                "every scan announced after it, and any the group had not finished, is "
+                "written",
+                self.session,
+                reader.delivered,
+                self._group,
+                "created now" if reader.created else "continued",
+            )
         self.following.set()
         return reader
 
@@ -151,6 +179,7 @@ class NexusSessionWriter(Subscriber):
                 on_finish=self._scan_finished,
             )
             self._active[announcement.key] = writer
+            self._announced[announcement.key] = announcement.stream_id
             self._started += 1
             writer.start()
             _log.info(
@@ -171,6 +200,20 @@ class NexusSessionWriter(Subscriber):
         self._finished_keys[writer.name] = None
         while len(self._finished_keys) > self._keep_keys:
             self._finished_keys.popitem(last=False)
+        stream_id = self._announced.pop(writer.name, None)
+        if stream_id is not None and not self._stopping and self._reader is not None:
+            # Done with for good. A scan cut short by this writer's stop stays pending: the
+            # next writer of the group gets it again.
+            try:
+                self._reader.ack(stream_id)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                _log.warning(
+                    "session %s: cannot acknowledge scan %s (%s): the next writer will see "
+                    "it again",
+                    self.session,
+                    writer.name,
+                    exc,
+                )
         self._scan_ended.set()
 
     def wait_for_scans(self, keys: list[str], timeout: float | None = None) -> bool:
@@ -193,6 +236,7 @@ class NexusSessionWriter(Subscriber):
 
     def finish(self, state: State, reason: str | None) -> None:
         """Stop the scan writers still running; each writes what it has and closes."""
+        self._stopping = True
         for writer in list(self._active.values()):
             writer.stop()
         deadline = time.monotonic() + 30.0

@@ -35,15 +35,25 @@ def check_client(client: redis.Redis) -> None:
 
 
 def xread(
-    client: redis.Redis, streams: dict[str, str], count: int, block: float | None
+    client: redis.Redis,
+    streams: dict[str, str],
+    count: int,
+    block: float | None,
+    group: tuple[str, str] | None = None,
 ) -> dict[str, Entries]:
     """Entries after the given ids of each stream, waiting at most ``block`` seconds
     (None: do not wait) for the first one. Returns {stream: [(id, fields), ...]}.
 
+    With ``group`` (group, consumer): XREADGROUP, where the id ``>`` means new entries and
+    another id the consumer's pending entries after it. A pending entry that was trimmed
+    from the stream since comes with None for its fields.
+
     Raises:
         redis.ConnectionError, redis.TimeoutError: the server went away or stopped answering.
+        redis.ResponseError: the group does not exist.
     """
-    args: list[Any] = ["XREAD", "COUNT", count]
+    args: list[Any] = ["XREADGROUP", "GROUP", *group] if group else ["XREAD"]
+    args += ["COUNT", count]
     if block is not None:
         args += ["BLOCK", max(1, int(block * 1000))]
     args += ["STREAMS", *streams.keys(), *streams.values()]

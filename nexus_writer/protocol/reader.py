@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
-from ._xread import check_client, fields_of, xread
+from ._xread import Entries, check_client, fields_of, xread
 from .encoding import EntryError, FrameRef, decode, fast_fixed, points_array
 from .errors import (
     DataLostError,
@@ -346,7 +346,14 @@ class ScanAnnouncement:
 
 
 class SessionReader:
-    """Follows the announcements of new scans in one session."""
+    """Follows the announcements of new scans in one session.
+
+    Without ``group``, the position lives in this object only. With ``group`` (a Redis
+    consumer group on the session's stream), it lives in Redis and survives the process:
+    an announcement is delivered once, stays *pending* until :meth:`ack`, and a new reader
+    of the same group and consumer first gets the pending ones again (a scan the previous
+    process had not finished), then the ones announced since (while no process read).
+    """
 
     def __init__(
         self,
@@ -354,9 +361,13 @@ class SessionReader:
         session: str,
         prefix: str = DEFAULT_PREFIX,
         since: str = "$",
+        *,
+        group: str | None = None,
+        consumer: str = "writer",
     ) -> None:
         """``since``: "$" for scans announced from now on, "0-0" for all still in Redis, or
-        a :attr:`position` of an earlier reader.
+        a :attr:`position` of an earlier reader. With ``group``, only when the group is
+        created (:attr:`created`); an existing group goes on from where it is.
 
         Raises:
             UnsupportedProtocolError: Redis holds another protocol major version here.
@@ -370,30 +381,73 @@ class SessionReader:
         if since == "$":  # pin "now" to an id: "$" in every XREAD could skip announcements
             last = client.xrevrange(self._stream, count=1)
             since = text(last[0][0]) if last and last[0][0] else "0-0"
+        self._group = (group, consumer) if group else None
+        #: With a group: whether this reader created it (first time the session is followed).
+        self.created = False
+        if group:
+            try:
+                client.xgroup_create(self._stream, group, id=since, mkstream=True)
+                self.created = True
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            since = "0-0"  # this consumer's pending announcements first
         self.position = since
+        self._pending = group is not None
+
+    @property
+    def delivered(self) -> str:
+        """The id of the last announcement read (with a group: delivered to it, in Redis)."""
+        if self._group is None:
+            return self.position
+        for info in self.client.xinfo_groups(self._stream):
+            if text(info["name"]) == self._group[0]:
+                return text(info["last-delivered-id"])
+        return "0-0"
 
     def read(self, timeout: float | None = 1.0) -> list[ScanAnnouncement]:
         """Scans announced since the last read, waiting at most ``timeout`` seconds."""
-        response = xread(self.client, {self._stream: self.position}, 100, timeout)
+        if self._pending:
+            entries = self._read(self.position, None)
+            if not entries:
+                self._pending = False  # every pending one was read: now the new ones
+        if not self._pending:
+            entries = self._read(">" if self._group else self.position, timeout)
         announcements = []
-        for entry_id, flat in response.get(self._stream, []):
+        for entry_id, raw in entries:
+            if self._group is None or self._pending:
+                self.position = entry_id.decode()
+            flat: list[bytes] | None = raw  # None: pending, but trimmed from the stream since
+            if flat is None:
+                self.ack(entry_id.decode())
+                continue
             fields = fields_of(flat)
-            self.position = entry_id.decode()
             try:
                 announcements.append(
                     ScanAnnouncement(
                         key=fields[b"key"].decode(),
                         name=fields[b"name"].decode(),
                         number=int(fields[b"number"]),
-                        stream_id=self.position,
+                        stream_id=entry_id.decode(),
                     )
                 )
             except (KeyError, ValueError):
                 _log.error(
                     "session %r: entry %s of %s is not a scan announcement: %r",
                     self.session,
-                    self.position,
+                    entry_id.decode(),
                     self._stream,
                     fields,
                 )
+                self.ack(entry_id.decode())
         return announcements
+
+    def _read(self, after: str, timeout: float | None) -> Entries:
+        response = xread(self.client, {self._stream: after}, 100, timeout, self._group)
+        return response.get(self._stream, [])
+
+    def ack(self, stream_id: str) -> None:
+        """With a group: the announcement ``stream_id`` is done with (its scan is written,
+        or failed for good); it is not delivered again. Without one: nothing."""
+        if self._group is not None:
+            self.client.xack(self._stream, self._group[0], stream_id)

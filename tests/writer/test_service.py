@@ -21,7 +21,7 @@ from nexus_writer.nexus.names import entry_name
 from nexus_writer.nexus.options import Compression, WriterOptions
 from nexus_writer.protocol import SessionPublisher
 from nexus_writer.redis_server import EmbeddedRedis
-from nexus_writer.simulator import Beamline, Detectors
+from nexus_writer.simulator import Beamline, Detectors, PublishedScan
 from tests.writer.helpers import assert_file_has_every_value, text, write_scan
 
 ROOT = Path(__file__).parents[2]
@@ -51,6 +51,14 @@ def wait_for_line(lines: queue.Queue[str], needle: str, timeout: float = 30.0) -
         seen.append(line)
         if needle in line:
             return line
+
+
+def wait_for_lines(lines: queue.Queue[str], needles: list[str], timeout: float = 30.0) -> None:
+    """Wait until a line with each of ``needles`` has come, in any order."""
+    missing = set(needles)
+    while missing:
+        line = wait_for_line(lines, "", timeout)
+        missing = {needle for needle in missing if needle not in line}
 
 
 def wait_for_file(path: Path, timeout: float = 30.0) -> str:
@@ -211,3 +219,29 @@ def test_not_ready_while_redis_is_away_at_start(tmp_path: Path) -> None:
             if service.poll() is None:
                 service.kill()
     assert not ready_file.exists()
+
+
+def test_scans_announced_while_the_service_was_down_are_written_when_it_is_back(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    ready_file = tmp_path / "writer.ready"
+
+    def service_life(expect: str, scans: list[PublishedScan]) -> None:
+        service = _service(redis_server.url, tmp_path, "--ready-file", str(ready_file))
+        try:
+            lines = lines_of(service.stderr)
+            followed = wait_for_line(lines, "session ready: following from announcement")
+            assert expect in followed
+            wait_for_lines(lines, [f"subscriber '{p.key}': OFF" for p in scans])
+            service.send_signal(signal.SIGTERM)
+            assert service.wait(30) == 0
+        finally:
+            if service.poll() is None:
+                service.kill()
+
+    service_life("created now", [])
+    line = Beamline(SessionPublisher(redis_client, "ready"), root=str(tmp_path), record=True)
+    missed = [line.run("loopscan 3 0"), line.run("ascan robx 0 1 4 0")]  # while it is down
+    service_life("continued", missed)
+    for published in missed:
+        assert_file_has_every_value(published)
