@@ -13,8 +13,8 @@ from pathlib import Path
 
 import h5py
 
+from nexus_writer.nexus.master import entry_of_scan
 from nexus_writer.nexus.options import WriterOptions
-from nexus_writer.nexus.scan_file import entry_of_scan
 from nexus_writer.nexus.validation import nxcheck_errors
 from nexus_writer.protocol import SessionPublisher
 from nexus_writer.redis_client import connect

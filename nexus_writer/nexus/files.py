@@ -1,86 +1,67 @@
-"""Open NeXus files, shared by all scan writers of a process.
+"""Open scan files of this process, and the ones abandoned after an I/O error.
 
 .. important::
    Any thread may open and release files; h5py serialises its calls with a global lock.
    Files are opened without HDF5 file locking (see docs/reading-files.md), so that readers
    such as silx can open them while scans are written.
 
-Several scans of a session go to one file, one entry each, and may be written at the same
-time: each file is opened once and shared, counted, and closed when its last writer
-releases it.
+Each scan writes a file of its own (see :mod:`master`), open from the scan's start to its
+end; this module knows which are open, and keeps the handles of abandoned ones.
 """
 
 from __future__ import annotations
 
-import os
-from datetime import datetime
 from pathlib import Path
 
 import h5py
 
-import nexus_writer
 from sync_primitives import Lock
 
+from .master import root_attributes
+
 _lock = Lock()
-_open: dict[Path, tuple[h5py.File, int]] = {}
+_open: dict[Path, h5py.File] = {}
 #: Files that met an I/O error: never touched again, never closed (see abandon).
 _abandoned: list[h5py.File] = []
 
 
 def acquire(path: Path) -> h5py.File:
-    """The open file at ``path``, created (with its NXroot attributes) if it does not exist.
-
-    Never truncates: an existing file is opened to add entries.
+    """Open the scan file at ``path`` (made by :func:`master.claim_entry`) for writing.
 
     Raises:
-        OSError: it cannot be created or opened (not HDF5, no space, ...).
+        OSError: it cannot be opened (not HDF5, gone, ...).
+        RuntimeError: it is open already (one scan per file).
     """
     with _lock:
         if path in _open:
-            handle, users = _open[path]
-            _open[path] = (handle, users + 1)
-            return handle
-        os.makedirs(path.parent, exist_ok=True)
+            raise RuntimeError(f"{path} is already open: one scan, one file")
         # Default format bounds on purpose: with libver="latest" HDF5 marks the file as
         # open for writing, and then no other process can open it until it is closed.
         handle = h5py.File(path, "a", locking=False)
         if "NX_class" not in handle.attrs:
-            handle.attrs.update(
-                NX_class="NXroot",
-                creator="nexus-writer",
-                creator_version=nexus_writer.__version__,
-                file_name=str(path),
-                file_time=datetime.now().astimezone().isoformat(),
-                HDF5_Version=h5py.version.hdf5_version,
-                h5py_version=h5py.version.version,
-            )
-        _open[path] = (handle, 1)
+            handle.attrs.update(root_attributes(path))
+        _open[path] = handle
         return handle
 
 
 def release(path: Path) -> None:
-    """Undo one :func:`acquire`; the last one flushes and closes the file."""
+    """Flush and close the file at ``path``."""
     with _lock:
-        handle, users = _open[path]
-        if users > 1:
-            _open[path] = (handle, users - 1)
-            return
-        del _open[path]
+        handle = _open.pop(path)
     handle.close()
 
 
 def abandon(path: Path) -> None:
-    """Forget the file at ``path`` without closing it, for all its users.
+    """Forget the file at ``path`` without closing it.
 
     After an I/O error (a full disk) HDF5's state for the file cannot be trusted, and
     flushing or closing it can crash the process (seen with HDF5 1.14 after ENOSPC). The
-    handle is kept, untouched, so that garbage collection does not close it either; the
-    next scan for that path opens it anew.
+    handle is kept, untouched, so that garbage collection does not close it either.
     """
     with _lock:
-        entry = _open.pop(path, None)
-        if entry is not None:
-            _abandoned.append(entry[0])
+        handle = _open.pop(path, None)
+        if handle is not None:
+            _abandoned.append(handle)
 
 
 def open_paths() -> list[Path]:

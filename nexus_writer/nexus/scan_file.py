@@ -1,4 +1,4 @@
-"""The NXentry of one scan: what goes where in the file.
+"""The NXentry of one scan, in the scan's own file: what goes where.
 
 .. important::
    A :class:`ScanFile` belongs to the consumer greenlet of one scan writer; it is created,
@@ -38,46 +38,13 @@ import numpy as np
 import nexus_writer
 from nexus_writer.protocol import Channel, Positioner, Role, ScanDocument
 
-from . import files
+from . import files, master
 from .datasets import FrameSource, GrowingDataset, write_frame_references
-from .names import entry_name, entry_order, short_names, valid_name
+from .names import short_names, valid_name
 from .options import MiB, WriterOptions
 
 _CLASS_OF_ROLE = {Role.POSITIONER: "NXpositioner"}
 _STRINGS = h5py.string_dtype()
-
-
-class EntryExistsError(FileExistsError):
-    """This very scan (same key) already has an entry in its file: nothing is overwritten."""
-
-
-#: How many scans of one number one file may hold (``scan_0007`` ... ``scan_0007_1000``).
-MAX_OCCURRENCES = 1000
-
-
-def entry_of_scan(file: h5py.File, key: str, number: int) -> str | None:
-    """The name of the entry that scan ``key`` (number ``number``) was written to in
-    ``file``, or None.
-
-    Entries record their scan's key in ``writer/scan_key``.
-    """
-    for occurrence in range(1, MAX_OCCURRENCES + 1):
-        name = entry_name(number, occurrence)
-        if name not in file:
-            return None
-        if _scan_key(file, name) == key:
-            return name
-    return None
-
-
-def _scan_key(file: h5py.File, name: str) -> str | None:
-    """The key recorded in entry ``name``; None for anything else there (not an entry of
-    ours, one written before keys were recorded, a dangling link, a dataset...)."""
-    try:
-        value = file[f"{name}/writer/scan_key"][()]
-    except Exception:  # whatever another program left under that name
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class DiskFullError(OSError):
@@ -105,20 +72,23 @@ class ScanFile:
     def __init__(self, document: ScanDocument, options: WriterOptions) -> None:
         """Raises:
         PermissionError: the file is outside the roots or cannot be written there.
-        EntryExistsError: the file already has this scan's entry.
+        master.EntryExistsError: this scan already has an entry (or a scan file).
         OSError: the file cannot be created or opened.
         """
         self.document = document
         self.options = options
+        #: The session's file: it links this scan's entry (see master.py).
         self.path: Path = options.check_path(document.file)
-        self.file = files.acquire(self.path)
+        self.entry_name, self.scan_path, renamed = master.claim_entry(self.path, document)
+        #: This scan's own file, which holds the entry.
+        self.file = files.acquire(self.scan_path)
         self._open = True
         #: Set after an I/O error: HDF5's state for this file can no longer be trusted (a
         #: further write after ENOSPC can crash the process), so nothing more is written.
         self.broken = False
         try:
-            self.entry_name, renamed = self._free_entry_name()
             self._create()
+            master.link_entry(self.path, self.entry_name, self.scan_path)
         except BaseException:
             self.close()
             raise
@@ -126,35 +96,6 @@ class ScanFile:
         self.renamed = renamed
         if renamed:
             self.add_message(renamed)
-
-    def _free_entry_name(self) -> tuple[str, str | None]:
-        """``scan_000N``, or the next free ``scan_000N_K`` when other scans numbered N are
-        in the file already (another run of the session): nothing is ever overwritten.
-        Also the warning that says so, if it is not ``scan_000N``.
-
-        Raises:
-            EntryExistsError: this very scan already has an entry here.
-        """
-        doc = self.document
-        first = entry_name(doc.number)
-        for occurrence in range(1, MAX_OCCURRENCES + 1):
-            name = entry_name(doc.number, occurrence)
-            if name not in self.file:
-                if name == first:
-                    return name, None
-                return name, (
-                    f"entry {first} of {self.path} already holds another scan numbered "
-                    f"{doc.number}: this scan ({doc.key}) is written as {name}"
-                )
-            if _scan_key(self.file, name) == doc.key:
-                raise EntryExistsError(
-                    f"{self.path} already has entry {name} for this scan ({doc.key}): "
-                    "it was written there before; nothing was overwritten"
-                )
-        raise EntryExistsError(
-            f"{self.path} already holds {MAX_OCCURRENCES} scans numbered {doc.number}; "
-            f"scan {doc.key} is not written"
-        )
 
     # -- creation -------------------------------------------------------------------------
 
@@ -188,16 +129,8 @@ class ScanFile:
         _text(self.writer, "scan_key", doc.key)
         _text(self.writer, "status", "RUNNING")
         self.writer.create_dataset("messages", shape=(0,), maxshape=(None,), dtype=_STRINGS)
-        # The root's default is the newest scan: the highest number of the latest run,
-        # whichever of the concurrent scans was created first.
-        current = self.file.attrs.get("default")
-        current = current.decode() if isinstance(current, bytes) else current
-        order = entry_order(current)
-        mine = entry_order(self.entry_name)
-        assert mine is not None
-        if order is None or order < mine:
-            self.file.attrs["default"] = self.entry_name
-        self.file.flush()
+        self.file.attrs["default"] = self.entry_name
+        self.file.flush()  # before the master links it
 
     def _create_channel(self, channel: Channel) -> None:
         name = self.names[channel.name]
@@ -205,7 +138,7 @@ class ScanFile:
         field = "value" if channel.role is Role.POSITIONER else "data"
         if channel.role is Role.FRAME_REF:
             self.frames[channel.name] = []
-            write_frame_references(group, field, channel, [], str(self.path))
+            write_frame_references(group, field, channel, [], str(self.scan_path))
         else:
             self.datasets[channel.name] = GrowingDataset(
                 group, field, channel, self.options, self.document.npoints
@@ -213,7 +146,12 @@ class ScanFile:
         self.measurement[name] = h5py.SoftLink(f"{group.name}/{field}")
 
     def _link(self, channel_name: str) -> str:
-        return f"{self.measurement.name}/{self.names[channel_name]}"
+        """Where a plot's link to a channel points: at the data itself, never at another
+        link (nexusformat, hence nxcheck, can take minutes over chains of soft links in a
+        file reached through an external link)."""
+        name = self.names[channel_name]
+        field = "value" if self.document.channel(channel_name).role is Role.POSITIONER else "data"
+        return f"{self.instrument.name}/{name}/{field}"
 
     def _create_plots(self) -> None:
         """NXdata groups of the document's plots with at most one axis (a mesh's 2D image
@@ -258,16 +196,16 @@ class ScanFile:
         """
         # HDF5 allocates whole chunks when it flushes: one more than the bytes themselves.
         needed = nbytes + self.options.chunk_bytes + self.options.min_free_bytes
-        free = shutil.disk_usage(self.path.parent).free
+        free = shutil.disk_usage(self.scan_path.parent).free
         if free < 4 * needed:
             # Getting close: HDF5 still holds written chunks in its cache. Flush them so
             # that the free space counts them (never needed while space is plentiful).
             self.file.flush()
-            free = shutil.disk_usage(self.path.parent).free
+            free = shutil.disk_usage(self.scan_path.parent).free
         if free < needed:
             raise DiskFullError(
                 errno.ENOSPC,
-                f"disk nearly full: {free / MiB:.1f} MiB free for {self.path}, "
+                f"disk nearly full: {free / MiB:.1f} MiB free for {self.scan_path}, "
                 f"{needed / MiB:.1f} MiB needed to write {nbytes / MiB:.2f} MiB more with a "
                 f"margin; the scan stops here, with the data written so far",
             )
@@ -296,7 +234,7 @@ class ScanFile:
                 known.append(source)
         group = self.instrument[self.names[channel]]
         info = self.document.channel(channel)
-        write_frame_references(group, "data", info, known, str(self.path))
+        write_frame_references(group, "data", info, known, str(self.scan_path))
 
     def comment(self, stamp: str, text: str) -> None:
         note = _group(self.comments, f"comment_{len(self.comments) + 1:02d}", "NXnote")
@@ -382,9 +320,9 @@ class ScanFile:
         if self._open:
             self._open = False
             if self.broken:
-                files.abandon(self.path)
+                files.abandon(self.scan_path)
             else:
-                files.release(self.path)
+                files.release(self.scan_path)
 
 
 def _write_mapping(group: h5py.Group, mapping: dict[str, Any]) -> None:

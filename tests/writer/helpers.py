@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import redis
 
+from nexus_writer.nexus.master import entry_of_scan
 from nexus_writer.nexus.names import short_names
 from nexus_writer.nexus.options import WriterOptions
-from nexus_writer.nexus.scan_file import entry_of_scan
 from nexus_writer.protocol import ScanPublisher, SessionPublisher
 from nexus_writer.scan_writer import NexusScanWriter
 from nexus_writer.simulator import PublishedScan

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import h5py
 import hdf5plugin
+import numpy as np
 import pytest
 import redis
 
 from nexus_writer.nexus.names import entry_name
 from nexus_writer.nexus.options import Compression, WriterOptions
+from nexus_writer.nexus.validation import nxcheck_errors
 from nexus_writer.protocol import SessionPublisher
 from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.simulator import Beamline, Detectors, PublishedScan
@@ -245,3 +247,40 @@ def test_scans_announced_while_the_service_was_down_are_written_when_it_is_back(
     service_life("continued", missed)
     for published in missed:
         assert_file_has_every_value(published)
+
+
+def test_sigkill_while_a_scan_is_written_costs_no_finished_scan(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Each scan has a file of its own; the session's file only links them and is open
+    for a moment per scan: a crash can damage the running scan's file, no other."""
+    line = Beamline(
+        SessionPublisher(redis_client, "ready"),
+        root=str(tmp_path),
+        detectors=Detectors(mca=True),
+        record=True,
+    )
+    service = _service(redis_server.url, tmp_path)
+    try:
+        lines = lines_of(service.stderr)
+        wait_for_line(lines, "session ready: following from announcement")
+        finished = line.run("ascan robx 0 1 20 0")
+        wait_for_line(lines, f"subscriber '{finished.key}': OFF")
+        running = line.publisher.new_scan(
+            name="timescan",
+            title="timescan 0.001",
+            file=line.session_file,
+            channels=[{"name": "fast", "dtype": "<f8"}],
+        )
+        running.prepare()
+        running.start()
+        wait_for_line(lines, f"scan {running.key}: writing scan_0002")
+        for batch in range(50):  # the writer is busy with this scan's file when it dies
+            running.send("fast", np.arange(batch * 100, (batch + 1) * 100, dtype="<f8"))
+        service.send_signal(signal.SIGKILL)
+        assert service.wait(30) == -signal.SIGKILL
+    finally:
+        if service.poll() is None:
+            service.kill()
+    assert_file_has_every_value(finished)  # through the session's file, which opens
+    assert nxcheck_errors(finished.document.file) == 0

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from nexus_writer.nexus import files
+from nexus_writer.nexus import master as master_files
 from nexus_writer.nexus.options import WriterOptions
 from nexus_writer.protocol import SessionPublisher
 from nexus_writer.session_writer import NexusSessionWriter
@@ -139,3 +140,46 @@ def test_stopping_the_session_closes_running_scans(
         assert text(entry["writer/status"]) == "STOPPED"
         assert entry["measurement/c"][()].tolist() == [1, 2]
         assert "end_time" in entry
+
+
+def test_while_a_scan_runs_only_its_own_file_is_open(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """The session's file is open only for a moment per scan (to name and link its entry):
+    a crash while scans run cannot damage it, nor the files of finished scans."""
+    writer = NexusSessionWriter(redis_client, "own", WriterOptions(roots=(tmp_path,)))
+    writer.start()
+    session = SessionPublisher(redis_client, "own")
+    master = tmp_path / "own.h5"
+    scans = [
+        started_scan(
+            session,
+            name="timescan",
+            title="timescan",
+            file=str(master),
+            channels=[{"name": "c", "dtype": "<f8"}],
+        )
+        for _ in range(2)
+    ]
+    for scan in scans:
+        scan.send("c", [1.0, 2.0])
+    scan_files = {tmp_path / "own_scans" / "scan_0001.h5", tmp_path / "own_scans" / "scan_0002.h5"}
+    wait_until(lambda: set(files.open_paths()) == scan_files, "both scans write their files")
+
+    def links() -> list[str]:
+        # Under the writer's own lock of session files, and without HDF5 locking as the
+        # writer opens files in this process: a reader in another process needs neither.
+        with master_files._lock:
+            if not master.exists():
+                return []
+            with h5py.File(master, "r", locking=False) as handle:
+                return [handle.get(name, getlink=True).filename for name in handle]
+
+    wait_until(lambda: len(links()) == 2, "both scans are linked")
+    assert links() == ["own_scans/scan_0001.h5", "own_scans/scan_0002.h5"]  # relative
+    assert set(files.open_paths()) == scan_files  # not the session's file
+    for scan in scans:
+        scan.close()
+    assert writer.wait_for_scans([s.key for s in scans], PROMPT * 4)
+    writer.stop(wait=True, timeout=PROMPT)
+    assert files.open_paths() == []

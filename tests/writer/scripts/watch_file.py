@@ -18,6 +18,10 @@ while time.time() < deadline:
         with h5py.File(path, "r") as handle:  # default file locking, as silx and users do
             measurement = handle[entry]["measurement"]
             seen = (len(measurement["fast"]), len(measurement["slow"]))
+            # The entry is in the scan's own file, reached through an external link: an
+            # object kept past close() keeps that file open, and its view stale
+            # (docs/reading-files.md). Keep nothing.
+            del measurement
     except (OSError, KeyError):
         seen = (0, 0)  # not created yet
     now = time.time()

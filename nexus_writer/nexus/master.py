@@ -1,0 +1,176 @@
+"""The session's master file and the scan files it links: where each scan's entry lives.
+
+.. important::
+   Any thread may call these functions; every access to master files of this process is
+   serialised by one lock, and a master file is open only for the moment of a call.
+
+Why a file per scan
+-------------------
+HDF5 is not crash-safe: a process that dies (``kill -9``, a segfault after an I/O error)
+between flushes can leave a file that no longer opens. If every scan of a session wrote
+into the session's one file, one crash could cost every scan ever finished in it. So each
+scan writes its own file, ``<dir>/<stem>_scans/scan_000N.h5`` next to the session's
+``<dir>/<stem>.h5``, which is a complete NeXus file by itself; the session's file, the
+*master*, holds one external link per scan (``scan_000N`` -> that file's ``/scan_000N``)
+and is opened only for a moment: to choose a scan's entry name, and to add its link. A
+crash while a scan is written can cost that scan's file at most. Readers see the layout
+as before: HDF5 and h5py follow external links (relative to the master's directory), and
+so does ``nxcheck``. (An HDF5 writer in a worker process would keep the service alive
+through a crash, but not the shared file readable: it is not the blast radius.)
+
+Entry names: ``scan_000N``, or ``scan_000N_2``... when that name is taken, in the master
+or by a scan file already on disk (another run of the session, or a crash that left a
+scan file before its link). The same scan (the key each entry records in
+``writer/scan_key``) is never written twice.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+import h5py
+
+import nexus_writer
+from nexus_writer.protocol import ScanDocument
+from sync_primitives import Lock
+
+from .names import entry_name, entry_order
+
+#: How many scans of one number a session may hold (``scan_0007`` ... ``scan_0007_1000``).
+MAX_OCCURRENCES = 1000
+
+_lock = Lock()
+
+
+class EntryExistsError(FileExistsError):
+    """This very scan (same key) already has an entry, or a scan file: nothing is
+    overwritten."""
+
+
+def scans_directory(master: Path) -> Path:
+    """Where the scan files of the session file ``master`` go."""
+    return master.parent / f"{master.stem}_scans"
+
+
+def root_attributes(path: Path) -> dict[str, str]:
+    """The NXroot attributes of a file made by the writer."""
+    return {
+        "NX_class": "NXroot",
+        "creator": "nexus-writer",
+        "creator_version": nexus_writer.__version__,
+        "file_name": str(path),
+        "file_time": datetime.now().astimezone().isoformat(),
+        "HDF5_Version": h5py.version.hdf5_version,
+        "h5py_version": h5py.version.version,
+    }
+
+
+def claim_entry(master: Path, document: ScanDocument) -> tuple[str, Path, str | None]:
+    """Choose the entry name of a new scan and create its (empty) scan file.
+
+    Returns the name, the scan file's path and, if the name is not ``scan_000N``, the
+    warning that says why. The scan file is created exclusively: two scans can never
+    claim one name.
+
+    Raises:
+        EntryExistsError: this scan already has an entry or a scan file.
+        OSError: the scan file cannot be created (the caller's roots were checked).
+    """
+    directory = scans_directory(master)
+    first = entry_name(document.number)
+    with _lock:
+        os.makedirs(directory, exist_ok=True)
+        handle = h5py.File(master, "r", locking=False) if master.exists() else None
+        try:
+            for occurrence in range(1, MAX_OCCURRENCES + 1):
+                name = entry_name(document.number, occurrence)
+                path = directory / f"{name}.h5"
+                if handle is not None and name in handle:
+                    _refuse_same_scan(handle, name, document, master)
+                    continue
+                try:
+                    created = h5py.File(path, "w-", locking=False)
+                except FileExistsError:
+                    _refuse_same_scan_file(path, name, document)
+                    continue
+                created.attrs.update(root_attributes(path))
+                created.close()
+                if name == first:
+                    return name, path, None
+                return (
+                    name,
+                    path,
+                    f"entry {first} of {master} already holds another scan numbered "
+                    f"{document.number}: this scan ({document.key}) is written as {name}",
+                )
+        finally:
+            if handle is not None:
+                handle.close()
+    raise EntryExistsError(
+        f"{master} already holds {MAX_OCCURRENCES} scans numbered {document.number}; "
+        f"scan {document.key} is not written"
+    )
+
+
+def link_entry(master: Path, name: str, scan_file: Path) -> None:
+    """Add the external link ``name`` -> ``scan_file:/name`` to ``master`` (created if
+    needed, never truncated), and make it the master's default if it is the newest."""
+    with _lock:
+        handle = h5py.File(master, "a", locking=False)
+        try:
+            if "NX_class" not in handle.attrs:
+                handle.attrs.update(root_attributes(master))
+            target = os.path.relpath(scan_file, master.parent)
+            handle[name] = h5py.ExternalLink(target, f"/{name}")
+            current = handle.attrs.get("default")
+            current = current.decode() if isinstance(current, bytes) else current
+            order, mine = entry_order(current), entry_order(name)
+            if order is None or (mine is not None and order < mine):
+                handle.attrs["default"] = name
+        finally:
+            handle.close()
+
+
+def entry_of_scan(file: h5py.File, key: str, number: int) -> str | None:
+    """The name of the entry that scan ``key`` (number ``number``) was written to in the
+    master ``file``, or None. Entries record their scan's key in ``writer/scan_key``."""
+    for occurrence in range(1, MAX_OCCURRENCES + 1):
+        name = entry_name(number, occurrence)
+        if name not in file:
+            return None
+        if scan_key(file, name) == key:
+            return name
+    return None
+
+
+def scan_key(file: h5py.File, name: str) -> str | None:
+    """The key recorded in entry ``name``; None for anything else there (not an entry of
+    ours, one written before keys were recorded, a dangling link, a dataset...)."""
+    try:
+        value = file[f"{name}/writer/scan_key"][()]
+    except Exception:  # whatever another program left under that name
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _refuse_same_scan(handle: h5py.File, name: str, document: ScanDocument, master: Path) -> None:
+    if scan_key(handle, name) == document.key:
+        raise EntryExistsError(
+            f"{master} already has entry {name} for this scan ({document.key}): it was "
+            "written there before; nothing was overwritten"
+        )
+
+
+def _refuse_same_scan_file(path: Path, name: str, document: ScanDocument) -> None:
+    try:
+        with h5py.File(path, "r", locking=False) as handle:
+            key = scan_key(handle, name)
+    except OSError:
+        return  # unreadable (a crash while it was written): not this scan's to judge here
+    if key == document.key:
+        raise EntryExistsError(
+            f"{path} already holds entry {name} for this scan ({document.key}), not linked "
+            "from the session's file (the writer stopped before); nothing was overwritten"
+        )
