@@ -156,7 +156,10 @@ class NexusScanWriter(Subscriber):
             self._consume(events)
         except DiskFullError:
             raise  # refused before writing: the file is sound
-        except OSError:
+        except Exception:
+            # Anything HDF5 raised while writing or flushing (OSError, but also the
+            # RuntimeError of a failed flush, e.g. past a file size limit) leaves the file
+            # in a state nothing may touch again: it is abandoned, never flushed or closed.
             if self._file is not None:
                 self._file.broken = True
             raise
@@ -232,7 +235,10 @@ class NexusScanWriter(Subscriber):
             return
         if self._file.broken:
             _log.error(
-                "scan %s: %s is left as it was after the I/O error", self.key, self._file.path
+                "scan %s: %s is left as it was after the I/O error: the session's file and "
+                "every other scan's file are untouched",
+                self.key,
+                self._file.scan_path,
             )
             self._file.close()
             return
@@ -252,6 +258,9 @@ class NexusScanWriter(Subscriber):
                 status = "STOPPED"
             end_time = document.end_time or datetime.now().astimezone().isoformat()
             self._file.finish(document, status, end_reason, message, end_time)
+        except Exception:
+            self._file.broken = True  # as in consume: never touched again
+            raise
         finally:
             self._file.close()
 

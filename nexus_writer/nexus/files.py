@@ -11,6 +11,7 @@ end; this module knows which are open, and keeps the handles of abandoned ones.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
@@ -54,14 +55,27 @@ def release(path: Path) -> None:
 def abandon(path: Path) -> None:
     """Forget the file at ``path`` without closing it.
 
-    After an I/O error (a full disk) HDF5's state for the file cannot be trusted, and
-    flushing or closing it can crash the process (seen with HDF5 1.14 after ENOSPC). The
-    handle is kept, untouched, so that garbage collection does not close it either.
+    After an I/O error (a full disk, a file size limit) HDF5's state for the file cannot
+    be trusted, and flushing or closing it can crash the process (seen with HDF5 1.14
+    after ENOSPC and EFBIG). The handle is kept, so that garbage collection does not close
+    it, and its descriptor is pointed at /dev/null: whatever HDF5 still does with it
+    (closing every open file when the process exits) neither changes the file on disk as
+    the error left it, nor meets the error again.
     """
     with _lock:
         handle = _open.pop(path, None)
-        if handle is not None:
-            _abandoned.append(handle)
+        if handle is None:
+            return
+        _abandoned.append(handle)
+        try:
+            descriptor = handle.id.get_vfd_handle()
+        except Exception:  # not the POSIX driver: nothing more to do
+            return
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, descriptor)
+        finally:
+            os.close(null)
 
 
 def open_paths() -> list[Path]:

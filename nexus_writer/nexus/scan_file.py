@@ -90,6 +90,7 @@ class ScanFile:
             self._create()
             master.link_entry(self.path, self.entry_name, self.scan_path)
         except BaseException:
+            self.broken = True  # whatever failed, this file is not to be flushed again
             self.close()
             raise
         #: Why the entry is not called ``scan_000N`` (None when it is).

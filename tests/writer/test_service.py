@@ -284,3 +284,67 @@ def test_sigkill_while_a_scan_is_written_costs_no_finished_scan(
             service.kill()
     assert_file_has_every_value(finished)  # through the session's file, which opens
     assert nxcheck_errors(finished.document.file) == 0
+
+
+#: Runs argv[2:] with files of at most argv[1] bytes, and EFBIG (not SIGXFSZ) past that:
+#: a quota-like limit that no free-space check foresees. (A signal ignored and a limit set
+#: before exec() both hold in the new program.)
+LIMITED = (
+    "import os, resource, signal, sys; "
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    "limit = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+)
+
+
+def test_a_write_error_fails_its_scan_alone_and_the_service_stops_cleanly(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    command = [
+        sys.executable,
+        "-c",
+        LIMITED,
+        "300000",
+        "-m",
+        "nexus_writer.cli",
+        "run",
+        "--redis",
+        redis_server.url,
+        "--session",
+        "limit",
+        "--root",
+        str(tmp_path),
+        "--compression",
+        "none",
+    ]
+    service = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    line = Beamline(
+        SessionPublisher(redis_client, "limit"),
+        root=str(tmp_path),
+        detectors=Detectors(mca=True),
+        record=True,
+    )
+    try:
+        lines = lines_of(service.stderr)
+        wait_for_line(lines, "session limit: following from announcement")
+        small = line.run("loopscan 3 0")
+        wait_for_line(lines, f"subscriber '{small.key}': OFF")
+        too_big = line.run("ascan robx 0 1 200 0")  # ~3 MB of spectra: past the limit
+        wait_for_line(lines, f"subscriber '{too_big.key}': FAULT")
+        after = line.run("loopscan 4 0")  # the service goes on
+        wait_for_line(lines, f"subscriber '{after.key}': OFF")
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(30) == 0  # no crash at stop either
+    finally:
+        if service.poll() is None:
+            service.kill()
+    for published in (small, after):
+        assert_file_has_every_value(published)
+    with h5py.File(small.document.file, "r") as handle:
+        assert sorted(handle) == ["scan_0001", "scan_0002", "scan_0003"]
