@@ -28,6 +28,7 @@ import numpy as np
 import redis
 
 from nexus_writer.nexus.datasets import FrameSource
+from nexus_writer.nexus.master import ScanAlreadyWritten
 from nexus_writer.nexus.options import WriterOptions
 from nexus_writer.nexus.scan_file import DiskFullError, ScanFile
 from nexus_writer.protocol import (
@@ -204,8 +205,18 @@ class NexusScanWriter(Subscriber):
     def _consume_other(self, event: object) -> None:
         if isinstance(event, Opened):
             self._document = event.document
-            self._file = ScanFile(event.document, self.options)
-            _log.info("scan %s: writing %s in %s", self.key, self._file.entry_name, self._file.path)
+            try:
+                self._file = ScanFile(event.document, self.options)
+            except ScanAlreadyWritten as exc:
+                _log.info("scan %s: nothing to do: %s", self.key, exc)
+                return
+            _log.info(
+                "scan %s: writing %s in %s%s",
+                self.key,
+                self._file.entry_name,
+                self._file.path,
+                " again from its start: its entry was unfinished" if self._file.resumed else "",
+            )
             if self._file.renamed:
                 _log.warning("scan %s: %s", self.key, self._file.renamed)
             return

@@ -20,13 +20,17 @@ through a crash, but not the shared file readable: it is not the blast radius.)
 
 Entry names: ``scan_000N``, or ``scan_000N_2``... when that name is taken, in the master
 or by a scan file already on disk (another run of the session, or a crash that left a
-scan file before its link). The same scan (the key each entry records in
-``writer/scan_key``) is never written twice.
+scan file before its link). Each scan file has a ``<name>.key`` beside it, written before
+the file, holding the scan's key: whatever state a crash leaves the file in, the name is
+known to be that scan's. A scan seen again (the service restarted before it was finished)
+is written again from its start under its own name if its entry was not finished, and not
+at all if it was: never twice.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -45,8 +49,7 @@ _lock = Lock()
 
 
 class EntryExistsError(FileExistsError):
-    """This very scan (same key) already has an entry, or a scan file: nothing is
-    overwritten."""
+    """No entry name is left for the scan: nothing is overwritten."""
 
 
 def scans_directory(master: Path) -> Path:
@@ -67,15 +70,31 @@ def root_attributes(path: Path) -> dict[str, str]:
     }
 
 
-def claim_entry(master: Path, document: ScanDocument) -> tuple[str, Path, str | None]:
-    """Choose the entry name of a new scan and create its (empty) scan file.
+@dataclass(frozen=True)
+class Claim:
+    """Where a scan is written: its entry name and scan file, ready to be filled."""
 
-    Returns the name, the scan file's path and, if the name is not ``scan_000N``, the
-    warning that says why. The scan file is created exclusively: two scans can never
-    claim one name.
+    name: str
+    path: Path
+    #: Why the name is not ``scan_000N`` (None when it is).
+    renamed: str | None = None
+    #: The scan had an unfinished entry (the writer stopped or died): it is written again
+    #: from its start, and the old file kept beside as ``<name>.h5.partial``.
+    resumed: bool = False
+
+
+def claim_entry(master: Path, document: ScanDocument) -> Claim:
+    """Choose the entry name of a scan and create its (empty) scan file.
+
+    A scan is known by its key, recorded in ``<name>.key`` beside its scan file before the
+    file is made (so that a crash cannot leave a file nobody can attribute). A new scan
+    gets the first name that no scan holds; the scan file is created exclusively: two
+    scans can never claim one name. A scan seen again whose entry is unfinished is written
+    again from its start under its own name.
 
     Raises:
-        EntryExistsError: this scan already has an entry or a scan file.
+        ScanAlreadyWritten: this scan has a finished entry already.
+        EntryExistsError: the session holds MAX_OCCURRENCES scans of its number.
         OSError: the scan file cannot be created (the caller's roots were checked).
     """
     directory = scans_directory(master)
@@ -86,20 +105,21 @@ def claim_entry(master: Path, document: ScanDocument) -> tuple[str, Path, str | 
         try:
             for occurrence in range(1, MAX_OCCURRENCES + 1):
                 name = entry_name(document.number, occurrence)
-                path = directory / f"{name}.h5"
-                if handle is not None and name in handle:
-                    _refuse_same_scan(handle, name, document, master)
+                path, key_file = directory / f"{name}.h5", directory / f"{name}.key"
+                linked = handle is not None and name in handle
+                if key_file.exists():
+                    if key_file.read_text() == document.key:
+                        return _again(name, path)
                     continue
-                try:
-                    created = h5py.File(path, "w-", locking=False)
-                except FileExistsError:
-                    _refuse_same_scan_file(path, name, document)
-                    continue
+                if linked or path.exists():
+                    continue  # another scan's, from before keys were kept beside files
+                _write_atomically(key_file, document.key)
+                created = h5py.File(path, "w-", locking=False)
                 created.attrs.update(root_attributes(path))
                 created.close()
                 if name == first:
-                    return name, path, None
-                return (
+                    return Claim(name, path)
+                return Claim(
                     name,
                     path,
                     f"entry {first} of {master} already holds another scan numbered "
@@ -114,16 +134,52 @@ def claim_entry(master: Path, document: ScanDocument) -> tuple[str, Path, str | 
     )
 
 
+class ScanAlreadyWritten(Exception):
+    """The scan's entry is finished already: there is nothing to do."""
+
+
+def _again(name: str, path: Path) -> Claim:
+    """The scan was claimed before: finished (nothing to do) or not (start it again)."""
+    if _finished(path, name):
+        raise ScanAlreadyWritten(f"{path} already holds the finished entry {name}")
+    if path.exists():
+        os.replace(path, path.with_name(f"{path.name}.partial"))
+    created = h5py.File(path, "w-", locking=False)
+    created.attrs.update(root_attributes(path))
+    created.close()
+    return Claim(name, path, resumed=True)
+
+
+def _finished(path: Path, name: str) -> bool:
+    """True if the scan file holds a finished entry: ``end_time`` written (it goes last)
+    with any status but STOPPED (the writer stopped before the scan closed)."""
+    try:
+        with h5py.File(path, "r", locking=False) as handle:
+            entry = handle[name]
+            status = entry["writer/status"][()]
+            return "end_time" in entry and status not in (b"STOPPED", "STOPPED")
+    except Exception:  # missing, unreadable (a crash), not ours: not finished
+        return False
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def link_entry(master: Path, name: str, scan_file: Path) -> None:
     """Add the external link ``name`` -> ``scan_file:/name`` to ``master`` (created if
-    needed, never truncated), and make it the master's default if it is the newest."""
+    needed, never truncated; nothing to do if the link is there), and make it the master's
+    default if it is the newest."""
     with _lock:
         handle = h5py.File(master, "a", locking=False)
         try:
             if "NX_class" not in handle.attrs:
                 handle.attrs.update(root_attributes(master))
             target = os.path.relpath(scan_file, master.parent)
-            handle[name] = h5py.ExternalLink(target, f"/{name}")
+            if name not in handle:
+                handle[name] = h5py.ExternalLink(target, f"/{name}")
             current = handle.attrs.get("default")
             current = current.decode() if isinstance(current, bytes) else current
             order, mine = entry_order(current), entry_order(name)
@@ -153,24 +209,3 @@ def scan_key(file: h5py.File, name: str) -> str | None:
     except Exception:  # whatever another program left under that name
         return None
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _refuse_same_scan(handle: h5py.File, name: str, document: ScanDocument, master: Path) -> None:
-    if scan_key(handle, name) == document.key:
-        raise EntryExistsError(
-            f"{master} already has entry {name} for this scan ({document.key}): it was "
-            "written there before; nothing was overwritten"
-        )
-
-
-def _refuse_same_scan_file(path: Path, name: str, document: ScanDocument) -> None:
-    try:
-        with h5py.File(path, "r", locking=False) as handle:
-            key = scan_key(handle, name)
-    except OSError:
-        return  # unreadable (a crash while it was written): not this scan's to judge here
-    if key == document.key:
-        raise EntryExistsError(
-            f"{path} already holds entry {name} for this scan ({document.key}), not linked "
-            "from the session's file (the writer stopped before); nothing was overwritten"
-        )

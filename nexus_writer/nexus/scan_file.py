@@ -72,14 +72,18 @@ class ScanFile:
     def __init__(self, document: ScanDocument, options: WriterOptions) -> None:
         """Raises:
         PermissionError: the file is outside the roots or cannot be written there.
-        master.EntryExistsError: this scan already has an entry (or a scan file).
+        master.ScanAlreadyWritten: this scan's entry is finished already.
+        master.EntryExistsError: no entry name is left for it.
         OSError: the file cannot be created or opened.
         """
         self.document = document
         self.options = options
         #: The session's file: it links this scan's entry (see master.py).
         self.path: Path = options.check_path(document.file)
-        self.entry_name, self.scan_path, renamed = master.claim_entry(self.path, document)
+        claim = master.claim_entry(self.path, document)
+        self.entry_name, self.scan_path, renamed = claim.name, claim.path, claim.renamed
+        #: Written again from its start: its earlier, unfinished entry is kept beside.
+        self.resumed = claim.resumed
         #: This scan's own file, which holds the entry.
         self.file = files.acquire(self.scan_path)
         self._open = True

@@ -103,16 +103,17 @@ def test_entry_name_taken_by_another_scan_gets_a_new_name_and_is_not_touched(
     assert nxcheck_errors(line.session_file) == 0
 
 
-def test_the_same_scan_written_again_fails_and_touches_nothing(
+def test_a_finished_scan_seen_again_is_not_written_again(
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     published = beamline(redis_client, tmp_path).run("loopscan 4 0")
     assert write_scan(redis_client, published.key).state is State.OFF
-    before = Path(published.document.file).read_bytes()
+    scan_file = Path(published.document.file).parent / "faults_scans" / "scan_0001.h5"
+    before = Path(published.document.file).read_bytes(), scan_file.read_bytes()
     again = write_scan(redis_client, published.key)
-    assert again.state is State.FAULT
-    assert f"already has entry {entry_name(1)} for this scan" in (again.statistics().reason or "")
-    assert Path(published.document.file).read_bytes() == before
+    assert again.state is State.OFF  # nothing to do is no failure
+    assert (Path(published.document.file).read_bytes(), scan_file.read_bytes()) == before
+    assert sorted(p.name for p in scan_file.parent.iterdir()) == ["scan_0001.h5", "scan_0001.key"]
     assert_file_has_every_value(published)
 
 

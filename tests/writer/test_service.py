@@ -24,7 +24,7 @@ from nexus_writer.nexus.validation import nxcheck_errors
 from nexus_writer.protocol import SessionPublisher
 from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.simulator import Beamline, Detectors, PublishedScan
-from tests.writer.helpers import assert_file_has_every_value, text, write_scan
+from tests.writer.helpers import assert_file_has_every_value, started_scan, text, write_scan
 
 ROOT = Path(__file__).parents[2]
 
@@ -348,3 +348,51 @@ def test_a_write_error_fails_its_scan_alone_and_the_service_stops_cleanly(
         assert_file_has_every_value(published)
     with h5py.File(small.document.file, "r") as handle:
         assert sorted(handle) == ["scan_0001", "scan_0002", "scan_0003"]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_scan_cut_short_is_written_whole_after_a_restart(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path, stop: int
+) -> None:
+    """Killed, or stopped (which closes the entry as STOPPED): the scan stays pending in
+    the service's consumer group and is written again, whole, when the service is back."""
+    session = SessionPublisher(redis_client, "ready")
+    master = tmp_path / "ready.h5"
+
+    def start() -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+        service = _service(redis_server.url, tmp_path)
+        lines = lines_of(service.stderr)
+        wait_for_line(lines, "session ready: following from announcement")
+        return service, lines
+
+    service, lines = start()
+    try:
+        scan = started_scan(
+            session,
+            name="timescan",
+            title="timescan",
+            file=str(master),
+            channels=[{"name": "fast", "dtype": "<f8"}],
+        )
+        scan.send("fast", np.arange(0, 400, dtype="<f8"))  # 40 %
+        wait_for_line(lines, f"scan {scan.key}: writing scan_0001")
+        service.send_signal(stop)
+        service.wait(30)
+        scan.send("fast", np.arange(400, 1000, dtype="<f8"))  # the rest, while it is down
+        scan.close()
+        service, lines = start()
+        line = wait_for_line(lines, f"scan {scan.key}: writing scan_0001")
+        assert "again from its start" in line
+        wait_for_line(lines, f"subscriber '{scan.key}': OFF")
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(30) == 0
+    finally:
+        if service.poll() is None:
+            service.kill()
+    with h5py.File(master, "r") as handle:
+        assert sorted(handle) == ["scan_0001"]  # nothing twice
+        entry = handle["scan_0001"]
+        np.testing.assert_array_equal(entry["measurement/fast"][()], np.arange(1000.0))
+        assert text(entry["writer/status"]) == "SUCCEEDED"
+        assert "end_time" in entry
+    assert nxcheck_errors(str(master)) == 0
