@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv demo test lint typecheck unit bench clean
+.PHONY: all venv demo test lint typecheck unit chaos bench clean
 
 all: test
 
@@ -31,6 +31,12 @@ unit: $(STAMP)
 	$(BIN)/pytest
 
 test: lint typecheck unit
+
+# The long versions of the randomized tests: 500 seeded plans of threads starting, waiting
+# and ending around the primitives, and 20 seeded SIGKILLs of the writer service mid-session.
+chaos: $(STAMP)
+	CHAOS_SEEDS=500 CRASH_TRIALS=20 $(BIN)/pytest tests/sync_primitives/test_chaos.py \
+		tests/writer/test_crash_matrix.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_primitives --write docs/benchmarks.md

@@ -154,8 +154,10 @@ def test_compression_applies_to_arrays_only(
         assert text(entry["writer/status"]) == "SUCCEEDED"
 
 
-def _service(redis_url: str, tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
-    """``nexus-writer run`` at its default log level, with extra options."""
+def _service(
+    redis_url: str, tmp_path: Path, *extra: str, session: str = "ready"
+) -> subprocess.Popen[str]:
+    """``nexus-writer run`` on ``session`` at its default log level, with extra options."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -165,7 +167,7 @@ def _service(redis_url: str, tmp_path: Path, *extra: str) -> subprocess.Popen[st
             "--redis",
             redis_url,
             "--session",
-            "ready",
+            session,
             "--root",
             str(tmp_path),
             *extra,

@@ -1,0 +1,127 @@
+"""The crash matrix: the real service is killed with SIGKILL at a random instant while a
+session of concurrent scans (scalars, spectra, detector frames in files) is published; it
+is started again; every scan ends up complete, equal to what was published, once.
+
+Each trial draws its kill instant from its seed. ``make test`` runs a few trials;
+``make chaos`` runs ``CRASH_TRIALS`` (default there: 20).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import h5py
+import pytest
+import redis
+
+from nexus_writer.cli import WRITER_GROUP
+from nexus_writer.nexus.validation import nxcheck_errors
+from nexus_writer.protocol import Keys, SessionPublisher
+from nexus_writer.protocol.keys import text as text_of
+from nexus_writer.redis_server import EmbeddedRedis
+from nexus_writer.simulator import Beamline, Detectors, PublishedScan
+from sync_primitives import AsyncResult
+from tests.writer.helpers import assert_file_has_every_value, text
+from tests.writer.test_service import _service, lines_of, wait_for_line
+
+pytestmark = pytest.mark.stress
+
+TRIALS = int(os.environ.get("CRASH_TRIALS", "3"))
+
+#: Three beamline branches publishing at once into one session, each into its own file.
+BRANCHES = {
+    "scalars": ({}, ["ascan robx 0 1 30 0.004", "loopscan 40 0.003"]),
+    "spectra": ({"mca": True}, ["dscan roby -1 1 25 0.004", "timescan 0.004 30"]),
+    "frames": (
+        {"image": "file", "image_shape": (16, 20), "frames_per_file": 7},
+        ["ascan robz 0 1 20 0.005", "loopscan 25 0.004"],
+    ),
+}
+
+
+def publish(client: redis.Redis, root: Path, session: str) -> AsyncResult[list[PublishedScan]]:
+    """All branches at once, in threads; the result holds every published scan."""
+    done: AsyncResult[list[PublishedScan]] = AsyncResult()
+    results: list[list[PublishedScan]] = []
+
+    def branch(name: str) -> None:
+        detectors, commands = BRANCHES[name]
+        line = Beamline(
+            SessionPublisher(client, session),
+            root=str(root / name),
+            detectors=Detectors(**detectors),  # type: ignore[arg-type]
+            record=True,
+        )
+        results.append([line.run(command) for command in commands])
+        if len(results) == len(BRANCHES):
+            done.set([scan for scans in results for scan in scans])
+
+    for name in BRANCHES:
+        threading.Thread(target=branch, args=(name,), daemon=True).start()
+    return done
+
+
+def wait_until_all_acknowledged(client: redis.Redis, session: str, count: int) -> None:
+    """Until the service's consumer group has been given all ``count`` announcements and
+    has acknowledged each (its scan written). Redis is the only place that says so for
+    scans written before the crash too; it is polled, within a bound."""
+    stream = Keys().session_scans(session)
+    deadline = time.monotonic() + 60
+    while True:
+        groups = {text_of(g["name"]): g for g in client.xinfo_groups(stream)}
+        group = groups.get(WRITER_GROUP)
+        if group is not None and group["pending"] == 0:
+            delivered = text_of(group["last-delivered-id"])
+            newest = cast(list[tuple[bytes, Any]], client.xrevrange(stream, count=1))
+            if delivered == text_of(newest[0][0]):
+                assert client.xlen(stream) == count
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not every scan was written: {group}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("seed", range(TRIALS))
+def test_sigkill_at_a_random_instant_loses_nothing(
+    redis_server: EmbeddedRedis, tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    session = f"crash{seed}"
+    client = redis.Redis.from_url(redis_server.url)
+    service = _service(redis_server.url, tmp_path, session=session)
+    try:
+        lines = lines_of(service.stderr)
+        wait_for_line(lines, f"session {session}: following from announcement")
+        published = publish(client, tmp_path, session)
+        kill_after = rng.uniform(0.05, 0.8)  # the instant this trial is about
+        with contextlib.suppress(TimeoutError):  # still publishing: the usual case
+            published.get(kill_after)
+        service.send_signal(signal.SIGKILL)
+        service.wait(30)
+        scans = published.get(60)  # the beamline goes on while the writer is down
+        service = _service(redis_server.url, tmp_path, session=session)
+        lines = lines_of(service.stderr)
+        wait_for_line(lines, f"session {session}: following from announcement")
+        wait_until_all_acknowledged(client, session, len(scans))
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(30) == 0
+    finally:
+        if service.poll() is None:
+            service.kill()
+        client.close()
+    for scan in scans:
+        assert_file_has_every_value(scan)
+    for master in {Path(s.document.file) for s in scans}:
+        with h5py.File(master, "r") as handle:
+            entries = sorted(handle)
+            assert len(entries) == len(set(entries)) == 2, entries  # each scan once
+            for name in entries:
+                assert text(handle[name]["writer/status"]) == "SUCCEEDED", (master, name)
+        assert nxcheck_errors(str(master)) == 0
