@@ -29,6 +29,7 @@ at all if it was: never twice.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +42,8 @@ from nexus_writer.protocol import ScanDocument
 from sync_primitives import Lock
 
 from .names import entry_name, entry_order
+
+_log = logging.getLogger(__name__)
 
 #: How many scans of one number a session may hold (``scan_0007`` ... ``scan_0007_1000``).
 MAX_OCCURRENCES = 1000
@@ -101,7 +104,7 @@ def claim_entry(master: Path, document: ScanDocument) -> Claim:
     first = entry_name(document.number)
     with _lock:
         os.makedirs(directory, exist_ok=True)
-        handle = h5py.File(master, "r", locking=False) if master.exists() else None
+        handle = _open_master(master, "r") if master.exists() else None
         try:
             for occurrence in range(1, MAX_OCCURRENCES + 1):
                 name = entry_name(document.number, occurrence)
@@ -132,6 +135,53 @@ def claim_entry(master: Path, document: ScanDocument) -> Claim:
         f"{master} already holds {MAX_OCCURRENCES} scans numbered {document.number}; "
         f"scan {document.key} is not written"
     )
+
+
+def _create_master(master: Path) -> None:
+    """Make an empty session file, whole or not at all: written aside, then linked into
+    place (a crash leaves no half-made file; one made meanwhile by another is kept)."""
+    partial = master.with_name(f".{master.name}.{os.getpid()}")
+    with h5py.File(partial, "w", locking=False) as handle:
+        handle.attrs.update(root_attributes(master))
+    try:
+        os.link(partial, master)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(partial)
+
+
+def _open_master(master: Path, mode: str) -> h5py.File:
+    """Open the session's file; one that does not open (a crash while it was being made
+    or written) is moved aside and made again from the scan files (_rebuild)."""
+    try:
+        return h5py.File(master, mode, locking=False)
+    except OSError as exc:
+        _rebuild(master, exc)
+        return h5py.File(master, mode, locking=False)
+
+
+def _rebuild(master: Path, error: Exception) -> None:
+    """Make the session's file again: it only ever holds links, and every scan file has
+    its name and a key beside it in the scans directory."""
+    aside = master.with_name(f"{master.name}.broken-{datetime.now():%Y%m%dT%H%M%S%f}")
+    os.replace(master, aside)
+    _log.warning(
+        "%s does not open (%s): moved aside as %s and made again from the scan files",
+        master,
+        error,
+        aside.name,
+    )
+    _create_master(master)
+    directory = scans_directory(master)
+    names = [p.stem for p in directory.glob("*.key") if (directory / f"{p.stem}.h5").exists()]
+    names.sort(key=lambda n: entry_order(n) or (0, 0))
+    with h5py.File(master, "a", locking=False) as handle:
+        for name in names:
+            target = os.path.relpath(directory / f"{name}.h5", master.parent)
+            handle[name] = h5py.ExternalLink(target, f"/{name}")
+        if names:
+            handle.attrs["default"] = names[-1]
 
 
 class ScanAlreadyWritten(Exception):
@@ -173,7 +223,9 @@ def link_entry(master: Path, name: str, scan_file: Path) -> None:
     needed, never truncated; nothing to do if the link is there), and make it the master's
     default if it is the newest."""
     with _lock:
-        handle = h5py.File(master, "a", locking=False)
+        if not master.exists():
+            _create_master(master)
+        handle = _open_master(master, "a")
         try:
             if "NX_class" not in handle.attrs:
                 handle.attrs.update(root_attributes(master))

@@ -443,8 +443,32 @@ class SessionReader:
         return announcements
 
     def _read(self, after: str, timeout: float | None) -> Entries:
-        response = xread(self.client, {self._stream: after}, 100, timeout, self._group)
+        try:
+            response = xread(self.client, {self._stream: after}, 100, timeout, self._group)
+        except redis.ResponseError as exc:
+            if self._group is None or "NOGROUP" not in str(exc):
+                raise
+            self._group_lost()
+            return []
         return response.get(self._stream, [])
+
+    def _group_lost(self) -> None:
+        """Redis no longer has the group (restarted without persistence, or flushed):
+        whatever the stream holds now came after the loss, so read it all."""
+        assert self._group is not None
+        _log.warning(
+            "session %r: Redis lost consumer group %r of %s (restarted without persistence?): "
+            "following again from the start of what it holds",
+            self.session,
+            self._group[0],
+            self._stream,
+        )
+        try:
+            self.client.xgroup_create(self._stream, self._group[0], id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._pending = False
 
     def ack(self, stream_id: str) -> None:
         """With a group: the announcement ``stream_id`` is done with (its scan is written,

@@ -75,3 +75,16 @@ def test_pending_announcements_trimmed_or_malformed_are_acknowledged_and_skipped
     again = SessionReader(redis_client, "grp", group=GROUP)
     assert keys_of(again) == [good]
     assert pending_ids(redis_client) == [good_id]  # the trimmed one was acknowledged
+
+
+def test_a_group_lost_by_redis_is_made_again_and_nothing_after_is_missed(
+    redis_client: redis.Redis,
+) -> None:
+    reader = SessionReader(redis_client, "grp", group=GROUP)
+    announce(redis_client, 1)
+    assert len(reader.read(0.05)) == 1
+    redis_client.flushall()  # as a Redis restarted without persistence has it
+    redis_client.set(Keys().protocol, "1.0")
+    assert reader.read(0.05) == []  # the group is made again (a warning says so)
+    after = announce(redis_client, 2)
+    assert keys_of(reader) == after

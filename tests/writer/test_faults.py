@@ -117,6 +117,27 @@ def test_a_finished_scan_seen_again_is_not_written_again(
     assert_file_has_every_value(published)
 
 
+def test_a_session_file_left_unreadable_by_a_crash_is_made_again(
+    redis_client: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    line = beamline(redis_client, tmp_path)
+    first = line.run("loopscan 3 0")
+    assert write_scan(redis_client, first.key).state is State.OFF
+    master = Path(first.document.file)
+    master.write_bytes(master.read_bytes()[:96])  # a crash while it was being written
+    second = line.run("loopscan 4 0")
+    assert write_scan(redis_client, second.key).state is State.OFF
+    assert "does not open" in caplog.text and "made again from the scan files" in caplog.text
+    for published in (first, second):
+        assert_file_has_every_value(published)  # both reached through the new file
+    (aside,) = master.parent.glob(f"{master.name}.broken-*")
+    assert aside.stat().st_size == 96  # kept, as the crash left it
+    with h5py.File(master, "r") as handle:
+        assert sorted(handle) == [entry_name(1), entry_name(2)]
+        assert handle.attrs["default"] == entry_name(2)
+    assert nxcheck_errors(str(master)) == 0
+
+
 def test_a_session_run_twice_into_one_file_keeps_both_runs(
     redis_server: EmbeddedRedis, tmp_path: Path
 ) -> None:
@@ -178,7 +199,8 @@ def test_full_disk_faults_that_scan_while_another_goes_on(
         record=True,
     )
     big = line.run("loopscan 400 0")  # 400 spectra of 16 KiB: more than the disk holds
-    small = beamline(redis_client, tmp_path, session="small").run("loopscan 50 0")
+    # (not session "small": its files would go into the full disk, mounted at tmp_path/small)
+    small = beamline(redis_client, tmp_path, session="fine").run("loopscan 50 0")
     options = WriterOptions(
         min_free_bytes=512 * 1024, write_bytes=256 * 1024, compression=Compression.NONE
     )
