@@ -1,6 +1,7 @@
-"""The crash matrix: the real service is killed with SIGKILL at a random instant while a
-session of concurrent scans (scalars, spectra, detector frames in files) is published; it
-is started again; every scan ends up complete, equal to what was published, once.
+"""The crash matrix: the real service goes down at a random instant (SIGKILL, SIGTERM, or
+SIGKILL with a Redis restart before it comes back) while a session of concurrent scans
+(scalars, spectra, detector frames in files) is published; it is started again; every scan
+ends up complete, equal to what was published, once.
 
 Each trial draws its kill instant from its seed. ``make test`` runs a few trials;
 ``make chaos`` runs ``CRASH_TRIALS`` (default there: 20).
@@ -88,25 +89,36 @@ def wait_until_all_acknowledged(client: redis.Redis, session: str, count: int) -
         time.sleep(0.05)
 
 
+#: How the service goes down: killed, stopped, or killed while Redis restarts too.
+WAYS = ["SIGKILL", "SIGTERM", "SIGKILL+Redis restart"]
+
+
+@pytest.mark.parametrize("way", WAYS)
 @pytest.mark.parametrize("seed", range(TRIALS))
-def test_sigkill_at_a_random_instant_loses_nothing(
-    redis_server: EmbeddedRedis, tmp_path: Path, seed: int
+def test_service_down_at_a_random_instant_loses_nothing(
+    redis_server: EmbeddedRedis, tmp_path: Path, seed: int, way: str
 ) -> None:
-    rng = random.Random(seed)
-    session = f"crash{seed}"
-    client = redis.Redis.from_url(redis_server.url)
-    service = _service(redis_server.url, tmp_path, session=session)
+    rng = random.Random(f"{seed}-{way}")
+    session = f"crash{seed}-{WAYS.index(way)}"  # a session of its own in the shared Redis
+    # A Redis restart needs a server of its own, persistent (Redis is the log).
+    own = EmbeddedRedis(persistent=True).start() if "Redis" in way else None
+    url = own.url if own is not None else redis_server.url
+    client = redis.Redis.from_url(url)
+    service = _service(url, tmp_path, session=session)
     try:
         lines = lines_of(service.stderr)
         wait_for_line(lines, f"session {session}: following from announcement")
         published = publish(client, tmp_path, session)
-        kill_after = rng.uniform(0.05, 0.8)  # the instant this trial is about
+        down_after = rng.uniform(0.05, 0.8)  # the instant this trial is about
         with contextlib.suppress(TimeoutError):  # still publishing: the usual case
-            published.get(kill_after)
-        service.send_signal(signal.SIGKILL)
+            published.get(down_after)
+        service.send_signal(signal.SIGTERM if way == "SIGTERM" else signal.SIGKILL)
         service.wait(30)
         scans = published.get(60)  # the beamline goes on while the writer is down
-        service = _service(redis_server.url, tmp_path, session=session)
+        if own is not None:
+            own.halt()
+            own.resume()
+        service = _service(url, tmp_path, session=session)
         lines = lines_of(service.stderr)
         wait_for_line(lines, f"session {session}: following from announcement")
         wait_until_all_acknowledged(client, session, len(scans))
@@ -116,6 +128,8 @@ def test_sigkill_at_a_random_instant_loses_nothing(
         if service.poll() is None:
             service.kill()
         client.close()
+        if own is not None:
+            own.stop()
     for scan in scans:
         assert_file_has_every_value(scan)
     for master in {Path(s.document.file) for s in scans}:
