@@ -143,12 +143,19 @@ def ordered() -> dict[str, str]:
         full.put(i)
         turns["put"].append(i)
 
+    def queued(n: int) -> bool:
+        waiting = (
+            lock.statistics().waiting,
+            items.statistics().getters_waiting,
+            full.statistics().putters_waiting,
+        )
+        return waiting == (n, n, n)
+
     greenlets = []
     for i in range(8):
         for fn in (take_lock, get, put):
             greenlets.append(gevent.spawn(fn, i))
-        gevent.sleep(0)  # they queue up in this order
-    wait_until(lambda: lock.statistics().waiting == 8 and items.statistics().getters_waiting == 8)
+        wait_until(functools.partial(queued, i + 1))  # before the next: the order is known
 
     def serve() -> None:
         lock.release()
@@ -175,13 +182,19 @@ def hammered() -> dict[str, str]:
             with contextlib.suppress(sp.Empty):
                 items.get_nowait()
 
+    def settled(waiter: gevent.Greenlet, getter: gevent.Greenlet) -> bool:
+        return (waiter.dead or event.statistics().waiting == 1) and (
+            getter.dead or items.statistics().getters_waiting == 1
+        )
+
     threading.Thread(target=hammer, daemon=True).start()
     outcomes: dict[str, str] = {}
     try:
         for attempt in range(20):
             waiter = gevent.spawn(event.wait)
             getter = gevent.spawn(items.get)
-            gevent.sleep(0.001)  # let them fall asleep; the hammer runs meanwhile
+            # asleep at the fork, or already served by the hammer
+            wait_until(functools.partial(settled, waiter, getter))
             report = fork_and_check(
                 {
                     "the lock is free or freed": lambda: _free(lock),
