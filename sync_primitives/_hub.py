@@ -254,11 +254,6 @@ class HubPort:
         self._parked.discard(waiter)
         self.unhold()
 
-    @property
-    def parked(self) -> int:
-        """How many greenlets of this hub sleep in a waiter."""
-        return len(self._parked)
-
     def close(self, stop_watcher: bool = True) -> None:
         """Refuse further posts, abandon what is queued and cancel parked waiters; idempotent.
 

@@ -39,9 +39,9 @@ be such a waiter, and each passes the wake-up on to the next one:
 
 Exactly one of these applies to a dead waiter: a waker pops it under the primitive's
 mutex (so the port either refused the post, 2, or holds it, 3) or it is still queued (4);
-cases 3 and 4 run in the ending thread, in its port's ``close()``, after the port has
-stopped accepting posts. A waiter in a child process whose thread did not survive
-``fork()`` is removed by ``_fork``.
+cases 3 and 4 run after the port has stopped accepting posts: in the ending thread, in its
+port's ``close()``, or, for a hub destroyed under its greenlets, in a thread of their own.
+A waiter in a child process whose thread did not survive ``fork()`` is removed by ``_fork``.
 """
 
 from __future__ import annotations
@@ -58,9 +58,6 @@ from greenlet import getcurrent
 
 from ._hub import TIMEOUT_MAX, HubPort, allocate_native_lock, port_for
 from .errors import ClosedError, WouldDeadlockError
-
-_WOKEN = object()
-_TIMED_OUT = object()
 
 
 class NativeWaiter:
@@ -79,8 +76,9 @@ class NativeWaiter:
         self._lock.release()
         return True
 
-    def sleep(self, timeout: float | None) -> bool:
-        return bool(self._lock.acquire(True, -1 if timeout is None else timeout))
+    def sleep(self, timeout: float | None) -> None:
+        """Until woken or ``timeout``; the deque, not this, says which (see sleep())."""
+        self._lock.acquire(True, -1 if timeout is None else timeout)
 
     def survives_fork(self) -> bool:
         """Only the forking thread lives on in a child, and it is not asleep."""
@@ -119,7 +117,7 @@ class HubWaiter:
     def fire(self) -> None:
         if not self._done:
             self._done = True
-            self.owner.switch(_WOKEN)
+            self.owner.switch()
 
     def abandon(self, error: ClosedError) -> None:
         """Case 3: the thread ended with this wake-up still queued; give it to the next."""
@@ -137,9 +135,10 @@ class HubWaiter:
     def _expire(self) -> None:
         if not self._done:
             self._done = True
-            self.owner.switch(_TIMED_OUT)
+            self.owner.switch()
 
-    def sleep(self, timeout: float | None) -> bool:
+    def sleep(self, timeout: float | None) -> None:
+        """Until woken or ``timeout``; the deque, not this, says which (see sleep())."""
         port = self._port
         timer = None
         port.park(self)  # also no LoopExit while the only thing to wait for is another thread
@@ -147,14 +146,13 @@ class HubWaiter:
             if timeout is not None:
                 timer = port.hub.loop.timer(timeout)
                 timer.start(self._expire)
-            result = port.hub.switch()
+            port.hub.switch()
         finally:
             # Also on exception (a killed greenlet): a late wake-up must not switch into it.
             self._done = True
             if timer is not None:
                 timer.close()
             port.unpark(self)
-        return result is not _TIMED_OUT
 
     def survives_fork(self) -> bool:
         """In a child process: True if it sleeps in the hub of the forking thread."""
