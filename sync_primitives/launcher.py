@@ -174,24 +174,27 @@ class Launcher:
         while self._running:
             greenlets = list(self._running)
             gevent.killall(greenlets, block=True)
-            for greenlet in greenlets:  # all dead now, whether they ever ran or not
-                task = self._running.pop(greenlet, None)
-                if task is not None and not task.result.ready():
-                    task.abandon(ClosedError(f"{self!r} was stopped before {task} could start"))
+            # All dead now, whether they ever ran or not.
+            stopped = [t for g in greenlets if (t := self._running.pop(g, None)) is not None]
+            self._fail_unfinished(stopped, "was stopped before it could start")
 
     def _after_fork(self, stage: int) -> None:
         """In a child process (see ``_fork``): the work its thread had taken on, started or
         not, will never end there; it fails with :class:`ClosedError`."""
         if stage == RESUME and not self._port.is_current():
             self._closed = True
-            error = ClosedError(
-                f"{self!r}: its thread does not run in this child process (only the thread "
-                "that called fork() does)"
+            self._fail_unfinished(
+                list(self._running.values()),
+                "cannot run in this child process: only the thread that called fork() does",
             )
-            for task in self._running.values():
-                if not task.result.ready():
-                    task.abandon(error)
             self._running.clear()
+
+    def _fail_unfinished(self, tasks: list[Task], why: str) -> None:
+        """``ClosedError`` for each of ``tasks`` that has no outcome yet: it never ran, or
+        will never finish; the message names the task and ``why``."""
+        for task in tasks:
+            if not task.result.ready():
+                task.abandon(ClosedError(f"{self!r}: {task} {why}"))
 
     def statistics(self) -> LauncherStatistics:
         return LauncherStatistics(

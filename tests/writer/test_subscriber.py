@@ -22,6 +22,7 @@ class Counting(Subscriber):
         self.source: Queue[list[int] | None] = Queue()
         self.consumed: list[int] = []
         self.calls: list[list[int]] = []
+        self.entered: list[list[int]] = []  # consume() calls begun (before the gate)
         self.threads: set[int] = set()
         self.finished_with: tuple[State, str | None] | None = None
         self.gate: Event | None = None  # when set up, consume waits on it
@@ -46,6 +47,7 @@ class Counting(Subscriber):
 
     def consume(self, events: list[int]) -> None:
         self.threads.add(threading.get_ident())
+        self.entered.append(list(events))
         if self.gate is not None:
             assert self.gate.wait(PROMPT)
         if self.fail_consume_at is not None and self.fail_consume_at in events:
@@ -104,7 +106,9 @@ def test_waiting_batches_are_consumed_together(mode: Mode) -> None:
     subscriber.gate = Event()
     subscriber.start()
     feed(subscriber, [[1]], end=False)
-    wait_until(lambda: subscriber.statistics().events_received == 1, "the first batch is in")
+    # The consumer holds the first batch (received alone is not enough: in parallel mode it
+    # may still wait in the queue, and go with the next ones).
+    wait_until(lambda: subscriber.entered == [[1]], "the first batch is being consumed")
     feed(subscriber, [[2], [3], [4]])
     wait_until(lambda: subscriber.statistics().queue_depth >= 3, "three batches wait")
     subscriber.gate.set()
