@@ -20,6 +20,7 @@ from pathlib import Path
 import gevent
 import redis
 
+from nexus_writer import atomic
 from nexus_writer.demo import run_demo
 from nexus_writer.nexus.options import Compression, WriterOptions
 from nexus_writer.protocol import DEFAULT_PREFIX, SessionPublisher
@@ -249,9 +250,7 @@ def _announce_ready(writer: NexusSessionWriter, path: Path | None) -> None:
         "pid": os.getpid(),
         "time": datetime.now().astimezone().isoformat(),
     }
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(json.dumps(ready) + "\n")
-    os.replace(partial, path)
+    atomic.write_text(path, json.dumps(ready) + "\n")
 
 
 def simulate(args: argparse.Namespace) -> int:

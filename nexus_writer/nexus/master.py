@@ -38,6 +38,7 @@ from pathlib import Path
 import h5py
 
 import nexus_writer
+from nexus_writer import atomic
 from nexus_writer.protocol import ScanDocument
 from sync_primitives import Lock
 
@@ -116,7 +117,7 @@ def claim_entry(master: Path, document: ScanDocument) -> Claim:
                     continue
                 if linked or path.exists():
                     continue  # another scan's, from before keys were kept beside files
-                _write_atomically(key_file, document.key)
+                atomic.write_text(key_file, document.key)
                 created = h5py.File(path, "w-", locking=False)
                 created.attrs.update(root_attributes(path))
                 created.close()
@@ -210,12 +211,6 @@ def _finished(path: Path, name: str) -> bool:
             return "end_time" in entry and status not in (b"STOPPED", "STOPPED")
     except Exception:  # missing, unreadable (a crash), not ours: not finished
         return False
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def link_entry(master: Path, name: str, scan_file: Path) -> None:
