@@ -8,28 +8,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from datetime import datetime
 from pathlib import Path
 
 import gevent
 import redis
 
-from nexus_writer import atomic
 from nexus_writer.demo import run_demo
+from nexus_writer.lease import DEFAULT_TTL
 from nexus_writer.nexus.options import Compression, WriterOptions
 from nexus_writer.protocol import DEFAULT_PREFIX, SessionPublisher
 from nexus_writer.redis_client import connect
 from nexus_writer.redis_server import EmbeddedRedis
-from nexus_writer.session_writer import NexusSessionWriter
+from nexus_writer.service import WriterService
 from nexus_writer.simulator import SCAN_TYPES, Beamline, Detectors, ScanSyntaxError
-from nexus_writer.subscriber import Mode, State
-from sync_primitives import Event
+from nexus_writer.subscriber import Mode
 
 REDIS_URL_VARIABLE = "NEXUS_WRITER_REDIS_URL"
 
@@ -155,8 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--ready-file",
         type=Path,
         metavar="PATH",
-        help="write PATH (JSON: session, position, pid, time) once the service follows the "
-        "session, so that every scan announced after it appears is written; removed at stop",
+        help="write PATH (JSON: session, role, position or holder, pid, time) once the "
+        "service writes the session (role active) or stands by for the service that does "
+        "(role standby): every scan announced after it appears is written; removed at stop",
+    )
+    run.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=DEFAULT_TTL,
+        metavar="SECONDS",
+        help="one service writes a session at a time, under a lease in Redis that lasts "
+        "this long unless renewed: a standby service takes over within about this time "
+        "after the active one dies (default: %(default)g)",
     )
     run.add_argument(
         "--inactivity-timeout",
@@ -202,11 +209,6 @@ def redis_for(args: argparse.Namespace) -> Iterator[redis.Redis]:
             server.stop()
 
 
-#: The consumer group in which the service keeps its place in a session (see
-#: docs/operations.md).
-WRITER_GROUP = "nexus-writer"
-
-
 def run(args: argparse.Namespace) -> int:
     with redis_for(args) as client:
         options = WriterOptions(
@@ -214,43 +216,19 @@ def run(args: argparse.Namespace) -> int:
             compression=Compression(args.compression),
             inactivity_timeout=args.inactivity_timeout,
         )
-        writer = NexusSessionWriter(
+        service = WriterService(
             client,
             args.session,
             options,
             prefix=args.prefix,
             since="0-0" if args.since == "all" else "$",
             scan_mode=Mode(args.mode),
-            group=WRITER_GROUP,
+            lease_ttl=args.lease_ttl,
+            ready_file=args.ready_file,
         )
-        stop = Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            gevent.signal_handler(signum, stop.set)
-        writer.start()
-        logging.getLogger(__name__).info("writing session %r", args.session)
-        announcing = gevent.spawn(_announce_ready, writer, args.ready_file)
-        try:
-            stop.wait()  # yields to the hub, which runs the writer
-            writer.stop(wait=True, timeout=60)
-        finally:
-            announcing.kill()
-            if args.ready_file is not None:
-                args.ready_file.unlink(missing_ok=True)
-        return 0 if writer.state is State.OFF else 1
-
-
-def _announce_ready(writer: NexusSessionWriter, path: Path | None) -> None:
-    """Once ``writer`` follows its session, write the ready file (atomically) if asked."""
-    writer.following.wait()
-    if path is None:
-        return
-    ready = {
-        "session": writer.session,
-        "position": writer.position,
-        "pid": os.getpid(),
-        "time": datetime.now().astimezone().isoformat(),
-    }
-    atomic.write_text(path, json.dumps(ready) + "\n")
+            gevent.signal_handler(signum, service.stop)
+        return service.run()  # in this greenlet of the main hub, until a signal
 
 
 def simulate(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from datetime import datetime
 import numpy as np
 import redis
 
+from nexus_writer.lease import SessionLease
 from nexus_writer.nexus.datasets import FrameSource
 from nexus_writer.nexus.master import ScanAlreadyWritten
 from nexus_writer.nexus.options import WriterOptions
@@ -37,6 +38,7 @@ from nexus_writer.protocol import (
     EndReason,
     ErrorEvent,
     FrameRefsEvent,
+    LeaseLost,
     PointsEvent,
     ScanDocument,
     ScanReader,
@@ -82,8 +84,14 @@ class NexusScanWriter(Subscriber):
         mode: Mode = Mode.PARALLEL,
         consumer_thread: Thread | None = None,
         on_finish: Callable[[Subscriber], None] | None = None,
+        lease: SessionLease | None = None,
     ) -> None:
+        """``lease``: write only while it is held (checked before every write, and in
+        Redis before the session's file is changed); once it is lost, nothing more is
+        written: the file is left for the lease's new holder, which writes the scan again."""
         super().__init__(key, mode, consumer_thread, on_finish)
+        self._lease = lease
+        self._lease_lost: str | None = None
         self.client = client
         self.key = key
         self.options = options or WriterOptions()
@@ -157,6 +165,12 @@ class NexusScanWriter(Subscriber):
             self._consume(events)
         except DiskFullError:
             raise  # refused before writing: the file is sound
+        except LeaseLost as exc:
+            # Another service writes this session now: not one byte more from here.
+            self._lease_lost = str(exc)
+            if self._file is not None:
+                self._file.broken = True
+            raise
         except Exception:
             # Anything HDF5 raised while writing or flushing (OSError, but also the
             # RuntimeError of a failed flush, e.g. past a file size limit) leaves the file
@@ -187,9 +201,11 @@ class NexusScanWriter(Subscriber):
             for first, data in _contiguous(parts):
                 for start, piece in _slices(first, data, self.options.write_bytes):
                     self._file.reserve(_nbytes(piece))
+                    self._fence()
                     self._file.write_points(channel, start, piece)
                     self._written[channel] = max(self._written[channel], start + len(piece))
         for channel, sources in frames.items():
+            self._fence()
             self._file.add_frames(channel, sources)
             end = sources[-1].first + sources[-1].count
             self._written[channel] = max(self._written[channel], end)
@@ -200,11 +216,25 @@ class NexusScanWriter(Subscriber):
                     f"channel {ended.channel.name!r}: {ended.total} points published, "
                     f"{written} written"
                 )
+        self._fence()
         self._file.flush()
+
+    def _fence(self) -> None:
+        """Before each HDF5 call that writes: a process frozen (SIGSTOP, swapping) while
+        it wrote finishes at most the one call under way when it wakes up, into the file
+        the lease's new holder has moved aside.
+
+        Raises:
+            LeaseLost: another service writes the session now.
+        """
+        if self._lease is not None:
+            self._lease.fence()
 
     def _consume_other(self, event: object) -> None:
         if isinstance(event, Opened):
             self._document = event.document
+            if self._lease is not None:
+                self._lease.confirm()  # in Redis: the session's file is about to change
             try:
                 self._file = ScanFile(event.document, self.options)
             except ScanAlreadyWritten as exc:
@@ -243,6 +273,22 @@ class NexusScanWriter(Subscriber):
 
     def finish(self, state: State, reason: str | None) -> None:
         if self._file is None:
+            return
+        if self._lease is not None and not self._file.broken:
+            try:
+                self._lease.fence()
+            except LeaseLost as exc:
+                self._lease_lost = str(exc)
+                self._file.broken = True
+        if self._lease_lost is not None:
+            _log.warning(
+                "scan %s: %s is left as it is (%s): the service that holds the lease now "
+                "writes the scan again",
+                self.key,
+                self._file.scan_path,
+                self._lease_lost,
+            )
+            self._file.close()
             return
         if self._file.broken:
             _log.error(

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import redis
 
+from nexus_writer.lease import SessionLease
 from nexus_writer.nexus.options import WriterOptions
-from nexus_writer.protocol import DEFAULT_PREFIX, ScanAnnouncement, SessionReader
+from nexus_writer.protocol import DEFAULT_PREFIX, LeaseLost, ScanAnnouncement, SessionReader
 from sync_primitives import Event, Thread
 
 from .scan_writer import NexusScanWriter
@@ -56,13 +57,20 @@ class NexusSessionWriter(Subscriber):
         scan_mode: Mode = Mode.PARALLEL,
         keep_finished: int = 100,
         group: str | None = None,
+        lease: SessionLease | None = None,
     ) -> None:
         """``group``: keep the read position in Redis, in this consumer group of the
         session's stream (see :class:`~nexus_writer.protocol.SessionReader`): a scan is
         acknowledged once it is written (or failed for good), never when the writer stops
         first, so that the next writer of the group writes the scans this one did not
         finish and those announced while none ran. ``since`` then applies only when the
-        group is created."""
+        group is created.
+
+        ``lease`` (held, with ``group``): the group is only read and acknowledged, and files
+        only written, under it; when it is lost the writer stops at once and writes
+        nothing more (:class:`~nexus_writer.lease.SessionLease`)."""
+        if lease is not None and group is None:
+            raise ValueError("a lease guards a consumer group: give the group too")
         super().__init__(f"session {session}", Mode.SEQUENTIAL)
         self.client = client
         self.session = session
@@ -80,6 +88,7 @@ class NexusSessionWriter(Subscriber):
         self._keep_keys = 10 * keep_finished
         self._scan_ended = Event()
         self._group = group
+        self._lease = lease
         self._announced: dict[str, str] = {}  # scan key -> its announcement's stream id
         self._stopping = False
         #: Set once the writer follows the session from a fixed position: every scan
@@ -119,6 +128,10 @@ class NexusSessionWriter(Subscriber):
         try:
             reader = self._reader or self._follow()
             announcements = reader.read(timeout)
+        except LeaseLost as exc:
+            _log.warning("session %s: %s: no more scans are taken", self.session, exc)
+            self._stop_requested.set()
+            return []
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             _log.warning(
                 "session %s: Redis unreachable (%s); retrying in %.1f s",
@@ -139,7 +152,12 @@ class NexusSessionWriter(Subscriber):
             redis.ConnectionError, redis.TimeoutError: Redis cannot be reached.
         """
         reader = self._reader = SessionReader(
-            self.client, self.session, self.prefix, self._since, group=self._group
+            self.client,
+            self.session,
+            self.prefix,
+            self._since,
+            group=self._group,
+            guard=self._lease,
         )
         if self._group is None:
             _log.info(
@@ -177,6 +195,7 @@ class NexusSessionWriter(Subscriber):
                 mode=self.scan_mode,
                 consumer_thread=self._thread,
                 on_finish=self._scan_finished,
+                lease=self._lease,
             )
             self._active[announcement.key] = writer
             self._announced[announcement.key] = announcement.stream_id
@@ -206,7 +225,7 @@ class NexusSessionWriter(Subscriber):
             # next writer of the group gets it again.
             try:
                 self._reader.ack(stream_id)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, LeaseLost) as exc:
                 _log.warning(
                     "session %s: cannot acknowledge scan %s (%s): the next writer will see "
                     "it again",

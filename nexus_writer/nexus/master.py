@@ -29,13 +29,20 @@ at all if it was: never twice.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import gevent
 import h5py
+from gevent._hub_local import get_hub_if_exists
+from greenlet import getcurrent
 
 import nexus_writer
 from nexus_writer import atomic
@@ -49,7 +56,51 @@ _log = logging.getLogger(__name__)
 #: How many scans of one number a session may hold (``scan_0007`` ... ``scan_0007_1000``).
 MAX_OCCURRENCES = 1000
 
+#: Seconds to wait for another process's lock on a session's file before the scan fails.
+LOCK_TIMEOUT = 30.0
+
 _lock = Lock()
+
+
+@contextlib.contextmanager
+def _session_locked(master: Path) -> Iterator[None]:
+    """Hold the session's file for a change: this process's lock, then an advisory lock
+    (``flock``) on ``<stem>_scans/.lock``, so that two processes writing scans of one
+    session's file (two sessions naming one file; a writer whose lease has just run out)
+    never change it, or claim an entry name, at the same time.
+
+    Raises:
+        OSError: the lock file cannot be made, or another process held it for LOCK_TIMEOUT s.
+    """
+    with _lock:
+        directory = scans_directory(master)
+        os.makedirs(directory, exist_ok=True)
+        descriptor = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + LOCK_TIMEOUT
+            while True:
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise OSError(
+                            f"{master}: another process has held its lock "
+                            f"({directory / '.lock'}) for {LOCK_TIMEOUT:g} s"
+                        ) from None
+                    _pause(0.005)  # no notification exists for a lock of another process
+            yield
+        finally:
+            os.close(descriptor)  # releases the flock
+
+
+def _pause(seconds: float) -> None:
+    """Sleep, yielding to this thread's gevent hub if it has one."""
+    hub = get_hub_if_exists()
+    if hub is not None and getcurrent() is not hub:
+        gevent.sleep(seconds)
+    else:
+        time.sleep(seconds)
 
 
 class EntryExistsError(FileExistsError):
@@ -103,8 +154,7 @@ def claim_entry(master: Path, document: ScanDocument) -> Claim:
     """
     directory = scans_directory(master)
     first = entry_name(document.number)
-    with _lock:
-        os.makedirs(directory, exist_ok=True)
+    with _session_locked(master):
         handle = _open_master(master, "r") if master.exists() else None
         try:
             for occurrence in range(1, MAX_OCCURRENCES + 1):
@@ -217,7 +267,7 @@ def link_entry(master: Path, name: str, scan_file: Path) -> None:
     """Add the external link ``name`` -> ``scan_file:/name`` to ``master`` (created if
     needed, never truncated; nothing to do if the link is there), and make it the master's
     default if it is the newest."""
-    with _lock:
+    with _session_locked(master):
         if not master.exists():
             _create_master(master)
         handle = _open_master(master, "a")

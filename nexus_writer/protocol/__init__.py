@@ -8,6 +8,7 @@
 from .encoding import FrameRef
 from .errors import (
     DataLostError,
+    LeaseLost,
     MalformedEntryError,
     ProtocolError,
     ScanNotFoundError,
@@ -53,6 +54,7 @@ __all__ = [
     "FrameRef",
     "FrameRefsEvent",
     "Keys",
+    "LeaseLost",
     "MalformedEntryError",
     "Plot",
     "PointsEvent",

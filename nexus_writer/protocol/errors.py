@@ -49,3 +49,8 @@ class DataLostError(ProtocolError):
         self.first = first
         self.count = count
         self.stream_id = stream_id
+
+
+class LeaseLost(Exception):
+    """This process no longer holds the session's writer lease (docs/operations.md):
+    another writer service may write the session now, so this one must not."""

@@ -71,6 +71,11 @@ class Keys:
         """Integer key: the last scan number given in ``session``."""
         return f"{self.prefix}:session:{check_name('session', session)}:number"
 
+    def session_writer(self, session: str) -> str:
+        """String key: the lease of the writer service that writes ``session`` (only
+        writer services touch it; ``<this>:term`` counts its terms)."""
+        return f"{self.prefix}:session:{check_name('session', session)}:writer"
+
     def scan(self, session: str, uid: str) -> str:
         """String key: the scan document (JSON). Also the stem of the scan's streams."""
         return f"{self.prefix}:scan:{check_name('session', session)}:{uid}"

@@ -17,6 +17,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import redis
@@ -25,6 +26,7 @@ from ._xread import Entries, check_client, fields_of, xread
 from .encoding import EntryError, FrameRef, decode, fast_fixed, points_array
 from .errors import (
     DataLostError,
+    LeaseLost,
     MalformedEntryError,
     ProtocolError,
     ScanNotFoundError,
@@ -335,6 +337,33 @@ class ScanReader:
 # -- session reader -----------------------------------------------------------------------
 
 
+class Guard(Protocol):
+    """A lease that the group's state may only be changed under: the Redis string ``key``
+    must hold ``token`` (see :class:`nexus_writer.lease.SessionLease`)."""
+
+    key: str
+
+    @property
+    def token(self) -> str:
+        """The lease value while held. Raises LeaseLost when it is not."""
+        ...
+
+
+# Guarded group commands: the check and the change in one atomic script, so that a
+# process whose lease ran out (frozen, cut off) cannot take or acknowledge announcements.
+# KEYS: lease, stream. ARGV: token, group, consumer, count, id.
+_GUARDED_READ = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('LEASELOST') end
+return redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4],
+                  'STREAMS', KEYS[2], ARGV[5])
+"""
+# KEYS: lease, stream. ARGV: token, group, id.
+_GUARDED_ACK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('LEASELOST') end
+return redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
+"""
+
+
 @dataclass(frozen=True)
 class ScanAnnouncement:
     """A new scan of the session, as announced on the session stream."""
@@ -364,14 +393,22 @@ class SessionReader:
         *,
         group: str | None = None,
         consumer: str = "writer",
+        guard: Guard | None = None,
     ) -> None:
         """``since``: "$" for scans announced from now on, "0-0" for all still in Redis, or
         a :attr:`position` of an earlier reader. With ``group``, only when the group is
         created (:attr:`created`); an existing group goes on from where it is.
 
+        ``guard`` (with ``group``): announcements are only taken from the group, and
+        acknowledged, while the guard's lease is held, checked in Redis in the same step.
+
         Raises:
             UnsupportedProtocolError: Redis holds another protocol major version here.
+            ValueError: a guard without a group.
+            LeaseLost: the guard's lease is not held (only when reading, acknowledging).
         """
+        if guard is not None and group is None:
+            raise ValueError("a guard protects a consumer group: give the group too")
         check_client(client)
         self.client = client
         self.session = session
@@ -394,6 +431,11 @@ class SessionReader:
             since = "0-0"  # this consumer's pending announcements first
         self.position = since
         self._pending = group is not None
+        self._guard = guard
+        if guard is not None:
+            self._guarded_read = client.register_script(_GUARDED_READ)
+            self._guarded_ack = client.register_script(_GUARDED_ACK)
+            self._tail = self.delivered  # where to wait for new announcements from
 
     @property
     def delivered(self) -> str:
@@ -444,6 +486,8 @@ class SessionReader:
 
     def _read(self, after: str, timeout: float | None) -> Entries:
         try:
+            if self._guard is not None:
+                return self._read_guarded(after, timeout)
             response = xread(self.client, {self._stream: after}, 100, timeout, self._group)
         except redis.ResponseError as exc:
             if self._group is None or "NOGROUP" not in str(exc):
@@ -451,6 +495,35 @@ class SessionReader:
             self._group_lost()
             return []
         return response.get(self._stream, [])
+
+    def _read_guarded(self, after: str, timeout: float | None) -> Entries:
+        """XREADGROUP under the guard, which cannot block inside a script: wait for the
+        stream to grow with a plain XREAD first, then take what is new from the group."""
+        entries = self._take(after)
+        if entries or after != ">" or not timeout:
+            return entries
+        grown = xread(self.client, {self._stream: self._tail}, 1, timeout).get(self._stream)
+        if not grown:
+            return []
+        entries = self._take(after)
+        if not entries:  # delivered to the group before (by an earlier holder): go past it
+            self._tail = grown[-1][0].decode()
+        return entries
+
+    def _take(self, after: str) -> Entries:
+        assert self._guard is not None and self._group is not None
+        try:
+            response: Any = self._guarded_read(
+                keys=[self._guard.key, self._stream],
+                args=[self._guard.token, *self._group, 100, after],
+            )
+        except redis.ResponseError as exc:
+            _check_guard(exc, self.session)
+            raise
+        entries: Entries = response[0][1] if response else []
+        if entries and after == ">":
+            self._tail = entries[-1][0].decode()
+        return entries
 
     def _group_lost(self) -> None:
         """Redis no longer has the group (restarted without persistence, or flushed):
@@ -469,9 +542,33 @@ class SessionReader:
             if "BUSYGROUP" not in str(exc):
                 raise
         self._pending = False
+        self._tail = "0-0"
 
     def ack(self, stream_id: str) -> None:
         """With a group: the announcement ``stream_id`` is done with (its scan is written,
-        or failed for good); it is not delivered again. Without one: nothing."""
-        if self._group is not None:
+        or failed for good); it is not delivered again. Without one: nothing.
+
+        Raises:
+            LeaseLost: the guard's lease is not held: the announcement stays pending.
+        """
+        if self._group is None:
+            return
+        if self._guard is None:
             self.client.xack(self._stream, self._group[0], stream_id)
+            return
+        try:
+            self._guarded_ack(
+                keys=[self._guard.key, self._stream],
+                args=[self._guard.token, self._group[0], stream_id],
+            )
+        except redis.ResponseError as exc:
+            _check_guard(exc, self.session)
+            raise
+
+
+def _check_guard(exc: redis.ResponseError, session: str) -> None:
+    """Raises LeaseLost if a guarded script refused for want of the lease."""
+    if str(exc).startswith("LEASELOST"):
+        raise LeaseLost(
+            f"session {session}: the writer lease is no longer this process's (checked in Redis)"
+        ) from None

@@ -113,7 +113,11 @@ def test_a_finished_scan_seen_again_is_not_written_again(
     again = write_scan(redis_client, published.key)
     assert again.state is State.OFF  # nothing to do is no failure
     assert (Path(published.document.file).read_bytes(), scan_file.read_bytes()) == before
-    assert sorted(p.name for p in scan_file.parent.iterdir()) == ["scan_0001.h5", "scan_0001.key"]
+    assert sorted(p.name for p in scan_file.parent.iterdir()) == [
+        ".lock",
+        "scan_0001.h5",
+        "scan_0001.key",
+    ]
     assert_file_has_every_value(published)
 
 

@@ -100,7 +100,7 @@ def test_the_service_writes_scans_until_sigterm(
     )
     try:
         lines = lines_of(service.stderr)
-        wait_for_line(lines, "writing session 'service'")
+        wait_for_line(lines, "session service: following from announcement")
         client = redis.Redis.from_url(redis_server.url)
         line = Beamline(
             SessionPublisher(client, "service"),
@@ -155,9 +155,12 @@ def test_compression_applies_to_arrays_only(
 
 
 def _service(
-    redis_url: str, tmp_path: Path, *extra: str, session: str = "ready"
+    redis_url: str, tmp_path: Path, *extra: str, session: str = "ready", lease_ttl: float = 1.0
 ) -> subprocess.Popen[str]:
-    """``nexus-writer run`` on ``session`` at its default log level, with extra options."""
+    """``nexus-writer run`` on ``session`` at its default log level, with extra options.
+
+    The lease is short: a service started after one was killed takes over within a second
+    or two, not the default five."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -170,6 +173,8 @@ def _service(
             session,
             "--root",
             str(tmp_path),
+            "--lease-ttl",
+            str(lease_ttl),
             *extra,
         ],
         stderr=subprocess.PIPE,
@@ -212,7 +217,7 @@ def test_not_ready_while_redis_is_away_at_start(tmp_path: Path) -> None:
         service = _service(url, tmp_path, "--ready-file", str(ready_file))
         try:
             lines = lines_of(service.stderr)
-            wait_for_line(lines, "Redis unreachable at start")
+            wait_for_line(lines, "Redis unreachable")
             assert not ready_file.exists()
             server.resume()
             wait_for_line(lines, "session ready: following from announcement 0-0")

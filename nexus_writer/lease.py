@@ -1,0 +1,352 @@
+"""SessionLease: one writer service per session, through a lease in Redis.
+
+.. important::
+   A lease belongs to one service process. :meth:`SessionLease.acquire`,
+   :meth:`~SessionLease.release` and :meth:`~SessionLease.keep` are called by the service
+   (its main hub); the renewals run in a :class:`~sync_primitives.Thread` of their own, so
+   that a busy hub cannot delay them; :meth:`~SessionLease.fence`,
+   :meth:`~SessionLease.held`, :meth:`~SessionLease.confirm` and :attr:`~SessionLease.token`
+   may be called from any thread (the scan consumers call ``fence`` before each write).
+
+The lease is the Redis string ``<prefix>:session:<session>:writer`` (docs/protocol.md):
+``"<term> <host> <pid> <nonce>"``, set with an expiry of ``ttl`` seconds and renewed every
+``ttl / 5``. ``<prefix>:session:<session>:writer:term`` counts the terms: every time the
+lease is taken anew (nobody held it) the count goes up by one, in the same Lua script.
+A term is therefore a fencing token: a holder whose term is no longer the newest has been
+replaced, whatever its clock says.
+
+Why it is safe (the invariants):
+
+* The holder counts its lease valid until ``sent + 0.8 * ttl``, where ``sent`` is the
+  monotonic time *before* it sent the renewal that succeeded: Redis's expiry runs from
+  later than that, so the holder stops trusting its lease before Redis lets anyone else
+  take it (the 20 % absorb clock-rate differences and the moment between a check and a
+  write).
+* :meth:`fence` is the check before every file write: it returns while the lease is
+  valid, raises :class:`LeaseLost` once another term exists, and *waits* in between
+  (Redis unreachable: nobody can take over either). When the holder reaches Redis again
+  and nobody took the lease meanwhile, it takes it again with the very next term
+  (``term + 1``: no other term happened in between) and its writes go on where they
+  paused; any other term means somebody else wrote, and this holder's term is over.
+* Redis-side state (the session's consumer group) is only changed by Lua scripts that
+  check the lease value first (:attr:`token`), so an old holder cannot take announcements
+  or acknowledge scans even if its process was frozen for a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+from nexus_writer.protocol import Keys
+from nexus_writer.protocol.errors import LeaseLost
+from sync_primitives import Event, Lock, Thread
+
+_log = logging.getLogger(__name__)
+
+#: Default seconds a lease lasts without renewal: how long a standby waits, at most,
+#: after the active writer died before it takes over (plus one renewal interval).
+DEFAULT_TTL = 5.0
+#: Share of the ttl that the holder trusts its lease after a renewal was sent.
+TRUSTED = 0.8
+
+# KEYS: lease, term counter. ARGV: owner, ttl ms, the term the caller holds ("" if none).
+# Returns {status, term}: 1 renewed (same term), 2 taken anew with this new term, 0 held by
+# somebody else (term of the holder's value, for the log).
+_CLAIM = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local space = string.find(current, ' ', 1, true)
+  local term = tonumber(string.sub(current, 1, space - 1))
+  if string.sub(current, space + 1) == ARGV[1] and tostring(term) == ARGV[3] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {1, term}
+  end
+  return {0, term}
+end
+local term = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], term .. ' ' .. ARGV[1], 'PX', ARGV[2])
+return {2, term}
+"""
+# KEYS: lease. ARGV: the full value. Deletes the lease only if it is still this value.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a session's lease, as its value says."""
+
+    term: int
+    host: str
+    pid: int
+
+    @classmethod
+    def parse(cls, value: bytes | str) -> Holder | None:
+        text = value.decode(errors="replace") if isinstance(value, bytes) else value
+        parts = text.split(" ")
+        try:
+            return cls(int(parts[0]), parts[1], int(parts[2]))
+        except (IndexError, ValueError):
+            return None  # not written by us: still somebody's
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} on {self.host} (term {self.term})"
+
+
+@dataclass(frozen=True)
+class LeaseStatistics:
+    """A snapshot of a lease, as its process sees it."""
+
+    term: int | None  #: the last term this process held
+    held: bool  #: the term is not over (it may be in doubt: see valid_for)
+    valid_for: float  #: seconds the lease can still be trusted without Redis
+    lost: str | None  #: why the term is over
+
+
+class SessionLease:
+    """The right to write one session; at most one process holds it at a time."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        session: str,
+        prefix: str | None = None,
+        *,
+        ttl: float = DEFAULT_TTL,
+    ) -> None:
+        """Raises:
+        ValueError: ``ttl`` is not a number of seconds of at least 0.1.
+        """
+        if not isinstance(ttl, int | float) or not 0.1 <= ttl <= 3600:  # NaN fails too
+            raise ValueError(f"lease ttl must be between 0.1 and 3600 seconds, not {ttl!r}")
+        keys = Keys(prefix) if prefix is not None else Keys()
+        self.client = client
+        self.session = session
+        self.ttl = float(ttl)
+        #: Seconds between renewals (and between a standby's attempts to take over).
+        self.interval = self.ttl / 5
+        self.key = keys.session_writer(session)
+        self._term_key = f"{self.key}:term"
+        self.owner = f"{socket.gethostname()} {os.getpid()} {uuid.uuid4().hex[:12]}"
+        self._claim = client.register_script(_CLAIM)
+        self._release = client.register_script(_RELEASE)
+        self._lock = Lock()  # guards the four fields below, across threads
+        self._term: int | None = None
+        self._valid_until = 0.0
+        self._lost: str | None = None  # why this term is over
+        self._settled = Event()  # set when the lease is renewed or lost; cleared by fence
+        self._keeper: Thread | None = None
+        self._stop_keeping = Event()
+        #: Set once the current term is over (taken over, released, or given up).
+        self.lost = Event()
+
+    # -- the service's side ---------------------------------------------------------------
+
+    def acquire(self) -> bool:
+        """Take the lease if nobody holds it (one attempt); True if this process holds it.
+
+        Raises:
+            redis.ConnectionError, redis.TimeoutError: Redis cannot be reached.
+        """
+        with self._lock:
+            if self._term is not None and self._lost is None:
+                return True
+        sent = time.monotonic()
+        status, term = self._claim(
+            keys=[self.key, self._term_key], args=[self.owner, int(self.ttl * 1000), ""]
+        )
+        if status == 0:
+            return False
+        with self._lock:
+            self._term, self._lost = int(term), None
+            self._valid_until = sent + TRUSTED * self.ttl
+        self.lost.clear()
+        self._settled.set()
+        return True
+
+    def holder(self) -> Holder | None:
+        """Who holds the lease now (None: nobody).
+
+        Raises:
+            redis.ConnectionError, redis.TimeoutError: Redis cannot be reached.
+        """
+        value = self.client.get(self.key)
+        if value is None:
+            return None
+        return Holder.parse(value) or Holder(0, "?", 0)
+
+    def keep(self) -> None:
+        """Renew the lease in a thread of its own until :meth:`release` or until it is lost
+        (then :attr:`lost` is set)."""
+        self._stop_keeping.clear()
+        self._keeper = Thread(name=f"lease-{self.session}")
+        self._keeper.start()
+        self._keeper.spawn(self._keep)
+
+    def release(self) -> None:
+        """Stop renewing and give the lease back at once (if this process still holds it),
+        so that a standby need not wait for it to expire. Idempotent.
+
+        Nothing can be written under this lease afterwards: :meth:`fence` raises.
+        """
+        self._stop_keeping.set()
+        if self._keeper is not None:
+            self._keeper.stop(timeout=max(5.0, self.ttl))
+            self._keeper = None
+        with self._lock:
+            token = self._token_locked()
+        self._end("released")
+        if token is not None:
+            try:
+                self._release(keys=[self.key], args=[token])
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                _log.warning(
+                    "session %s: cannot give the writer lease back (%s): it expires in %g s",
+                    self.session,
+                    exc,
+                    self.ttl,
+                )
+
+    def _keep(self) -> None:
+        unreachable = False
+        while not self._stop_keeping.wait(self.interval):
+            sent = time.monotonic()
+            with self._lock:
+                term = self._term
+                if term is None or self._lost is not None:
+                    return
+            try:
+                status, new = self._claim(
+                    keys=[self.key, self._term_key],
+                    args=[self.owner, int(self.ttl * 1000), str(term)],
+                )
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if not unreachable:
+                    _log.warning(
+                        "session %s: cannot renew the writer lease (%s): writing pauses when "
+                        "it runs out, until Redis answers again",
+                        self.session,
+                        exc,
+                    )
+                unreachable = True
+                continue
+            if status == 2 and int(new) != term + 1:
+                # Taken anew, but other terms came in between: somebody else wrote. Ours is
+                # over; give back the one just taken (the service takes it again afresh).
+                self._release(keys=[self.key], args=[f"{new} {self.owner}"])
+                self._end(
+                    f"the lease ran out and writer term(s) {term + 1}..{int(new) - 1} "
+                    "of another service came in between"
+                )
+                return
+            if status == 0:
+                self._end(f"another service took the writer lease (term {int(new)})")
+                return
+            if unreachable or status == 2:
+                _log.warning(
+                    "session %s: writer lease kept (term %d): writing goes on",
+                    self.session,
+                    int(new),
+                )
+            unreachable = False
+            with self._lock:
+                self._term = int(new)
+                self._valid_until = sent + TRUSTED * self.ttl
+            self._settled.set()
+
+    def _end(self, why: str) -> None:
+        with self._lock:
+            if self._term is None or self._lost is not None:
+                return
+            self._lost = why
+        self._settled.set()
+        self.lost.set()
+
+    def _token_locked(self) -> str | None:
+        if self._term is None or self._lost is not None:
+            return None
+        return f"{self._term} {self.owner}"
+
+    # -- the writers' side -----------------------------------------------------------------
+
+    @property
+    def token(self) -> str:
+        """The lease's value while this process holds it: Lua scripts that change the
+        session's state in Redis check it first.
+
+        Raises:
+            LeaseLost: this process does not hold the lease.
+        """
+        with self._lock:
+            token = self._token_locked()
+            why = self._lost or "the writer lease is not held"
+        if token is None:
+            raise LeaseLost(f"session {self.session}: {why}")
+        return token
+
+    def held(self) -> bool:
+        """True while the lease can be trusted without asking Redis (a local check)."""
+        with self._lock:
+            return (
+                self._lost is None
+                and self._term is not None
+                and (time.monotonic() < self._valid_until)
+            )
+
+    def fence(self) -> None:
+        """Return when writing is allowed: at once while the lease is valid; after a wait
+        while it is in doubt (it ran out and Redis could not be asked).
+
+        Raises:
+            LeaseLost: this process no longer holds the lease (another service may write).
+        """
+        while True:
+            # Clear first, then look: a renewal or a loss after the look sets it again.
+            self._settled.clear()
+            with self._lock:
+                if self._lost is not None or self._term is None:
+                    raise LeaseLost(
+                        f"session {self.session}: {self._lost or 'the writer lease is not held'}"
+                    )
+                if time.monotonic() < self._valid_until:
+                    return
+            self._settled.wait(self.interval)
+
+    def confirm(self) -> None:
+        """Ask Redis that this process holds the lease, with time left (before the
+        session's file is changed).
+
+        Raises:
+            LeaseLost: it does not, or Redis cannot say so.
+        """
+        token = self.token
+        try:
+            pipe = self.client.pipeline()
+            pipe.get(self.key)
+            pipe.pttl(self.key)
+            value, left = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise LeaseLost(f"session {self.session}: cannot confirm the lease ({exc})") from exc
+        found = value.decode(errors="replace") if isinstance(value, bytes) else value
+        if found != token or left < (1 - TRUSTED) * self.ttl * 1000:
+            raise LeaseLost(f"session {self.session}: the writer lease is no longer this one's")
+        self.fence()
+
+    def statistics(self) -> LeaseStatistics:
+        """The lease as this process sees it."""
+        with self._lock:
+            return LeaseStatistics(
+                term=self._term,
+                held=self._lost is None and self._term is not None,
+                valid_for=max(0.0, self._valid_until - time.monotonic()),
+                lost=self._lost,
+            )

@@ -1,0 +1,259 @@
+"""WriterService: the writer of one session, active or standby, as ``nexus-writer run`` runs it.
+
+.. important::
+   :meth:`WriterService.run` runs in a greenlet of the service's main hub (it waits
+   cooperatively) and returns when :meth:`~WriterService.stop` is called, from any thread
+   or a signal handler. :attr:`~WriterService.role` and :meth:`~WriterService.writer` may
+   be read from any thread.
+
+Any number of services may run on one session (on one host or several, against one
+Redis); one of them is *active*: it holds the session's lease
+(:class:`~nexus_writer.lease.SessionLease`) and runs a
+:class:`~nexus_writer.session_writer.NexusSessionWriter`. The others are *standby*: they
+try to take the lease every ``ttl / 5`` seconds and become active when the active one
+stops (it gives the lease back) or dies (its lease runs out). The session writer keeps its
+place in the consumer group ``nexus-writer``, so the new active writer resumes exactly the
+scans the old one had not finished.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import gevent
+import redis
+
+from nexus_writer import atomic
+from nexus_writer.lease import DEFAULT_TTL, Holder, SessionLease
+from nexus_writer.nexus.options import WriterOptions
+from nexus_writer.protocol import DEFAULT_PREFIX
+from nexus_writer.session_writer import NexusSessionWriter
+from nexus_writer.subscriber import Mode, State
+from sync_primitives import Event
+
+_log = logging.getLogger(__name__)
+
+#: The consumer group in which the service keeps its place in a session (see
+#: docs/operations.md).
+WRITER_GROUP = "nexus-writer"
+#: Seconds to let running scans close at stop before their writers are killed.
+STOP_TIMEOUT = 60.0
+
+
+class Role(enum.Enum):
+    STARTING = "starting"  #: Redis not reached yet
+    STANDBY = "standby"  #: another service writes the session
+    ACTIVE = "active"  #: this service writes the session
+    STOPPED = "stopped"
+
+
+class WriterService:
+    """Writes one session whenever it holds the session's lease."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        session: str,
+        options: WriterOptions | None = None,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        since: str = "$",
+        scan_mode: Mode = Mode.PARALLEL,
+        lease_ttl: float = DEFAULT_TTL,
+        ready_file: Path | None = None,
+    ) -> None:
+        """``since``: where the session is followed from the first time ("$": now; "0-0":
+        every announcement still in Redis); ``ready_file``: see docs/operations.md.
+
+        Raises:
+            ValueError: a bad session name, prefix or lease ttl.
+        """
+        self.client = client
+        self.session = session
+        self.options = options or WriterOptions()
+        self.prefix = prefix
+        self.since = since
+        self.scan_mode = scan_mode
+        self.ready_file = ready_file
+        self.lease = SessionLease(client, session, prefix, ttl=lease_ttl)
+        self._role = Role.STARTING
+        self._writer: NexusSessionWriter | None = None
+        self._stop = Event()
+        self._wake = Event()  # stop, lease lost, writer ended
+        self._failures = 0
+        self.exit_status = 0
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    def writer(self) -> NexusSessionWriter | None:
+        """The session writer while the service is active."""
+        return self._writer
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to stop: running scans are closed with what was received."""
+        self._stop.set()
+        self._wake.set()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Stand by or write until :meth:`stop`; returns the exit status (0, or 1 if the
+        session writer ended in FAULT)."""
+        unreachable_delay = 0.1
+        standby_for: Holder | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    taken = self.lease.acquire()
+                    holder = None if taken else self.lease.holder()
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    _log.warning(
+                        "session %s: Redis unreachable (%s); retrying in %.1f s",
+                        self.session,
+                        exc,
+                        unreachable_delay,
+                    )
+                    self._stop.wait(unreachable_delay)
+                    unreachable_delay = min(2 * unreachable_delay, self.options.retry_max_delay)
+                    continue
+                unreachable_delay = 0.1
+                if taken:
+                    standby_for = None
+                    self._write()
+                    continue
+                if holder != standby_for:
+                    standby_for = holder
+                    self._standby(holder)
+                self._stop.wait(self.lease.interval)
+        finally:
+            self.lease.release()
+            self._role = Role.STOPPED
+            if self.ready_file is not None:
+                self.ready_file.unlink(missing_ok=True)
+        return self.exit_status
+
+    def _standby(self, holder: Holder | None) -> None:
+        self._role = Role.STANDBY
+        _log.info(
+            "session %s: standby: the session is written by %s; this service takes over "
+            "within %g s after that one stops or dies",
+            self.session,
+            holder or "another service",
+            self.lease.ttl + self.lease.interval,
+        )
+        self._announce({"role": "standby", "holder": str(holder) if holder else None})
+
+    def _write(self) -> None:
+        """Active: write the session until stopped, or until the lease is lost."""
+        self._role = Role.ACTIVE
+        term = self.lease.statistics().term
+        _log.info(
+            "session %s: this service writes the session (writer lease, term %s)",
+            self.session,
+            term,
+        )
+        self.lease.keep()
+        self._wake.clear()
+        lost = self.lease.lost
+        watchers = [gevent.spawn(self._wake_on, lost.wait)]
+        writer = self._writer = NexusSessionWriter(
+            self.client,
+            self.session,
+            self.options,
+            prefix=self.prefix,
+            since=self.since,
+            scan_mode=self.scan_mode,
+            group=WRITER_GROUP,
+            lease=self.lease,
+        )
+        try:
+            writer.start()
+            watchers.append(gevent.spawn(self._wake_on, writer.join))
+            watchers.append(gevent.spawn(self._announce_active, writer))
+            while not (self._stop.is_set() or lost.is_set() or writer.done()):
+                self._wake.wait()
+                self._wake.clear()
+            self._close(writer)
+        finally:
+            gevent.killall(watchers)
+            self._writer = None
+        if writer.state is State.FAULT and not lost.is_set() and not self._stop.is_set():
+            # Not the lease: the session writer itself failed. Give the session to a
+            # standby, if there is one, and try again later.
+            self._failures += 1
+            delay = min(60.0, 2.0**self._failures)
+            _log.error(
+                "session %s: the session writer failed (%s): the lease is given back and "
+                "this service tries again in %g s",
+                self.session,
+                writer.statistics().reason,
+                delay,
+            )
+            self.lease.release()
+            self._stop.wait(delay)
+            return
+        self._failures = 0
+        if writer.state is State.FAULT:
+            self.exit_status = 1
+        if lost.is_set() and not self._stop.is_set():
+            why = self.lease.statistics().lost
+            _log.error(
+                "session %s: this service no longer holds the writer lease (%s): it has "
+                "stopped writing and stands by",
+                self.session,
+                why,
+            )
+        self.lease.release()
+
+    def _close(self, writer: NexusSessionWriter) -> None:
+        """Stop the session writer; its scans close with what they received. While the
+        lease is in doubt (Redis away) writes would wait for it: give it up instead, so
+        that the scans stop at once and the next holder writes them again."""
+        writer.stop()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while not writer.join(self.lease.interval):
+            if not self.lease.held():
+                self.lease.release()
+            if time.monotonic() > deadline:
+                writer.kill()
+                writer.join(10.0)
+                break
+
+    def _wake_on(self, wait: Callable[[], object]) -> None:
+        wait()
+        self._wake.set()
+
+    def _announce_active(self, writer: NexusSessionWriter) -> None:
+        writer.following.wait()
+        # ``since`` was for the group's creation. Should Redis lose the group while this
+        # service runs, it is made again for every scan still in the stream (as the
+        # session writer does when a read finds it gone), never from "now".
+        self.since = "0-0"
+        try:
+            position = writer.position
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            position = None  # the log line names it; Redis just went away again
+            _log.warning("session %s: cannot read the position (%s)", self.session, exc)
+        self._announce({"role": "active", "position": position})
+
+    def _announce(self, fields: dict[str, object]) -> None:
+        """Write the ready file (atomically), if asked: the service is ready, as active
+        or standby."""
+        if self.ready_file is None:
+            return
+        ready = {
+            "session": self.session,
+            **fields,
+            "pid": os.getpid(),
+            "time": datetime.now().astimezone().isoformat(),
+        }
+        atomic.write_text(self.ready_file, json.dumps(ready) + "\n")

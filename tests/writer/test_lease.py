@@ -1,0 +1,150 @@
+"""SessionLease against a real Redis: one holder at a time, renewal, release, take-over,
+fencing of a holder that was frozen past its lease, and writes that pause while Redis is
+away and go on when it is back."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from nexus_writer.lease import SessionLease
+from nexus_writer.protocol import LeaseLost, SessionPublisher, SessionReader
+from nexus_writer.redis_server import EmbeddedRedis
+from sync_primitives import Thread
+from tests.conftest import wait_until
+
+TTL = 0.5
+
+
+@pytest.fixture
+def leases(
+    redis_client: redis.Redis, request: pytest.FixtureRequest
+) -> Iterator[list[SessionLease]]:
+    """Two services' leases on one session of its own; released at the end."""
+    session = f"lease-{request.node.name[:40]}".replace("[", "-").replace("]", "")
+    pair = [SessionLease(redis_client, session, ttl=TTL) for _ in range(2)]
+    yield pair
+    for lease in pair:
+        lease.release()
+
+
+def test_one_holder_at_a_time(leases: list[SessionLease]) -> None:
+    first, second = leases
+    assert first.acquire()
+    assert not second.acquire()
+    holder = second.holder()
+    assert holder is not None and holder.term == first.statistics().term
+    assert first.held() and not second.held()
+    first.fence()
+    with pytest.raises(LeaseLost):
+        second.fence()
+
+
+def test_renewal_keeps_the_lease_beyond_its_ttl(leases: list[SessionLease]) -> None:
+    first, second = leases
+    assert first.acquire()
+    term = first.statistics().term
+    first.keep()
+    # Three lease lifetimes; the standby keeps trying meanwhile, as a standby does, and
+    # must never win.
+    deadline = time.monotonic() + 3 * TTL
+    while time.monotonic() < deadline:
+        assert not second.acquire()
+        second.lost.wait(TTL / 10)  # the standby's pace between attempts
+    assert first.held() and first.statistics().term == term
+
+
+def test_release_lets_a_standby_take_over_at_once(leases: list[SessionLease]) -> None:
+    first, second = leases
+    assert first.acquire()
+    first.keep()
+    first.release()
+    assert first.lost.is_set()
+    with pytest.raises(LeaseLost):
+        first.fence()
+    assert second.acquire()
+    assert second.statistics().term == first.statistics().term + 1  # type: ignore[operator]
+    first.release()  # idempotent, and leaves the new holder alone
+    assert second.holder() is not None and second.held()
+
+
+def test_a_holder_frozen_past_its_lease_is_fenced_off(leases: list[SessionLease]) -> None:
+    first, second = leases
+    assert first.acquire()  # and then it renews nothing: a process frozen (SIGSTOP, swap)
+    wait_until(lambda: not first.held(), "the holder to stop trusting its lease", 5)
+    wait_until(second.acquire, "the standby to take the lease over", 5)
+    first.keep()  # the frozen process wakes up: its first renewal finds the new term
+    assert first.lost.wait(5)
+    with pytest.raises(LeaseLost, match="another service took the writer lease"):
+        first.fence()
+    with pytest.raises(LeaseLost):
+        first.token  # noqa: B018 - the property raises
+    second.fence()
+
+
+def test_group_commands_are_guarded_by_the_lease_in_redis(
+    redis_client: redis.Redis, leases: list[SessionLease]
+) -> None:
+    first, second = leases
+    publisher = SessionPublisher(redis_client, first.session)
+    assert first.acquire()
+    reader = SessionReader(redis_client, first.session, since="0-0", group="guarded", guard=first)
+    publisher.new_scan(name="one", title="one", file="/tmp/x.h5", channels=[])
+    (announcement,) = reader.read(1.0)
+    first.release()
+    assert second.acquire()
+    # The old holder's local state is gone, and so is its right in Redis: it cannot take
+    # the next announcement, nor acknowledge the one it has.
+    publisher.new_scan(name="two", title="two", file="/tmp/x.h5", channels=[])
+    with pytest.raises(LeaseLost):
+        reader.read(1.0)
+    with pytest.raises(LeaseLost):
+        reader.ack(announcement.stream_id)
+    # The new holder gets the pending one again, then the new one.
+    successor = SessionReader(
+        redis_client, first.session, since="0-0", group="guarded", guard=second
+    )
+    assert [a.number for a in successor.read(1.0) + successor.read(1.0)] == [1, 2]
+
+
+def test_a_guard_without_a_group_is_refused(
+    redis_client: redis.Redis, leases: list[SessionLease]
+) -> None:
+    with pytest.raises(ValueError, match="group"):
+        SessionReader(redis_client, leases[0].session, guard=leases[0])
+
+
+@pytest.mark.parametrize("ttl", [0, 0.01, -1, math.nan, math.inf, 1e9])
+def test_bad_ttl_is_refused(redis_client: redis.Redis, ttl: float) -> None:
+    with pytest.raises(ValueError, match="ttl"):
+        SessionLease(redis_client, "bad", ttl=ttl)
+
+
+def test_writes_pause_while_redis_is_away_and_go_on_when_it_is_back() -> None:
+    with EmbeddedRedis(persistent=True) as server:
+        client = redis.Redis.from_url(server.url, socket_timeout=2)
+        lease = SessionLease(client, "away", ttl=TTL)
+        try:
+            assert lease.acquire()
+            term = lease.statistics().term
+            lease.keep()
+            server.halt()  # longer than the lease: it runs out in Redis too
+            wait_until(lambda: not lease.held(), "the lease to be in doubt", 5)
+            thread = Thread(name="writer")
+            thread.start()
+            try:
+                fenced = thread.apply_async(lease.fence)
+                assert not fenced.wait(2 * TTL), "a write went ahead while the lease was in doubt"
+                server.resume()  # nobody took it meanwhile: the same holder goes on
+                fenced.get(10)
+            finally:
+                thread.stop()
+            assert lease.held() and not lease.lost.is_set()
+            assert lease.statistics().term == term + 1  # type: ignore[operator]
+        finally:
+            lease.release()
+            client.close()
