@@ -29,8 +29,8 @@ import redis
 
 from nexus_writer.lease import SessionLease
 from nexus_writer.nexus.datasets import FrameSource
-from nexus_writer.nexus.master import ScanAlreadyWritten
-from nexus_writer.nexus.options import WriterOptions
+from nexus_writer.nexus.master import EntryExistsError, ScanAlreadyWritten
+from nexus_writer.nexus.options import OutsideRootsError, WriterOptions
 from nexus_writer.nexus.scan_file import DiskFullError, ScanFile
 from nexus_writer.protocol import (
     ChannelEndEvent,
@@ -92,6 +92,8 @@ class NexusScanWriter(Subscriber):
         super().__init__(key, mode, consumer_thread, on_finish)
         self._lease = lease
         self._lease_lost: str | None = None
+        self._unfinished: str | None = None
+        self._nothing_to_do = False  # its entry was finished before
         self.client = client
         self.key = key
         self.options = options or WriterOptions()
@@ -160,21 +162,34 @@ class NexusScanWriter(Subscriber):
 
     # -- consumer ---------------------------------------------------------------------------
 
+    @property
+    def unfinished(self) -> str | None:
+        """Why the scan must be written again (from its start, from Redis, by the next
+        service that takes the session), once the writer has ended; None if it is done
+        with for good (written, or failed for a reason that writing again cannot mend)."""
+        return self._unfinished
+
     def consume(self, events: list[object]) -> None:
         try:
             self._consume(events)
-        except DiskFullError:
-            raise  # refused before writing: the file is sound
+        except DiskFullError as exc:
+            self._unfinished = str(exc)  # refused before writing: the file is sound
+            raise
         except LeaseLost as exc:
             # Another service writes this session now: not one byte more from here.
-            self._lease_lost = str(exc)
+            self._lease_lost = self._unfinished = str(exc)
             if self._file is not None:
                 self._file.broken = True
             raise
-        except Exception:
+        except (OutsideRootsError, EntryExistsError):
+            raise  # the publisher's path or numbering: writing again would not help
+        except Exception as exc:
             # Anything HDF5 raised while writing or flushing (OSError, but also the
             # RuntimeError of a failed flush, e.g. past a file size limit) leaves the file
             # in a state nothing may touch again: it is abandoned, never flushed or closed.
+            # The same for a file that could not be made (a disk or mount gone): the scan
+            # is written again once the disk is mended and a service takes the session.
+            self._unfinished = f"I/O error: {exc}"
             if self._file is not None:
                 self._file.broken = True
             raise
@@ -239,6 +254,7 @@ class NexusScanWriter(Subscriber):
                 self._file = ScanFile(event.document, self.options)
             except ScanAlreadyWritten as exc:
                 _log.info("scan %s: nothing to do: %s", self.key, exc)
+                self._nothing_to_do = True
                 return
             _log.info(
                 "scan %s: writing %s in %s%s",
@@ -272,7 +288,11 @@ class NexusScanWriter(Subscriber):
             self._file.add_message(message)
 
     def finish(self, state: State, reason: str | None) -> None:
+        if self._killed and self._closed is None:
+            self._unfinished = self._unfinished or "killed before the scan closed"
         if self._file is None:
+            if state is State.OFF and not self._nothing_to_do:
+                self._unfinished = "the writer stopped before the scan's file was made"
             return
         if self._lease is not None and not self._file.broken:
             try:
@@ -312,7 +332,9 @@ class NexusScanWriter(Subscriber):
                 self._file.add_message(reason)
             status = "FAULT" if state is State.FAULT else "SUCCEEDED"
             if self._closed is None and state is State.OFF and not self._abandoned:
-                status = "STOPPED"
+                self._unfinished = "the writer stopped before the scan closed"
+            if self._unfinished is not None:
+                status = "STOPPED"  # not complete: to be written again
             end_time = document.end_time or datetime.now().astimezone().isoformat()
             self._file.finish(document, status, end_reason, message, end_time)
         except Exception:

@@ -90,7 +90,6 @@ class NexusSessionWriter(Subscriber):
         self._group = group
         self._lease = lease
         self._announced: dict[str, str] = {}  # scan key -> its announcement's stream id
-        self._stopping = False
         #: Set once the writer follows the session from a fixed position: every scan
         #: announced after that is written (see :attr:`position`).
         self.following = Event()
@@ -220,9 +219,18 @@ class NexusSessionWriter(Subscriber):
         while len(self._finished_keys) > self._keep_keys:
             self._finished_keys.popitem(last=False)
         stream_id = self._announced.pop(writer.name, None)
-        if stream_id is not None and not self._stopping and self._reader is not None:
-            # Done with for good. A scan cut short by this writer's stop stays pending: the
-            # next writer of the group gets it again.
+        unfinished = writer.unfinished if isinstance(writer, NexusScanWriter) else None
+        if stream_id is not None and unfinished is not None:
+            # Pending in the group: the next service to take the session writes it again.
+            _log.warning(
+                "session %s: scan %s stays pending (%s): it is written again, from its "
+                "start, when a service next takes the session",
+                self.session,
+                writer.name,
+                unfinished,
+            )
+        elif stream_id is not None and self._reader is not None:
+            # Done with for good: written, or failed for a reason writing again cannot mend.
             try:
                 self._reader.ack(stream_id)
             except (redis.ConnectionError, redis.TimeoutError, LeaseLost) as exc:
@@ -255,7 +263,6 @@ class NexusSessionWriter(Subscriber):
 
     def finish(self, state: State, reason: str | None) -> None:
         """Stop the scan writers still running; each writes what it has and closes."""
-        self._stopping = True
         for writer in list(self._active.values()):
             writer.stop()
         deadline = time.monotonic() + 30.0

@@ -32,6 +32,10 @@ class Compression(enum.Enum):
         return {}
 
 
+class OutsideRootsError(PermissionError):
+    """A file to write is outside the writer's root directories."""
+
+
 @dataclass(frozen=True)
 class WriterOptions:
     """Options of the NeXus writers."""
@@ -56,12 +60,13 @@ class WriterOptions:
         """The absolute path of a file to write, after checking where it is.
 
         Raises:
-            PermissionError: outside the roots, or its directory cannot be written.
+            OutsideRootsError: outside the roots.
+            PermissionError: its directory cannot be written.
         """
         target = Path(os.path.abspath(path))
         if self.roots and not any(target.is_relative_to(r.resolve()) for r in self.roots):
             roots = ", ".join(str(r) for r in self.roots)
-            raise PermissionError(f"{target} is outside the writer's root directories ({roots})")
+            raise OutsideRootsError(f"{target} is outside the writer's root directories ({roots})")
         directory = target.parent
         existing = directory
         while not existing.exists():

@@ -89,8 +89,13 @@ def wait_until_all_acknowledged(client: redis.Redis, session: str, count: int) -
         time.sleep(0.05)
 
 
-#: How the service goes down: killed, stopped, or killed while Redis restarts too.
-WAYS = ["SIGKILL", "SIGTERM", "SIGKILL+Redis restart"]
+#: How the service goes down: killed, stopped, killed while Redis restarts too, or killed
+#: after write errors (its files limited in size: the spectra scans meet EFBIG, as with a
+#: quota) from which it comes back without the limit.
+WAYS = ["SIGKILL", "SIGTERM", "SIGKILL+Redis restart", "EFBIG+SIGKILL"]
+#: Bytes per file for EFBIG: the scalar and frame scans fit, the spectra (uncompressed)
+#: do not.
+FILE_SIZE_LIMIT = 200_000
 
 
 @pytest.mark.parametrize("way", WAYS)
@@ -104,17 +109,28 @@ def test_service_down_at_a_random_instant_loses_nothing(
     own = EmbeddedRedis(persistent=True).start() if "Redis" in way else None
     url = own.url if own is not None else redis_server.url
     client = redis.Redis.from_url(url)
-    service = _service(url, tmp_path, session=session)
+    limited = "EFBIG" in way
+    service = _service(
+        url,
+        tmp_path,
+        *(["--compression", "none"] if limited else []),
+        session=session,
+        file_size_limit=FILE_SIZE_LIMIT if limited else None,
+    )
     try:
         lines = lines_of(service.stderr)
         wait_for_line(lines, f"session {session}: following from announcement")
         published = publish(client, tmp_path, session)
+        if limited:  # a write error first, then the kill at a random instant after it
+            wait_for_line(lines, "stays pending (I/O error")
         down_after = rng.uniform(0.05, 0.8)  # the instant this trial is about
         with contextlib.suppress(TimeoutError):  # still publishing: the usual case
             published.get(down_after)
         service.send_signal(signal.SIGTERM if way == "SIGTERM" else signal.SIGKILL)
         service.wait(30)
         scans = published.get(60)  # the beamline goes on while the writer is down
+        if limited:
+            assert all(p.stat().st_size <= FILE_SIZE_LIMIT for p in tmp_path.rglob("*.h5"))
         if own is not None:
             own.halt()
             own.resume()

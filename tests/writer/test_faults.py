@@ -225,9 +225,12 @@ def test_full_disk_faults_that_scan_while_another_goes_on(
         kept = entry["measurement/mca1"][()]
         assert 0 < len(kept) < 400
         np.testing.assert_array_equal(kept, big.values["mca1:spectrum"][: len(kept)])
-        assert text(entry["writer/status"]) == "FAULT"
+        # Not complete: STOPPED, so that a service taking the session writes it again.
+        assert text(entry["writer/status"]) == "STOPPED"
         messages = [m.decode() for m in entry["writer/messages"][()]]
         assert any("disk nearly full" in m for m in messages)
+    assert full.unfinished is not None and "disk nearly full" in full.unfinished
+    assert fine.unfinished is None
 
 
 def test_bad_channel_faults_the_scan_records_why_and_writes_the_rest(

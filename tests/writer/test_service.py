@@ -155,15 +155,23 @@ def test_compression_applies_to_arrays_only(
 
 
 def _service(
-    redis_url: str, tmp_path: Path, *extra: str, session: str = "ready", lease_ttl: float = 1.0
+    redis_url: str,
+    tmp_path: Path,
+    *extra: str,
+    session: str = "ready",
+    lease_ttl: float = 1.0,
+    file_size_limit: int | None = None,
 ) -> subprocess.Popen[str]:
-    """``nexus-writer run`` on ``session`` at its default log level, with extra options.
+    """``nexus-writer run`` on ``session`` at its default log level, with extra options;
+    with ``file_size_limit`` (bytes), every write past it fails with EFBIG (see LIMITED).
 
     The lease is short: a service started after one was killed takes over within a second
     or two, not the default five."""
+    limited = ["-c", LIMITED, str(file_size_limit)] if file_size_limit is not None else []
     return subprocess.Popen(
         [
             sys.executable,
+            *limited,
             "-m",
             "nexus_writer.cli",
             "run",
@@ -308,28 +316,13 @@ LIMITED = (
 def test_a_write_error_fails_its_scan_alone_and_the_service_stops_cleanly(
     redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    command = [
-        sys.executable,
-        "-c",
-        LIMITED,
-        "300000",
-        "-m",
-        "nexus_writer.cli",
-        "run",
-        "--redis",
+    service = _service(
         redis_server.url,
-        "--session",
-        "limit",
-        "--root",
-        str(tmp_path),
+        tmp_path,
         "--compression",
         "none",
-    ]
-    service = subprocess.Popen(
-        command,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        session="limit",
+        file_size_limit=300_000,
     )
     line = Beamline(
         SessionPublisher(redis_client, "limit"),
@@ -355,6 +348,19 @@ def test_a_write_error_fails_its_scan_alone_and_the_service_stops_cleanly(
         assert_file_has_every_value(published)
     with h5py.File(small.document.file, "r") as handle:
         assert sorted(handle) == ["scan_0001", "scan_0002", "scan_0003"]
+    # The scan is not lost: it stayed pending, and the service, back without the limit
+    # (the disk mended), writes it whole.
+    service = _service(redis_server.url, tmp_path, session="limit")
+    try:
+        lines = lines_of(service.stderr)
+        wait_for_line(lines, f"subscriber '{too_big.key}': OFF")
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(30) == 0
+    finally:
+        if service.poll() is None:
+            service.kill()
+    assert_file_has_every_value(too_big)
+    assert [p.name for p in tmp_path.rglob("*.partial")] == ["scan_0002.h5.partial"]
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
