@@ -298,50 +298,57 @@ class NexusScanWriter(Subscriber):
             try:
                 self._lease.fence()
             except LeaseLost as exc:
-                self._lease_lost = str(exc)
+                self._lease_lost = self._unfinished = str(exc)
                 self._file.broken = True
+        if self._file.broken:
+            self._leave_file(self._file)
+            return
+        try:
+            self._write_end(self._file, state, reason)
+        except Exception as exc:
+            self._unfinished = f"I/O error: {exc}"
+            self._file.broken = True  # as in consume: never touched again
+            raise
+        finally:
+            self._file.close()
+
+    def _leave_file(self, file: ScanFile) -> None:
+        """The file is not to be touched again: after an I/O error, or the lease lost."""
         if self._lease_lost is not None:
             _log.warning(
                 "scan %s: %s is left as it is (%s): the service that holds the lease now "
                 "writes the scan again",
                 self.key,
-                self._file.scan_path,
+                file.scan_path,
                 self._lease_lost,
             )
-            self._file.close()
-            return
-        if self._file.broken:
+        else:
             _log.error(
                 "scan %s: %s is left as it was after the I/O error: the session's file and "
                 "every other scan's file are untouched",
                 self.key,
-                self._file.scan_path,
+                file.scan_path,
             )
-            self._file.close()
-            return
+        file.close()
+
+    def _write_end(self, file: ScanFile, state: State, reason: str | None) -> None:
         assert self._document is not None  # set with the file, by Opened
-        try:
-            document = self._document
-            if self._closed is not None:
-                end_reason = (self._closed.reason or EndReason.SUCCESS).value
-                message = self._closed.message
-            else:
-                end_reason = EndReason.FAILURE.value
-                message = self._abandoned or reason or "the writer stopped before the scan closed"
-            if reason:
-                self._file.add_message(reason)
-            status = "FAULT" if state is State.FAULT else "SUCCEEDED"
-            if self._closed is None and state is State.OFF and not self._abandoned:
-                self._unfinished = "the writer stopped before the scan closed"
-            if self._unfinished is not None:
-                status = "STOPPED"  # not complete: to be written again
-            end_time = document.end_time or datetime.now().astimezone().isoformat()
-            self._file.finish(document, status, end_reason, message, end_time)
-        except Exception:
-            self._file.broken = True  # as in consume: never touched again
-            raise
-        finally:
-            self._file.close()
+        document = self._document
+        if self._closed is not None:
+            end_reason = (self._closed.reason or EndReason.SUCCESS).value
+            message = self._closed.message
+        else:
+            end_reason = EndReason.FAILURE.value
+            message = self._abandoned or reason or "the writer stopped before the scan closed"
+        if reason:
+            file.add_message(reason)
+        status = "FAULT" if state is State.FAULT else "SUCCEEDED"
+        if self._closed is None and state is State.OFF and not self._abandoned:
+            self._unfinished = "the writer stopped before the scan closed"
+        if self._unfinished is not None:
+            status = "STOPPED"  # not complete: to be written again
+        end_time = document.end_time or datetime.now().astimezone().isoformat()
+        file.finish(document, status, end_reason, message, end_time)
 
 
 def _contiguous(parts: list[PointsEvent]) -> list[tuple[int, np.ndarray | list[np.ndarray]]]:
