@@ -63,7 +63,8 @@ _CLAIM = """
 local current = redis.call('GET', KEYS[1])
 if current then
   local space = string.find(current, ' ', 1, true)
-  local term = tonumber(string.sub(current, 1, space - 1))
+  if not space then return {0, 0} end  -- not a writer's value: somebody else's all the same
+  local term = tonumber(string.sub(current, 1, space - 1)) or 0
   if string.sub(current, space + 1) == ARGV[1] and tostring(term) == ARGV[3] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
     return {1, term}
@@ -99,6 +100,8 @@ class Holder:
             return None  # not written by us: still somebody's
 
     def __str__(self) -> str:
+        if self.pid == 0:
+            return "a holder unknown (the lease key holds no writer's value: set by hand?)"
         return f"pid {self.pid} on {self.host} (term {self.term})"
 
 
@@ -239,6 +242,9 @@ class SessionLease:
                     )
                 unreachable = True
                 continue
+            except redis.RedisError as exc:  # the key made something else by hand...
+                self._end(f"the lease cannot be renewed: {exc}")
+                return
             if status == 2 and int(new) != term + 1:
                 # Taken anew, but other terms came in between: somebody else wrote. Ours is
                 # over; give back the one just taken (the service takes it again afresh).

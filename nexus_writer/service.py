@@ -125,6 +125,17 @@ class WriterService:
                     self._stop.wait(unreachable_delay)
                     unreachable_delay = min(2 * unreachable_delay, self.options.retry_max_delay)
                     continue
+                except redis.RedisError as exc:  # the lease's key made something else
+                    _log.error(
+                        "session %s: cannot take the writer lease %s (%s); retrying in %.1f s",
+                        self.session,
+                        self.lease.key,
+                        exc,
+                        unreachable_delay,
+                    )
+                    self._stop.wait(unreachable_delay)
+                    unreachable_delay = min(2 * unreachable_delay, self.options.retry_max_delay)
+                    continue
                 unreachable_delay = 0.1
                 if taken:
                     standby_for = None
@@ -175,18 +186,25 @@ class WriterService:
             group=WRITER_GROUP,
             lease=self.lease,
         )
+        failure: str | None = None
         try:
             writer.start()
-            watchers.append(gevent.spawn(self._wake_on, writer.join))
-            watchers.append(gevent.spawn(self._announce_active, writer))
-            while not (self._stop.is_set() or lost.is_set() or writer.done()):
-                self._wake.wait()
-                self._wake.clear()
-            self._close(writer)
+        except Exception as exc:  # e.g. another protocol version, a key of another type
+            failure = f"{type(exc).__name__}: {exc}"
+        try:
+            if failure is None:
+                watchers.append(gevent.spawn(self._wake_on, writer.join))
+                watchers.append(gevent.spawn(self._announce_active, writer))
+                while not (self._stop.is_set() or lost.is_set() or writer.done()):
+                    self._wake.wait()
+                    self._wake.clear()
+                self._close(writer)
         finally:
             gevent.killall(watchers)
             self._writer = None
         if writer.state is State.FAULT and not lost.is_set() and not self._stop.is_set():
+            failure = writer.statistics().reason
+        if failure is not None:
             # Not the lease: the session writer itself failed. Give the session to a
             # standby, if there is one, and try again later.
             self._failures += 1
@@ -195,7 +213,7 @@ class WriterService:
                 "session %s: the session writer failed (%s): the lease is given back and "
                 "this service tries again in %g s",
                 self.session,
-                writer.statistics().reason,
+                failure,
                 delay,
             )
             self.lease.release()

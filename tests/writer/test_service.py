@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -409,3 +410,40 @@ def test_a_scan_cut_short_is_written_whole_after_a_restart(
         assert text(entry["writer/status"]) == "SUCCEEDED"
         assert "end_time" in entry
     assert nxcheck_errors(str(master)) == 0
+
+
+@pytest.mark.parametrize(
+    ("spoil", "complaint"),
+    [
+        (lambda c: c.hset("nxw:session:ready:writer", "a", "b"), "cannot take the writer lease"),
+        (lambda c: c.set("nxw:session:ready:writer", "garbage"), "standby: the session is written"),
+        (lambda c: c.set("nxw:protocol", "2.0"), "the session writer failed (Unsupported"),
+    ],
+    ids=["lease-of-another-type", "lease-not-ours", "protocol-2"],
+)
+def test_a_spoilt_key_is_reported_and_the_service_writes_once_it_is_mended(
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    spoil: Callable[[redis.Redis], object],
+    complaint: str,
+) -> None:
+    """Keys of the session made something else by hand: the service says so, stays up,
+    and writes once they are mended."""
+    spoil(redis_client)
+    service = _service(redis_server.url, tmp_path)
+    try:
+        lines = lines_of(service.stderr)
+        wait_for_line(lines, complaint)
+        redis_client.delete("nxw:session:ready:writer")
+        redis_client.set("nxw:protocol", "1.0")
+        wait_for_line(lines, "session ready: following from announcement")
+        line = Beamline(SessionPublisher(redis_client, "ready"), root=str(tmp_path), record=True)
+        scan = line.run("loopscan 3 0")
+        wait_for_line(lines, f"subscriber '{scan.key}': OFF")
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(30) == 0
+    finally:
+        if service.poll() is None:
+            service.kill()
+    assert_file_has_every_value(scan)
