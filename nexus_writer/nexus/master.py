@@ -165,8 +165,11 @@ def claim_entry(master: Path, document: ScanDocument) -> Claim:
                     if key_file.read_text() == document.key:
                         return _again(name, path)
                     continue
+                if path.exists() and _key_in(path, name) == document.key:
+                    atomic.write_text(key_file, document.key)  # its key file was deleted
+                    return _again(name, path)
                 if linked or path.exists():
-                    continue  # another scan's, from before keys were kept beside files
+                    continue  # another scan's (or nobody's that can be told): kept
                 atomic.write_text(key_file, document.key)
                 created = h5py.File(path, "w-", locking=False)
                 created.attrs.update(root_attributes(path))
@@ -249,6 +252,16 @@ def _again(name: str, path: Path) -> Claim:
     created.attrs.update(root_attributes(path))
     created.close()
     return Claim(name, path, resumed=True)
+
+
+def _key_in(path: Path, name: str) -> str | None:
+    """The scan key that the scan file at ``path`` records for entry ``name``, if it can
+    be read."""
+    try:
+        with h5py.File(path, "r", locking=False) as handle:
+            return scan_key(handle, name)
+    except Exception:  # unreadable (a crash), not HDF5: cannot be told
+        return None
 
 
 def _finished(path: Path, name: str) -> bool:

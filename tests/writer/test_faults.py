@@ -103,12 +103,15 @@ def test_entry_name_taken_by_another_scan_gets_a_new_name_and_is_not_touched(
     assert nxcheck_errors(line.session_file) == 0
 
 
+@pytest.mark.parametrize("key_file", ["kept", "deleted"])
 def test_a_finished_scan_seen_again_is_not_written_again(
-    redis_client: redis.Redis, tmp_path: Path
+    redis_client: redis.Redis, tmp_path: Path, key_file: str
 ) -> None:
     published = beamline(redis_client, tmp_path).run("loopscan 4 0")
     assert write_scan(redis_client, published.key).state is State.OFF
     scan_file = Path(published.document.file).parent / "faults_scans" / "scan_0001.h5"
+    if key_file == "deleted":  # by hand: the scan file itself still says whose it is
+        scan_file.with_suffix(".key").unlink()
     before = Path(published.document.file).read_bytes(), scan_file.read_bytes()
     again = write_scan(redis_client, published.key)
     assert again.state is State.OFF  # nothing to do is no failure
