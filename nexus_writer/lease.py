@@ -328,24 +328,32 @@ class SessionLease:
             self._settled.wait(self.interval)
 
     def confirm(self) -> None:
-        """Ask Redis that this process holds the lease, with time left (before the
-        session's file is changed).
+        """Return once Redis says that this process holds the lease with time left (before
+        the session's file is changed); wait while Redis cannot say, or while the lease
+        is about to be renewed.
 
         Raises:
-            LeaseLost: it does not, or Redis cannot say so.
+            LeaseLost: another service holds the lease, or this process gave it up.
         """
-        token = self.token
-        try:
-            pipe = self.client.pipeline()
-            pipe.get(self.key)
-            pipe.pttl(self.key)
-            value, left = pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise LeaseLost(f"session {self.session}: cannot confirm the lease ({exc})") from exc
-        found = value.decode(errors="replace") if isinstance(value, bytes) else value
-        if found != token or left < (1 - TRUSTED) * self.ttl * 1000:
-            raise LeaseLost(f"session {self.session}: the writer lease is no longer this one's")
-        self.fence()
+        while True:
+            token = self.token
+            try:
+                pipe = self.client.pipeline()
+                pipe.get(self.key)
+                pipe.pttl(self.key)
+                value, left = pipe.execute()
+            except (redis.ConnectionError, redis.TimeoutError):
+                value, left = token, 0  # as if about to run out: wait for the keeper
+            found = value.decode(errors="replace") if isinstance(value, bytes) else value
+            if found == token and left >= (1 - TRUSTED) * self.ttl * 1000:
+                self.fence()
+                return
+            if found is not None and found != token and self.token == token:
+                raise LeaseLost(f"session {self.session}: another service holds the lease")
+            # Ran out in Redis, or about to: the keeper renews it, takes it again, or ends
+            # the term; look again then (at the latest one renewal interval later).
+            self._settled.clear()
+            self._settled.wait(self.interval)
 
     def statistics(self) -> LeaseStatistics:
         """The lease as this process sees it."""

@@ -148,3 +148,37 @@ def test_writes_pause_while_redis_is_away_and_go_on_when_it_is_back() -> None:
         finally:
             lease.release()
             client.close()
+
+
+def test_confirm_asks_redis_and_refuses_another_holder(
+    redis_client: redis.Redis, leases: list[SessionLease]
+) -> None:
+    first, second = leases
+    assert first.acquire()
+    first.keep()
+    first.confirm()
+    # Somebody overwrites the lease (by hand, or a bug elsewhere): Redis says it is not
+    # ours any more, whatever the local clock says.
+    redis_client.set(first.key, "7 elsewhere 1 x", px=60_000)
+    with pytest.raises(LeaseLost, match="another service holds the lease"):
+        first.confirm()
+
+
+def test_confirm_waits_while_redis_is_away() -> None:
+    with EmbeddedRedis(persistent=True) as server:
+        client = redis.Redis.from_url(server.url, socket_timeout=2)
+        lease = SessionLease(client, "confirm-away", ttl=TTL)
+        thread = Thread(name="writer")
+        thread.start()
+        try:
+            assert lease.acquire()
+            lease.keep()
+            server.halt()
+            confirmed = thread.apply_async(lease.confirm)
+            assert not confirmed.wait(2 * TTL), "confirmed while Redis could not say so"
+            server.resume()
+            confirmed.get(10)
+        finally:
+            thread.stop()
+            lease.release()
+            client.close()
