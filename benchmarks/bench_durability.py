@@ -153,9 +153,9 @@ def take_over(url: str, root: str, ttl: float, signum: int, trial: int) -> float
     """Seconds from the signal to the active service until the standby writes."""
     session = f"takeover-{ttl:g}-{signum}-{trial}".replace(".", "_")
     active, active_lines = _service(url, root, session, ttl)
+    _wait_for(active_lines, "following from announcement")
     standby, standby_lines = _service(url, root, session, ttl)
     try:
-        _wait_for(active_lines, "following from announcement")
         _wait_for(standby_lines, "standby:")
         # A random phase of the renewal cycle, as a real crash would hit it.
         time.sleep(ttl / 5 * (trial + 0.5) / TAKE_OVERS)

@@ -246,13 +246,16 @@ class SessionLease:
                 self._end(f"the lease cannot be renewed: {exc}")
                 return
             if status == 2 and int(new) != term + 1:
-                # Taken anew, but other terms came in between: somebody else wrote. Ours is
-                # over; give back the one just taken (the service takes it again afresh).
+                # Taken anew, but not with the very next term: another service held it in
+                # between, or Redis lost the count (restarted without its data). Either
+                # way nobody can say that nothing was written meanwhile: ours is over.
+                # Give back the one just taken (the service takes it again afresh).
                 self._release(keys=[self.key], args=[f"{new} {self.owner}"])
-                self._end(
-                    f"the lease ran out and writer term(s) {term + 1}..{int(new) - 1} "
-                    "of another service came in between"
-                )
+                if int(new) > term + 1:
+                    why = f"another service held the writer lease meanwhile (term {term + 1})"
+                else:
+                    why = "Redis lost the count of writer terms (restarted without its data?)"
+                self._end(f"the lease ran out while Redis could not be reached, and {why}")
                 return
             if status == 0:
                 self._end(f"another service took the writer lease (term {int(new)})")

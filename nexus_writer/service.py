@@ -33,7 +33,7 @@ import redis
 from nexus_writer import atomic
 from nexus_writer.lease import DEFAULT_TTL, Holder, SessionLease
 from nexus_writer.nexus.options import WriterOptions
-from nexus_writer.protocol import DEFAULT_PREFIX
+from nexus_writer.protocol import DEFAULT_PREFIX, ProtocolError, SessionReader
 from nexus_writer.session_writer import NexusSessionWriter
 from nexus_writer.subscriber import Mode, State
 from sync_primitives import Event
@@ -142,6 +142,9 @@ class WriterService:
                     self._write()
                     continue
                 if holder != standby_for:
+                    if not self._follow_as_standby():
+                        self._stop.wait(self.lease.interval)
+                        continue
                     standby_for = holder
                     self._standby(holder)
                 self._stop.wait(self.lease.interval)
@@ -151,6 +154,22 @@ class WriterService:
             if self.ready_file is not None:
                 self.ready_file.unlink(missing_ok=True)
         return self.exit_status
+
+    def _follow_as_standby(self) -> bool:
+        """Make sure that the session's group exists before this service says it is ready
+        as a standby: the active service may have died before it made it, and a scan
+        announced after the standby's ready file must be written when it takes over.
+        False (and logged) if it cannot be made now."""
+        try:
+            SessionReader(self.client, self.session, self.prefix, self.since, group=WRITER_GROUP)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            _log.warning("session %s: Redis unreachable (%s)", self.session, exc)
+            return False
+        except (redis.RedisError, ProtocolError) as exc:
+            _log.error("session %s: cannot follow the session: %s", self.session, exc)
+            return False
+        self.since = "0-0"  # the group exists: never "now" again (see _announce_active)
+        return True
 
     def _standby(self, holder: Holder | None) -> None:
         self._role = Role.STANDBY

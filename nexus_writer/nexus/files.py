@@ -24,6 +24,8 @@ _lock = Lock()
 _open: dict[Path, h5py.File] = {}
 #: Files that met an I/O error: never touched again, never closed (see abandon).
 _abandoned: list[h5py.File] = []
+#: A descriptor of each abandoned file, kept open for the life of the process.
+_pinned: list[int] = []
 
 
 def acquire(path: Path) -> h5py.File:
@@ -71,6 +73,7 @@ def abandon(path: Path) -> None:
             descriptor = handle.id.get_vfd_handle()
         except Exception:  # not the POSIX driver: nothing more to do
             return
+        _pinned.append(os.dup(descriptor))
         null = os.open(os.devnull, os.O_RDWR)
         try:
             os.dup2(null, descriptor)

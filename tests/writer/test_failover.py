@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from nexus_writer.protocol import SessionPublisher
 from nexus_writer.redis_server import EmbeddedRedis
+from nexus_writer.simulator import Beamline, Detectors, PublishedScan
+from sync_primitives import AsyncResult
 from tests.writer.test_crash_matrix import (
     assert_every_scan_written_once,
     publish,
@@ -136,3 +140,32 @@ def _files(root: Path) -> dict[Path, tuple[int, int]]:
         for p in root.rglob("*")
         if p.is_file() and p.suffix != ".partial"
     }
+
+
+def test_a_service_that_gets_the_session_back_writes_what_it_had_left(
+    pair: Pair, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Frozen mid-scan, replaced, woken up as standby, then given the session back while
+    the scan is still pending: it writes the scan again, whole, over the files it had
+    abandoned (HDF5 still counts those open: they must never be taken for new ones)."""
+    line = Beamline(
+        SessionPublisher(redis_client, pair.session),
+        root=str(tmp_path),
+        detectors=Detectors(mca=True),
+        record=True,
+    )
+    published: AsyncResult[PublishedScan] = AsyncResult()
+    threading.Thread(
+        target=lambda: published.set(line.run("ascan robx 0 1 300 0.01")), daemon=True
+    ).start()
+    _started_writing(pair)
+    pair.active.send_signal(signal.SIGSTOP)
+    pair.take_over()
+    pair.active.send_signal(signal.SIGCONT)
+    wait_for_line(pair.active_lines, f"standby: the session is written by pid {pair.standby.pid}")
+    _stop(pair.standby)  # the scan is still running: it stays pending
+    wait_for_line(pair.active_lines, "this service writes the session", TAKE_OVER_BOUND)
+    scan = published.get(60)
+    wait_until_all_acknowledged(redis_client, pair.session, 1)
+    _stop(pair.active)
+    assert_every_scan_written_once([scan])

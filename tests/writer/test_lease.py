@@ -153,7 +153,7 @@ def test_writes_pause_while_redis_is_away_and_go_on_when_it_is_back() -> None:
 def test_confirm_asks_redis_and_refuses_another_holder(
     redis_client: redis.Redis, leases: list[SessionLease]
 ) -> None:
-    first, second = leases
+    first = leases[0]
     assert first.acquire()
     first.keep()
     first.confirm()

@@ -417,9 +417,17 @@ def test_a_scan_cut_short_is_written_whole_after_a_restart(
     [
         (lambda c: c.hset("nxw:session:ready:writer", "a", "b"), "cannot take the writer lease"),
         (lambda c: c.set("nxw:session:ready:writer", "garbage"), "standby: the session is written"),
+        (lambda c: c.set("nxw:session:ready:writer", "x y"), "standby: the session is written"),
+        (lambda c: c.set("nxw:session:ready:writer:term", "x"), "cannot take the writer lease"),
         (lambda c: c.set("nxw:protocol", "2.0"), "the session writer failed (Unsupported"),
     ],
-    ids=["lease-of-another-type", "lease-not-ours", "protocol-2"],
+    ids=[
+        "lease-of-another-type",
+        "lease-not-ours",
+        "lease-half-ours",
+        "term-no-count",
+        "protocol-2",
+    ],
 )
 def test_a_spoilt_key_is_reported_and_the_service_writes_once_it_is_mended(
     redis_server: EmbeddedRedis,
@@ -435,11 +443,35 @@ def test_a_spoilt_key_is_reported_and_the_service_writes_once_it_is_mended(
     try:
         lines = lines_of(service.stderr)
         wait_for_line(lines, complaint)
-        redis_client.delete("nxw:session:ready:writer")
+        redis_client.delete("nxw:session:ready:writer", "nxw:session:ready:writer:term")
         redis_client.set("nxw:protocol", "1.0")
         wait_for_line(lines, "session ready: following from announcement")
         line = Beamline(SessionPublisher(redis_client, "ready"), root=str(tmp_path), record=True)
         scan = line.run("loopscan 3 0")
+        wait_for_line(lines, f"subscriber '{scan.key}': OFF")
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(30) == 0
+    finally:
+        if service.poll() is None:
+            service.kill()
+    assert_file_has_every_value(scan)
+
+
+def test_a_scan_announced_once_a_standby_is_ready_is_written_though_nobody_followed_before(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """The active service died before it made the session's group (it had the lease, for
+    a moment): the standby's ready file still means that every later scan is written."""
+    redis_client.set("nxw:session:ready:writer", "1 elsewhere 4242 f00d", px=1500)
+    ready_file = tmp_path / "writer.ready"
+    service = _service(redis_server.url, tmp_path, "--ready-file", str(ready_file))
+    try:
+        lines = lines_of(service.stderr)
+        wait_for_line(lines, "standby: the session is written by pid 4242 on elsewhere")
+        assert json.loads(wait_for_file(ready_file))["role"] == "standby"
+        line = Beamline(SessionPublisher(redis_client, "ready"), root=str(tmp_path), record=True)
+        scan = line.run("loopscan 3 0")
+        wait_for_line(lines, "this service writes the session")
         wait_for_line(lines, f"subscriber '{scan.key}': OFF")
         service.send_signal(signal.SIGTERM)
         assert service.wait(30) == 0
