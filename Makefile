@@ -33,10 +33,12 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 # The long versions of the randomized tests: 500 seeded plans of threads starting, waiting
-# and ending around the primitives, and 20 seeded SIGKILLs of the writer service mid-session.
+# and ending around the primitives, 20 seeded trials of each way the writer service can go
+# down mid-session, and 5 runs of each writer-pair failover.
 chaos: $(STAMP)
-	CHAOS_SEEDS=500 CRASH_TRIALS=20 $(BIN)/pytest tests/sync_primitives/test_chaos.py \
-		tests/writer/test_crash_matrix.py
+	CHAOS_SEEDS=500 CRASH_TRIALS=20 FAILOVER_TRIALS=5 $(BIN)/pytest \
+		tests/sync_primitives/test_chaos.py tests/writer/test_crash_matrix.py \
+		tests/writer/test_failover.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_primitives --write docs/benchmarks.md

@@ -4,6 +4,7 @@ up complete, each scan once; a frozen one that wakes up writes nothing more."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -27,6 +28,8 @@ from tests.writer.test_service import _service, lines_of, wait_for_line
 
 pytestmark = pytest.mark.stress
 
+#: Each scenario runs this often (``make chaos``: 5; the instants differ from run to run).
+TRIALS = int(os.environ.get("FAILOVER_TRIALS", "1"))
 TTL = 1.0
 #: The standby tries every TTL / 5: it takes over at most this long after the active one
 #: last renewed (plus the time to read the group and open the files).
@@ -58,7 +61,7 @@ class Pair:
         return [self.active, self.standby]
 
 
-@pytest.fixture
+@pytest.fixture(params=range(TRIALS))
 def pair(
     redis_server: EmbeddedRedis, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Pair]:
