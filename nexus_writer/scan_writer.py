@@ -30,7 +30,7 @@ import redis
 from nexus_writer.lease import SessionLease
 from nexus_writer.nexus.datasets import FrameSource
 from nexus_writer.nexus.master import EntryExistsError, ScanAlreadyWritten
-from nexus_writer.nexus.options import OutsideRootsError, WriterOptions
+from nexus_writer.nexus.options import PathRefusedError, WriterOptions
 from nexus_writer.nexus.scan_file import DiskFullError, ScanFile
 from nexus_writer.protocol import (
     ChannelEndEvent,
@@ -181,7 +181,7 @@ class NexusScanWriter(Subscriber):
             if self._file is not None:
                 self._file.broken = True
             raise
-        except (OutsideRootsError, EntryExistsError):
+        except (PathRefusedError, EntryExistsError):
             raise  # the publisher's path or numbering: writing again would not help
         except Exception as exc:
             # Anything HDF5 raised while writing or flushing (OSError, but also the
@@ -204,24 +204,33 @@ class NexusScanWriter(Subscriber):
             elif isinstance(event, PointsEvent):
                 points[event.channel.name].append(event)
             elif isinstance(event, FrameRefsEvent):
-                ref = event.ref
-                frames[event.channel.name].append(
-                    FrameSource(event.first, event.count, ref.file, ref.dataset, ref.frame)
-                )
+                source = self._frame_source(event)
+                if source is not None:
+                    frames[event.channel.name].append(source)
             else:
                 self._consume_other(event)
-        if self._file is None:
-            return
+        if self._file is not None:
+            self._write_batch(self._file, points, frames, ends)
+
+    def _write_batch(
+        self,
+        file: ScanFile,
+        points: dict[str, list[PointsEvent]],
+        frames: dict[str, list[FrameSource]],
+        ends: list[ChannelEndEvent],
+    ) -> None:
+        """One batch into the file: each channel's runs of points, its frame references,
+        the channels that ended checked against what was written, then a flush."""
         for channel, parts in points.items():
             for first, data in _contiguous(parts):
                 for start, piece in _slices(first, data, self.options.write_bytes):
-                    self._file.reserve(_nbytes(piece))
+                    file.reserve(_nbytes(piece))
                     self._fence()
-                    self._file.write_points(channel, start, piece)
+                    file.write_points(channel, start, piece)
                     self._written[channel] = max(self._written[channel], start + len(piece))
         for channel, sources in frames.items():
             self._fence()
-            self._file.add_frames(channel, sources)
+            file.add_frames(channel, sources)
             end = sources[-1].first + sources[-1].count
             self._written[channel] = max(self._written[channel], end)
         for ended in ends:
@@ -232,7 +241,21 @@ class NexusScanWriter(Subscriber):
                     f"{written} written"
                 )
         self._fence()
-        self._file.flush()
+        file.flush()
+
+    def _frame_source(self, event: FrameRefsEvent) -> FrameSource | None:
+        """The frames an entry refers to, if their file may be referred to (absolute, below
+        a root); None after recording the problem (those points stay missing)."""
+        ref = event.ref
+        try:
+            file = self.options.check_source(ref.file)
+        except PathRefusedError as exc:
+            self._problem(
+                f"channel {event.channel.name!r}, entry {event.stream_id}: {exc}: frames "
+                f"{event.first}..{event.first + event.count - 1} not referred to"
+            )
+            return None
+        return FrameSource(event.first, event.count, file, ref.dataset, ref.frame)
 
     def _fence(self) -> None:
         """Before each HDF5 call that writes: a process frozen (SIGSTOP, swapping) while

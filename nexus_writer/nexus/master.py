@@ -75,7 +75,7 @@ def _session_locked(master: Path) -> Iterator[None]:
     with _lock:
         directory = scans_directory(master)
         os.makedirs(directory, exist_ok=True)
-        descriptor = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        descriptor = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             deadline = time.monotonic() + LOCK_TIMEOUT
             while True:

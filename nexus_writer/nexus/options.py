@@ -32,8 +32,10 @@ class Compression(enum.Enum):
         return {}
 
 
-class OutsideRootsError(PermissionError):
-    """A file to write is outside the writer's root directories."""
+class PathRefusedError(PermissionError):
+    """A path the writer will not use: not absolute, or outside its root directories once
+    every symbolic link in it is resolved. The publisher's mistake (or an attack): the
+    scan is not written again."""
 
 
 @dataclass(frozen=True)
@@ -57,16 +59,14 @@ class WriterOptions:
     write_bytes: int = 8 * MiB
 
     def check_path(self, path: str) -> Path:
-        """The absolute path of a file to write, after checking where it is.
+        """The path of a file to write, with every symbolic link resolved, after checking
+        where it is: a link inside a root that points outside it does not lead out.
 
         Raises:
-            OutsideRootsError: outside the roots.
+            PathRefusedError: not absolute, or outside the roots.
             PermissionError: its directory cannot be written.
         """
-        target = Path(os.path.abspath(path))
-        if self.roots and not any(target.is_relative_to(r.resolve()) for r in self.roots):
-            roots = ", ".join(str(r) for r in self.roots)
-            raise OutsideRootsError(f"{target} is outside the writer's root directories ({roots})")
+        target = self._resolve(path, "file")
         directory = target.parent
         existing = directory
         while not existing.exists():
@@ -75,4 +75,44 @@ class WriterOptions:
             raise PermissionError(f"cannot create {target}: {existing} is not writable")
         if target.exists() and not os.access(target, os.W_OK):
             raise PermissionError(f"{target} exists and is not writable")
+        return target
+
+    def check_source(self, path: str) -> str:
+        """A file that the written file will refer to (a detector's frames): absolute, and
+        below a root (symbolic links resolved), like the files written. Returns it as given.
+
+        Raises:
+            PathRefusedError: not absolute, or outside the roots.
+        """
+        self._resolve(path, "frame file")
+        return path
+
+    def check_opened(self, path: Path, descriptor: int) -> None:
+        """Check, once a file is open, that it is the file at ``path`` and below a root:
+        a symbolic link swapped in between the check and the opening is caught.
+
+        Raises:
+            PathRefusedError: it is not.
+        """
+        real = Path(os.path.realpath(path))
+        opened, there = os.fstat(descriptor), os.stat(real)
+        if (opened.st_dev, opened.st_ino) != (there.st_dev, there.st_ino) or not self.within(real):
+            raise PathRefusedError(
+                f"{path} changed while it was opened (a symbolic link swapped in?): not written"
+            )
+
+    def within(self, target: Path) -> bool:
+        """True if the resolved path ``target`` is below a root (or there are no roots)."""
+        return not self.roots or any(target.is_relative_to(r.resolve()) for r in self.roots)
+
+    def _resolve(self, path: str, what: str) -> Path:
+        if not os.path.isabs(path):
+            raise PathRefusedError(f"{what} {path!r} is not an absolute path")
+        target = Path(path).resolve()
+        if not self.within(target):
+            roots = ", ".join(str(r) for r in self.roots)
+            shown = path if str(target) == os.path.normpath(path) else f"{path} (-> {target})"
+            raise PathRefusedError(
+                f"{what} {shown} is outside the writer's root directories ({roots})"
+            )
         return target

@@ -71,7 +71,8 @@ class ScanFile:
 
     def __init__(self, document: ScanDocument, options: WriterOptions) -> None:
         """Raises:
-        PermissionError: the file is outside the roots or cannot be written there.
+        PathRefusedError: the file is not absolute, or outside the roots (links resolved).
+        PermissionError: the file cannot be written there.
         master.ScanAlreadyWritten: this scan's entry is finished already.
         master.EntryExistsError: no entry name is left for it.
         OSError: the file cannot be created or opened.
@@ -80,6 +81,8 @@ class ScanFile:
         self.options = options
         #: The session's file: it links this scan's entry (see master.py).
         self.path: Path = options.check_path(document.file)
+        # Where the scan files go, checked too: a link there must not lead out of the roots.
+        options.check_path(str(master.scans_directory(self.path) / "scan.h5"))
         claim = master.claim_entry(self.path, document)
         self.entry_name, self.scan_path, renamed = claim.name, claim.path, claim.renamed
         #: Written again from its start: its earlier, unfinished entry is kept beside.
@@ -90,6 +93,12 @@ class ScanFile:
         #: Set after an I/O error: HDF5's state for this file can no longer be trusted (a
         #: further write after ENOSPC can crash the process), so nothing more is written.
         self.broken = False
+        try:
+            options.check_opened(self.scan_path, self.file.id.get_vfd_handle())
+        except BaseException:
+            self.broken = True  # not ours to write: left as it is
+            self.close()
+            raise
         try:
             self._create()
             master.link_entry(self.path, self.entry_name, self.scan_path)
