@@ -479,3 +479,29 @@ def test_a_scan_announced_once_a_standby_is_ready_is_written_though_nobody_follo
         if service.poll() is None:
             service.kill()
     assert_file_has_every_value(scan)
+
+
+def test_the_session_stream_made_something_else_for_a_while_is_waited_out(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Issue 9, defect 3: the session's key briefly holds a string (WRONGTYPE): the
+    service says so, stays up, and writes the scans announced once it is a stream again."""
+    service = _service(redis_server.url, tmp_path)
+    try:
+        lines = lines_of(service.stderr)
+        wait_for_line(lines, "session ready: following from announcement")
+        stream = "nxw:session:ready:scans"
+        redis_client.delete(stream)
+        redis_client.set(stream, "not a stream")
+        wait_for_line(lines, "WRONGTYPE")
+        wait_for_line(lines, "the session writer failed")
+        redis_client.delete(stream)
+        line = Beamline(SessionPublisher(redis_client, "ready"), root=str(tmp_path), record=True)
+        scan = line.run("loopscan 3 0")  # makes the stream again
+        wait_for_line(lines, f"subscriber '{scan.key}': OFF")
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(30) == 0
+    finally:
+        if service.poll() is None:
+            service.kill()
+    assert_file_has_every_value(scan)
