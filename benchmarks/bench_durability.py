@@ -32,10 +32,9 @@ import numpy as np
 import redis
 
 from benchmarks._report import markdown_table, report, verdict
-from benchmarks.bench_writer import PACED_BATCH, PACED_RATE, PACED_SECONDS, publish
+from benchmarks.bench_writer import PACED_BATCH, PACED_RATE, SCALAR_CHANNELS, paced, publish
 from nexus_writer.lease import DEFAULT_TTL, SessionLease
 from nexus_writer.nexus.options import WriterOptions
-from nexus_writer.protocol import SessionPublisher
 from nexus_writer.redis_client import connect
 from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.scan_writer import NexusScanWriter
@@ -94,31 +93,7 @@ def fence_cost(lease: SessionLease) -> float:
 
 
 def paced_p99(client: redis.Redis, directory: str, lease: SessionLease | None) -> float:
-    channels = [{"name": f"c{i}", "dtype": "<f8"} for i in range(CHANNELS)]
-    scan = SessionPublisher(client, "paced").new_scan(
-        name="timescan",
-        title="paced",
-        file=f"{directory}/paced_{lease is not None}.h5",
-        channels=channels,
-    )
-    scan.prepare()
-    scan.start()
-    writer = NexusScanWriter(client, scan.key, WriterOptions(), mode=Mode.PARALLEL, lease=lease)
-    writer.start()
-
-    def publish_paced() -> None:
-        start, sent = time.time(), 0
-        while sent < PACED_SECONDS * PACED_RATE:
-            time.sleep(max(0.0, start + (sent + PACED_BATCH) / PACED_RATE - time.time()))
-            block = np.full(PACED_BATCH, float(sent))
-            for i in range(CHANNELS):
-                scan.send(f"c{i}", block)
-            sent += PACED_BATCH
-        scan.close()
-
-    threading.Thread(target=publish_paced, daemon=True).start()
-    writer.join(PACED_SECONDS * 20)
-    p99 = writer.statistics().latency_p99
+    p99 = paced(client, directory, lease).latency_p99
     if p99 is None:
         raise RuntimeError("no latency was measured")
     return p99
@@ -241,7 +216,7 @@ def measure() -> str:
     p99_a, p99_b = statistics.median(p99_plain), statistics.median(p99_leased)
     latency = [
         [
-            f"{CHANNELS} scalar channels at {PACED_RATE} Hz, {PACED_BATCH} points per entry",
+            f"{SCALAR_CHANNELS} scalar channels at {PACED_RATE} Hz, {PACED_BATCH} points per entry",
             f"{p99_a * 1e3:.1f} ms",
             f"{p99_b * 1e3:.1f} ms",
             f"{p99_b / p99_a:.2f}x",

@@ -28,12 +28,13 @@ import numpy as np
 import redis
 
 from benchmarks._report import markdown_table, report
+from nexus_writer.lease import SessionLease
 from nexus_writer.nexus.options import WriterOptions
 from nexus_writer.protocol import Keys, ScanReader, SessionPublisher
 from nexus_writer.redis_client import connect
 from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.scan_writer import NexusScanWriter
-from nexus_writer.subscriber import Mode, State
+from nexus_writer.subscriber import Mode, State, SubscriberStatistics
 
 ROUNDS = 3
 SCALAR_CHANNELS, SCALAR_POINTS, SCALAR_BATCH = 10, 100_000, 100
@@ -131,16 +132,21 @@ def throughput(
     return statistics.median(ours), statistics.median(h5), statistics.median(rd)
 
 
-def paced_latency(client: redis.Redis, directory: str) -> tuple[float, float, float]:
+def paced(
+    client: redis.Redis, directory: str, lease: SessionLease | None = None
+) -> SubscriberStatistics:
+    """A paced scan written while it is published; the writer's statistics at its end."""
     channels = [{"name": f"c{i}", "dtype": "<f8"} for i in range(SCALAR_CHANNELS)]
     scan = SessionPublisher(client, "paced").new_scan(
-        name="timescan", title="paced", file=f"{directory}/paced.h5", channels=channels
+        name="timescan",
+        title="paced",
+        file=f"{directory}/paced_{time.monotonic_ns()}.h5",
+        channels=channels,
     )
     scan.prepare()
     scan.start()
-    writer = NexusScanWriter(client, scan.key, WriterOptions(), mode=Mode.PARALLEL)
+    writer = NexusScanWriter(client, scan.key, WriterOptions(), mode=Mode.PARALLEL, lease=lease)
     writer.start()
-    done = threading.Event()
 
     def publish_paced() -> None:
         start, sent = time.time(), 0
@@ -151,11 +157,14 @@ def paced_latency(client: redis.Redis, directory: str) -> tuple[float, float, fl
                 scan.send(f"c{i}", block)
             sent += PACED_BATCH
         scan.close()
-        done.set()
 
     threading.Thread(target=publish_paced, daemon=True).start()
     writer.join(PACED_SECONDS * 20)
-    stats = writer.statistics()
+    return writer.statistics()
+
+
+def paced_latency(client: redis.Redis, directory: str) -> tuple[float, float, float]:
+    stats = paced(client, directory)
     if stats.latency_p50 is None or stats.latency_p99 is None or stats.latency_max is None:
         raise RuntimeError("no latency was measured")
     return stats.latency_p50, stats.latency_p99, stats.latency_max

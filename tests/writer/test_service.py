@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
@@ -155,6 +156,20 @@ def test_compression_applies_to_arrays_only(
         assert text(entry["writer/status"]) == "SUCCEEDED"
 
 
+@contextlib.contextmanager
+def running(service: subprocess.Popen[str]) -> Iterator[queue.Queue[str]]:
+    """The lines of a service process while the block runs; then SIGTERM, and it must
+    exit with 0. Killed if the block fails."""
+    try:
+        yield lines_of(service.stderr)
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(30) == 0
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait(10)
+
+
 def _service(
     redis_url: str,
     tmp_path: Path,
@@ -197,8 +212,7 @@ def test_ready_file_says_when_every_later_scan_is_written(
 ) -> None:
     ready_file = tmp_path / "writer.ready"
     service = _service(redis_server.url, tmp_path, "--ready-file", str(ready_file))
-    try:
-        lines = lines_of(service.stderr)
+    with running(service) as lines:
         # At the default log level, it says what it follows and from where.
         line = wait_for_line(lines, "session ready: following from announcement")
         ready = json.loads(wait_for_file(ready_file))
@@ -209,11 +223,6 @@ def test_ready_file_says_when_every_later_scan_is_written(
             SessionPublisher(redis_client, "ready"), root=str(tmp_path), record=True
         ).run("loopscan 3 0")
         wait_for_line(lines, f"subscriber '{published.key}': OFF")
-        service.send_signal(signal.SIGTERM)
-        assert service.wait(30) == 0
-    finally:
-        if service.poll() is None:
-            service.kill()
     assert_file_has_every_value(published)
     assert not ready_file.exists()  # removed at stop: it never outlives the service
 
@@ -223,19 +232,12 @@ def test_not_ready_while_redis_is_away_at_start(tmp_path: Path) -> None:
     with EmbeddedRedis() as server:
         url = server.url
         server.halt()  # nothing listens there now
-        service = _service(url, tmp_path, "--ready-file", str(ready_file))
-        try:
-            lines = lines_of(service.stderr)
+        with running(_service(url, tmp_path, "--ready-file", str(ready_file))) as lines:
             wait_for_line(lines, "Redis unreachable")
             assert not ready_file.exists()
             server.resume()
             wait_for_line(lines, "session ready: following from announcement 0-0")
             assert json.loads(wait_for_file(ready_file))["position"] == "0-0"
-            service.send_signal(signal.SIGTERM)
-            assert service.wait(30) == 0
-        finally:
-            if service.poll() is None:
-                service.kill()
     assert not ready_file.exists()
 
 
@@ -245,17 +247,12 @@ def test_scans_announced_while_the_service_was_down_are_written_when_it_is_back(
     ready_file = tmp_path / "writer.ready"
 
     def service_life(expect: str, scans: list[PublishedScan]) -> None:
-        service = _service(redis_server.url, tmp_path, "--ready-file", str(ready_file))
-        try:
-            lines = lines_of(service.stderr)
+        with running(
+            _service(redis_server.url, tmp_path, "--ready-file", str(ready_file))
+        ) as lines:
             followed = wait_for_line(lines, "session ready: following from announcement")
             assert expect in followed
             wait_for_lines(lines, [f"subscriber '{p.key}': OFF" for p in scans])
-            service.send_signal(signal.SIGTERM)
-            assert service.wait(30) == 0
-        finally:
-            if service.poll() is None:
-                service.kill()
 
     service_life("created now", [])
     line = Beamline(SessionPublisher(redis_client, "ready"), root=str(tmp_path), record=True)
@@ -351,15 +348,8 @@ def test_a_write_error_fails_its_scan_alone_and_the_service_stops_cleanly(
         assert sorted(handle) == ["scan_0001", "scan_0002", "scan_0003"]
     # The scan is not lost: it stayed pending, and the service, back without the limit
     # (the disk mended), writes it whole.
-    service = _service(redis_server.url, tmp_path, session="limit")
-    try:
-        lines = lines_of(service.stderr)
+    with running(_service(redis_server.url, tmp_path, session="limit")) as lines:
         wait_for_line(lines, f"subscriber '{too_big.key}': OFF")
-        service.send_signal(signal.SIGTERM)
-        assert service.wait(30) == 0
-    finally:
-        if service.poll() is None:
-            service.kill()
     assert_file_has_every_value(too_big)
     assert [p.name for p in tmp_path.rglob("*.partial")] == ["scan_0002.h5.partial"]
 
@@ -439,9 +429,7 @@ def test_a_spoilt_key_is_reported_and_the_service_writes_once_it_is_mended(
     """Keys of the session made something else by hand: the service says so, stays up,
     and writes once they are mended."""
     spoil(redis_client)
-    service = _service(redis_server.url, tmp_path)
-    try:
-        lines = lines_of(service.stderr)
+    with running(_service(redis_server.url, tmp_path)) as lines:
         wait_for_line(lines, complaint)
         redis_client.delete("nxw:session:ready:writer", "nxw:session:ready:writer:term")
         redis_client.set("nxw:protocol", "1.0")
@@ -449,11 +437,6 @@ def test_a_spoilt_key_is_reported_and_the_service_writes_once_it_is_mended(
         line = Beamline(SessionPublisher(redis_client, "ready"), root=str(tmp_path), record=True)
         scan = line.run("loopscan 3 0")
         wait_for_line(lines, f"subscriber '{scan.key}': OFF")
-        service.send_signal(signal.SIGTERM)
-        assert service.wait(30) == 0
-    finally:
-        if service.poll() is None:
-            service.kill()
     assert_file_has_every_value(scan)
 
 
@@ -464,20 +447,13 @@ def test_a_scan_announced_once_a_standby_is_ready_is_written_though_nobody_follo
     a moment): the standby's ready file still means that every later scan is written."""
     redis_client.set("nxw:session:ready:writer", "1 elsewhere 4242 f00d", px=1500)
     ready_file = tmp_path / "writer.ready"
-    service = _service(redis_server.url, tmp_path, "--ready-file", str(ready_file))
-    try:
-        lines = lines_of(service.stderr)
+    with running(_service(redis_server.url, tmp_path, "--ready-file", str(ready_file))) as lines:
         wait_for_line(lines, "standby: the session is written by pid 4242 on elsewhere")
         assert json.loads(wait_for_file(ready_file))["role"] == "standby"
         line = Beamline(SessionPublisher(redis_client, "ready"), root=str(tmp_path), record=True)
         scan = line.run("loopscan 3 0")
         wait_for_line(lines, "this service writes the session")
         wait_for_line(lines, f"subscriber '{scan.key}': OFF")
-        service.send_signal(signal.SIGTERM)
-        assert service.wait(30) == 0
-    finally:
-        if service.poll() is None:
-            service.kill()
     assert_file_has_every_value(scan)
 
 
@@ -486,9 +462,7 @@ def test_the_session_stream_made_something_else_for_a_while_is_waited_out(
 ) -> None:
     """Issue 9, defect 3: the session's key briefly holds a string (WRONGTYPE): the
     service says so, stays up, and writes the scans announced once it is a stream again."""
-    service = _service(redis_server.url, tmp_path)
-    try:
-        lines = lines_of(service.stderr)
+    with running(_service(redis_server.url, tmp_path)) as lines:
         wait_for_line(lines, "session ready: following from announcement")
         stream = "nxw:session:ready:scans"
         redis_client.delete(stream)
@@ -499,9 +473,4 @@ def test_the_session_stream_made_something_else_for_a_while_is_waited_out(
         line = Beamline(SessionPublisher(redis_client, "ready"), root=str(tmp_path), record=True)
         scan = line.run("loopscan 3 0")  # makes the stream again
         wait_for_line(lines, f"subscriber '{scan.key}': OFF")
-        service.send_signal(signal.SIGTERM)
-        assert service.wait(30) == 0
-    finally:
-        if service.poll() is None:
-            service.kill()
     assert_file_has_every_value(scan)
