@@ -166,6 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
         "after the active one dies (default: %(default)g)",
     )
     run.add_argument(
+        "--max-point-bytes",
+        type=_positive,
+        default=WriterOptions.max_point_bytes,
+        metavar="BYTES",
+        help="a channel whose one point is larger is not written (default: %(default)s)",
+    )
+    run.add_argument(
+        "--max-points",
+        type=_positive,
+        default=WriterOptions.max_points,
+        metavar="N",
+        help="points at index N or beyond are not written (default: %(default)s)",
+    )
+    run.add_argument(
         "--inactivity-timeout",
         type=float,
         default=600.0,
@@ -215,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
             roots=tuple(Path(r).resolve() for r in args.root),
             compression=Compression(args.compression),
             inactivity_timeout=args.inactivity_timeout,
+            max_point_bytes=args.max_point_bytes,
+            max_points=args.max_points,
         )
         service = WriterService(
             client,

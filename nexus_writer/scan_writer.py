@@ -183,8 +183,8 @@ class NexusScanWriter(Subscriber):
             raise
         except (PathRefusedError, EntryExistsError):
             raise  # the publisher's path or numbering: writing again would not help
-        except Exception as exc:
-            # Anything HDF5 raised while writing or flushing (OSError, but also the
+        except (OSError, RuntimeError) as exc:
+            # What HDF5 raises when writing or flushing fails (OSError, but also the
             # RuntimeError of a failed flush, e.g. past a file size limit) leaves the file
             # in a state nothing may touch again: it is abandoned, never flushed or closed.
             # The same for a file that could not be made (a disk or mount gone): the scan
@@ -193,6 +193,8 @@ class NexusScanWriter(Subscriber):
             if self._file is not None:
                 self._file.broken = True
             raise
+        # Anything else (a value HDF5 refuses, a bug) is no I/O failure: the file is sound,
+        # and the scan ends FAULT with its end written.
 
     def _consume(self, events: list[object]) -> None:
         points: dict[str, list[PointsEvent]] = defaultdict(list)
@@ -222,7 +224,7 @@ class NexusScanWriter(Subscriber):
         """One batch into the file: each channel's runs of points, its frame references,
         the channels that ended checked against what was written, then a flush."""
         for channel, parts in points.items():
-            for first, data in _contiguous(parts):
+            for first, data in self._within_limit(channel, _contiguous(parts)):
                 for start, piece in _slices(first, data, self.options.write_bytes):
                     file.reserve(_nbytes(piece))
                     self._fence()
@@ -243,10 +245,34 @@ class NexusScanWriter(Subscriber):
         self._fence()
         file.flush()
 
+    def _within_limit(
+        self, channel: str, runs: list[tuple[int, np.ndarray | list[np.ndarray]]]
+    ) -> list[tuple[int, np.ndarray | list[np.ndarray]]]:
+        """The runs of points whose indices stay below the limit; the others recorded as a
+        problem and dropped (an index of 2**62 must not make a dataset of 2**62 rows)."""
+        limit = self.options.max_points
+        kept = []
+        for first, data in runs:
+            if first + len(data) <= limit:
+                kept.append((first, data))
+            else:
+                self._problem(
+                    f"channel {channel!r}: points {first}..{first + len(data) - 1} are beyond "
+                    f"the limit of {limit:,} points per channel (--max-points): not written"
+                )
+        return kept
+
     def _frame_source(self, event: FrameRefsEvent) -> FrameSource | None:
         """The frames an entry refers to, if their file may be referred to (absolute, below
         a root); None after recording the problem (those points stay missing)."""
         ref = event.ref
+        if event.first + event.count > self.options.max_points:
+            self._problem(
+                f"channel {event.channel.name!r}, entry {event.stream_id}: frames "
+                f"{event.first}.. are beyond the limit of {self.options.max_points:,} points "
+                "per channel (--max-points): not referred to"
+            )
+            return None
         try:
             file = self.options.check_source(ref.file)
         except PathRefusedError as exc:
@@ -270,24 +296,7 @@ class NexusScanWriter(Subscriber):
 
     def _consume_other(self, event: object) -> None:
         if isinstance(event, Opened):
-            self._document = event.document
-            if self._lease is not None:
-                self._lease.confirm()  # in Redis: the session's file is about to change
-            try:
-                self._file = ScanFile(event.document, self.options)
-            except ScanAlreadyWritten as exc:
-                _log.info("scan %s: nothing to do: %s", self.key, exc)
-                self._nothing_to_do = True
-                return
-            _log.info(
-                "scan %s: writing %s in %s%s",
-                self.key,
-                self._file.entry_name,
-                self._file.path,
-                " again from its start: its entry was unfinished" if self._file.resumed else "",
-            )
-            if self._file.renamed:
-                _log.warning("scan %s: %s", self.key, self._file.renamed)
+            self._open_file(event.document)
             return
         if self._file is None:
             return
@@ -303,6 +312,31 @@ class NexusScanWriter(Subscriber):
             self._problem(str(event.error))
         elif isinstance(event, Abandoned):
             self._abandoned = event.reason
+
+    def _open_file(self, document: ScanDocument) -> None:
+        """Make the scan's entry (or learn that it is written already)."""
+        self._document = document
+        if self._lease is not None:
+            self._lease.confirm()  # in Redis: the session's file is about to change
+        try:
+            self._file = ScanFile(document, self.options)
+        except ScanAlreadyWritten as exc:
+            _log.info("scan %s: nothing to do: %s", self.key, exc)
+            self._nothing_to_do = True
+            return
+        _log.info(
+            "scan %s: writing %s in %s%s",
+            self.key,
+            self._file.entry_name,
+            self._file.path,
+            " again from its start: its entry was unfinished" if self._file.resumed else "",
+        )
+        if self._file.renamed:
+            _log.warning("scan %s: %s", self.key, self._file.renamed)
+        for note in self._file.notes:
+            _log.warning("scan %s: %s", self.key, note)
+        for problem in self._file.problems:
+            self._problem(problem)
 
     def _problem(self, message: str) -> None:
         _log.error("scan %s: %s", self.key, message)

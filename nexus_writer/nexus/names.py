@@ -10,6 +10,7 @@ Bliss files become ``scan_000N`` and ``axis:robx`` becomes ``robx``.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
@@ -52,16 +53,18 @@ def _short(channel: str) -> str:
     return valid_name(tail)  # axis:robx -> robx
 
 
-def short_names(channels: Iterable[str]) -> dict[str, str]:
+def short_names(channels: Iterable[str], reserved: Iterable[str] = ()) -> dict[str, str]:
     """A unique valid name for each channel: the part after the last ``:`` where that is
     unique (``simu:diode1`` -> ``diode1``; the detector for generic endings:
-    ``mca1:spectrum`` -> ``mca1``), else the whole name (``simu_diode1``)."""
+    ``mca1:spectrum`` -> ``mca1``), else the whole name (``simu_diode1``); never one of
+    ``reserved`` (names the layout uses itself)."""
     channels = list(channels)
     tails = [_short(c) for c in channels]
+    counts = Counter(tails)
     names: dict[str, str] = {}
-    taken: set[str] = set()
+    taken: set[str] = set(reserved)
     for channel, tail in zip(channels, tails, strict=True):
-        name = tail if tails.count(tail) == 1 else valid_name(channel)
+        name = tail if counts[tail] == 1 else valid_name(channel)
         while name in taken:
             name += "_"
         taken.add(name)

@@ -57,6 +57,12 @@ class WriterOptions:
     #: Points of a batch are written in slices of about this size, each checked against
     #: the free space: a full disk stops a scan with everything that fitted.
     write_bytes: int = 8 * MiB
+    #: A channel whose one point is larger is not written (HDF5 chunks hold 4 GiB at most;
+    #: no publisher may make the service allocate without bound).
+    max_point_bytes: int = 256 * MiB
+    #: A point index at or beyond this is refused (a publisher's ``i`` of 2**62 would make
+    #: a dataset of that many rows).
+    max_points: int = 2**32
 
     def check_path(self, path: str) -> Path:
         """The path of a file to write, with every symbolic link resolved, after checking

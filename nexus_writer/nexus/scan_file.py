@@ -115,15 +115,22 @@ class ScanFile:
 
     def _create(self) -> None:
         doc = self.document
+        #: What creation had to work around: metadata stored otherwise (``notes``, written
+        #: to ``writer/messages``), channels that could not be made (``problems``: the
+        #: scan writer reports them, and the scan ends FAULT).
+        self.notes: list[str] = list(doc.problems)
+        self.problems: list[str] = []
         entry = self.entry = _group(self.file, self.entry_name, "NXentry")
         _text(entry, "title", doc.title)
         if doc.start_time:
             _text(entry, "start_time", doc.start_time)
         self.instrument = _group(entry, "instrument", "NXinstrument")
         self.measurement = _group(entry, "measurement", "NXcollection")
-        self.names = short_names(c.name for c in doc.channels)
+        self.names = short_names((c.name for c in doc.channels), reserved=_RESERVED)
         self.datasets: dict[str, GrowingDataset] = {}
         self.frames: dict[str, list[FrameSource]] = {}
+        #: Channels that have no place in the file, and why (their points are dropped).
+        self.skipped: dict[str, str] = {}
         for channel in doc.channels:
             self._create_channel(channel)
         self._positioners("positioners_start", doc.positioners_start)
@@ -135,7 +142,7 @@ class ScanFile:
         parameters["shape"] = np.array(doc.shape, dtype="<i8")
         if doc.npoints is not None:
             parameters["npoints"] = doc.npoints
-        _write_mapping(_group(entry, "metadata", "NXcollection"), doc.user)
+        _write_mapping(_group(entry, "metadata", "NXcollection"), doc.user, self.notes, "metadata")
         # Comments come from the events stream, which a new reader reads from its start.
         self.comments = _group(entry, "comments", "NXcollection")
         self.writer = _group(entry, "writer", "NXcollection")
@@ -143,10 +150,33 @@ class ScanFile:
         _text(self.writer, "scan_key", doc.key)
         _text(self.writer, "status", "RUNNING")
         self.writer.create_dataset("messages", shape=(0,), maxshape=(None,), dtype=_STRINGS)
+        for note in self.notes:
+            self.add_message(note)
         self.file.attrs["default"] = self.entry_name
         self.file.flush()  # before the master links it
 
     def _create_channel(self, channel: Channel) -> None:
+        """The channel's group, dataset and measurement link; a channel that cannot have
+        them (a point larger than the limit, a shape HDF5 refuses) is skipped, with the
+        problem recorded, and the others are made."""
+        limit = self.options.max_point_bytes
+        if channel.fixed_data and channel.point_nbytes > limit:
+            self._skip(
+                channel,
+                f"a point of {channel.point_nbytes:,} bytes is over the "
+                f"limit of {limit:,} (--max-point-bytes)",
+            )
+            return
+        try:
+            self._make_channel(channel)
+        except (ValueError, TypeError, OverflowError) as exc:
+            self._skip(channel, f"HDF5 refuses its dataset: {exc}")
+
+    def _skip(self, channel: Channel, why: str) -> None:
+        self.skipped[channel.name] = why
+        self.problems.append(f"channel {channel.name!r} is not written: {why}")
+
+    def _make_channel(self, channel: Channel) -> None:
         name = self.names[channel.name]
         group = _group(self.instrument, name, _CLASS_OF_ROLE.get(channel.role, "NXdetector"))
         field = "value" if channel.role is Role.POSITIONER else "data"
@@ -167,12 +197,15 @@ class ScanFile:
         field = "value" if self.document.channel(channel_name).role is Role.POSITIONER else "data"
         return f"{self.instrument.name}/{name}/{field}"
 
+    def _written(self, channel: str) -> bool:
+        return channel in self.names and channel not in self.skipped
+
     def _create_plots(self) -> None:
         """NXdata groups of the document's plots with at most one axis (a mesh's 2D image
         is made at the end, when its shape is known)."""
         for plot in self.document.plots:
-            known = [s for s in plot.signals if s in self.names]
-            axes = [a for a in plot.axes if a in self.names]
+            known = [s for s in plot.signals if self._written(s)]
+            axes = [a for a in plot.axes if self._written(a)]
             if not known or len(axes) > 1 or len(axes) != len(plot.axes):
                 continue
             name = _plot_name(plot.name)
@@ -196,7 +229,10 @@ class ScanFile:
     def _positioners(self, name: str, snapshot: dict[str, Positioner]) -> None:
         group = _group(self.instrument, name, "NXcollection")
         for motor, position in snapshot.items():
-            dataset = group.create_dataset(valid_name(motor), data=position.value)
+            value = position.value
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                self.notes.append(f"{name}/{motor}: {value!r:.80} is not a number: stored as text")
+            dataset = _store(group, motor, value, self.notes, name)
             if position.unit:
                 dataset.attrs["units"] = position.unit
 
@@ -225,6 +261,8 @@ class ScanFile:
             )
 
     def write_points(self, channel: str, first: int, data: np.ndarray | list[np.ndarray]) -> None:
+        if channel in self.skipped:
+            return  # reported once, when the entry was made
         self.datasets[channel].write(first, data)
 
     def add_frames(self, channel: str, sources: list[FrameSource]) -> None:
@@ -234,6 +272,8 @@ class ScanFile:
         next points) extends it: the virtual dataset keeps about one mapping per detector
         file, however many batches referenced it.
         """
+        if channel in self.skipped:
+            return  # reported once, when the entry was made
         known = self.frames[channel]
         for source in sources:
             last = known[-1] if known else None
@@ -280,7 +320,10 @@ class ScanFile:
     ) -> None:
         """Write what is only known at the end; ``end_time`` goes last."""
         self.document = document
+        written = len(self.notes)
         self._positioners("positioners_end", document.positioners_end)
+        for note in self.notes[written:]:
+            self.add_message(note)
         self._create_mesh_plots()
         self._set_default_plot()
         _text(self.entry, "end_reason", end_reason)
@@ -301,9 +344,10 @@ class ScanFile:
                 or not all(c in self.datasets for c in (*plot.signals[:1], *plot.axes))
             ):
                 continue
-            fast_n = shape[0]
+            fast_n, slow_n = shape
             signal = self.datasets[plot.signals[0]].dataset
             rows = min(signal.shape[0], *(self.datasets[a].length for a in plot.axes)) // fast_n
+            rows = min(rows, slow_n)  # complete rows of the declared mesh, never more
             if rows == 0:
                 continue
             name = _plot_name(plot.name)
@@ -339,19 +383,52 @@ class ScanFile:
                 files.release(self.scan_path)
 
 
-def _write_mapping(group: h5py.Group, mapping: dict[str, Any]) -> None:
+#: Names the layout gives groups of ``instrument/``: a channel never takes them.
+_RESERVED = frozenset({"positioners_start", "positioners_end"})
+
+
+def _write_mapping(
+    group: h5py.Group, mapping: dict[str, Any], notes: list[str], where: str
+) -> None:
     """User metadata: nested mappings become groups, strings and numbers datasets, and
-    anything else its JSON text."""
+    anything else (or a number HDF5 cannot hold) its JSON text. Two keys with one NeXus
+    name (``a-b``, ``a_b``) both get a place (``a_b``, ``a_b_2``). What is stored
+    otherwise than as itself is said in ``notes``."""
     for key, value in mapping.items():
-        name = valid_name(str(key))
         if isinstance(value, dict):
-            _write_mapping(_group(group, name, "NXcollection"), value)
-        elif isinstance(value, str):
-            _text(group, name, value)
-        elif isinstance(value, bool | int | float):
-            group.create_dataset(name, data=value)
+            name = _free_name(group, str(key), notes, where)
+            _write_mapping(_group(group, name, "NXcollection"), value, notes, f"{where}/{name}")
         else:
-            _text(group, name, json.dumps(value))
+            _store(group, str(key), value, notes, where)
+
+
+def _store(group: h5py.Group, key: str, value: Any, notes: list[str], where: str) -> h5py.Dataset:
+    """One value under a free NeXus name made from ``key``: text as text, a number as a
+    number if HDF5 can hold it, anything else as its JSON text (with a note)."""
+    name = _free_name(group, key, notes, where)
+    if isinstance(value, str):
+        return group.create_dataset(name, data=value, dtype=_STRINGS)
+    if isinstance(value, bool | int | float):
+        try:
+            return group.create_dataset(name, data=value)
+        except (OverflowError, TypeError, ValueError):
+            notes.append(
+                f"{where}/{name}: {value!r:.80} cannot be stored as a number: stored as text"
+            )
+    text = json.dumps(value, default=repr)
+    return group.create_dataset(name, data=text, dtype=_STRINGS)
+
+
+def _free_name(group: h5py.Group, key: str, notes: list[str], where: str) -> str:
+    name = valid_name(key)
+    if name not in group:
+        return name
+    occurrence = 2
+    while f"{name}_{occurrence}" in group:
+        occurrence += 1
+    renamed = f"{name}_{occurrence}"
+    notes.append(f"{where}: {key!r} is stored as {renamed!r} ({name!r} was taken)")
+    return renamed
 
 
 def _plot_name(name: str) -> str:

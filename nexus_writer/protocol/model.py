@@ -68,12 +68,17 @@ def normalize_dtype(dtype: Any) -> str:
     Raises:
         ProtocolError: not a boolean, integer or floating-point dtype.
     """
+    numpy_type = isinstance(dtype, type) and issubclass(dtype, np.generic)
+    if not (isinstance(dtype, str | np.dtype) or numpy_type) or dtype == "":
+        raise ProtocolError(f"dtype {dtype!r} is not a numpy dtype string such as '<f8'")
     try:
         parsed = np.dtype(dtype)
     except TypeError as exc:
         raise ProtocolError(f"unknown dtype {dtype!r}") from exc
     if parsed.kind not in _NUMERIC_KINDS or parsed.shape:
         raise ProtocolError(f"dtype {dtype!r} is not a boolean, integer or float type")
+    if parsed.byteorder == ">":
+        raise ProtocolError(f"dtype {dtype!r} is big-endian: payloads are little-endian ('<')")
     return str(parsed.newbyteorder("<").str)
 
 
@@ -157,8 +162,16 @@ class Plot:
 class Positioner:
     """A motor position in a snapshot taken at the start or the end of a scan."""
 
-    value: float
+    value: Any  #: a number as published (anything else is written as its JSON text)
     unit: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> Positioner:
+        """``{"value": ..., "unit": ...}`` (other fields ignored), or a bare number."""
+        if not isinstance(data, dict):
+            return cls(data)
+        unit = data.get("unit")
+        return cls(data.get("value"), None if unit is None else str(unit))
 
 
 @dataclass(frozen=True)
@@ -195,6 +208,9 @@ class ScanDocument:
     protocol: str = PROTOCOL_VERSION
     #: Channels of the stored document that could not be parsed (never stored back).
     invalid_channels: tuple[InvalidChannel, ...] = ()
+    #: What was wrong in the stored document's other fields, and what was done instead
+    #: (never stored back).
+    problems: tuple[str, ...] = ()
 
     def channel(self, name: str) -> Channel:
         for channel in self.channels:
@@ -245,8 +261,13 @@ class ScanDocument:
                 f"this reader knows {PROTOCOL_MAJOR}.x"
             )
         channels, invalid = _parse_channels(data.get("channels"))
+        problems: list[str] = []
         try:
+            shape = _parse_shape(data.get("shape", ()), problems)
             positioners = data.get("positioners", {})
+            if not isinstance(positioners, dict):
+                problems.append(f"positioners {positioners!r:.80} is not an object: ignored")
+                positioners = {}
             reason = data.get("end_reason")
             return cls(
                 protocol=version,
@@ -257,34 +278,70 @@ class ScanDocument:
                 title=str(data["title"]),
                 type=str(data["type"]),
                 file=str(data["file"]),
-                shape=tuple(int(n) for n in data.get("shape", ())),
+                shape=shape,
                 start_time=data.get("start_time"),
                 end_time=data.get("end_time"),
                 end_reason=EndReason(reason) if reason else None,
                 end_message=data.get("end_message"),
                 user=dict(data.get("user", {})),
                 comments=tuple((c["time"], c["text"]) for c in data.get("comments", ())),
-                positioners_start={
-                    k: Positioner(**v) for k, v in positioners.get("start", {}).items()
-                },
-                positioners_end={k: Positioner(**v) for k, v in positioners.get("end", {}).items()},
+                positioners_start=_parse_snapshot(positioners, "start", problems),
+                positioners_end=_parse_snapshot(positioners, "end", problems),
                 plots=tuple(Plot.from_json(p) for p in data.get("plots", ())),
                 channels=channels,
                 invalid_channels=invalid,
+                problems=tuple(problems),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"scan document {data.get('key')!r} is malformed: {exc!r}") from exc
 
 
+def _parse_shape(raw: Any, problems: list[str]) -> tuple[int, ...]:
+    """The scan's shape; one that is not a list of positive integers is ignored (the scan
+    is then open-ended), with a problem recorded: it never costs the scan's data."""
+    if isinstance(raw, list) and all(
+        isinstance(n, int) and not isinstance(n, bool) and 0 < n < 2**53 for n in raw
+    ):
+        return tuple(raw)
+    problems.append(f"scan shape {raw!r:.80} is not a list of positive integers: ignored")
+    return ()
+
+
+def _parse_snapshot(
+    positioners: dict[str, Any], which: str, problems: list[str]
+) -> dict[str, Positioner]:
+    snapshot = positioners.get(which, {})
+    if not isinstance(snapshot, dict):
+        problems.append(f"positioners {which!r} {snapshot!r:.80} is not an object: ignored")
+        return {}
+    return {str(k): Positioner.from_json(v) for k, v in snapshot.items()}
+
+
 def _parse_channels(raw: Any) -> tuple[tuple[Channel, ...], tuple[InvalidChannel, ...]]:
+    """The channels that can be read, and the others with the reason; a name or an index
+    used twice makes the later channel invalid (both would write one place)."""
     if not isinstance(raw, list):
         raise ProtocolError(f"the channel list must be a JSON array, not {raw!r:.80}")
-    channels, invalid = [], []
+    channels: list[Channel] = []
+    invalid: list[InvalidChannel] = []
+    names: dict[str, int] = {}
+    indices: dict[int, str] = {}
     for position, item in enumerate(raw):
         try:
             if not isinstance(item, dict):
                 raise ProtocolError(f"not a JSON object: {item!r:.80}")
-            channels.append(Channel.from_json(item))
+            channel = Channel.from_json(item)
+            if channel.index < 0:
+                raise ProtocolError(f"index {channel.index} is negative")
+            if channel.name in names:
+                raise ProtocolError(f"the name is used by channel #{names[channel.name]} too")
+            if channel.index in indices:
+                raise ProtocolError(
+                    f"index {channel.index} is used by channel {indices[channel.index]!r} too"
+                )
+            names[channel.name] = position
+            indices[channel.index] = channel.name
+            channels.append(channel)
         except (ProtocolError, KeyError, TypeError, ValueError) as exc:
             name = (
                 str(item.get("name", f"#{position}")) if isinstance(item, dict) else f"#{position}"

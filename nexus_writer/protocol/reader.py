@@ -162,8 +162,10 @@ class ScanReader:
         # The events stream goes last: XREAD answers in this order, so a CLOSED comes after
         # the data of the same read. Only `done` says that everything has been read.
         self._ids = {s: cursor.ids.get(s, "0-0") for s in [*self._channels, self._events_key]}
+        # From the first entry on, the index is checked: a stream whose first entries were
+        # trimmed before they were read shows a gap from 0 (never silent zeros).
         self._next: dict[str, int | None] = {
-            c.name: cursor.next_index.get(c.name) for c in self.document.channels
+            c.name: cursor.next_index.get(c.name, 0) for c in self.document.channels
         }
         self._ended: set[str] = set()  # stream keys
         self._pending: list[ScanEvent] = [

@@ -1,0 +1,249 @@
+"""Bad input never costs measured data (issue 9, defects 2, 5, 6, 7): a scan is published
+correctly, then its stored document is spoilt the way a careless publisher would; the
+writer keeps every good channel's points, ends the entry (status, messages, end_time),
+and says what was wrong."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import redis
+
+from nexus_writer.nexus.names import entry_name
+from nexus_writer.protocol import Keys, Plot, SessionPublisher
+from nexus_writer.subscriber import State
+from tests.writer.helpers import started_scan, text, write_scan
+
+COUNTS = np.arange(5.0)
+
+
+def publish(client: redis.Redis, root: Path, spoil: Callable[[dict[str, Any]], object]) -> str:
+    """A scan of a motor and a counter (5 points), closed, then its document spoilt."""
+    scan = started_scan(
+        SessionPublisher(client, "bad"),
+        name="ascan",
+        title="ascan m 0 4 5",
+        file=str(root / "bad.h5"),
+        channels=[
+            {"name": "axis:m", "dtype": "<f8", "role": "positioner"},
+            {"name": "simu:diode", "dtype": "<f8"},
+        ],
+        shape=[5],
+        positioners={"m": 0.0},
+        user={"sample": "gold"},
+    )
+    scan.send("axis:m", COUNTS)
+    scan.send("simu:diode", COUNTS * 10)
+    scan.close()
+    document = json.loads(client.get(scan.key) or b"{}")
+    spoil(document)
+    client.set(scan.key, json.dumps(document))
+    return scan.key
+
+
+def entry(root: Path) -> h5py.Group:
+    return h5py.File(root / "bad.h5", "r")[entry_name(1)]
+
+
+def messages(group: h5py.Group) -> list[str]:
+    return [m.decode() for m in group["writer/messages"][()]]
+
+
+def check_kept(client: redis.Redis, root: Path, key: str, status: str, *needles: str) -> h5py.Group:
+    writer = write_scan(client, key)
+    assert writer.state is (State.OFF if status == "SUCCEEDED" else State.FAULT)
+    group = entry(root)
+    assert "end_time" in group  # a reader waiting for the end is not kept waiting
+    assert text(group["writer/status"]) == status
+    said = messages(group)
+    for needle in needles:
+        assert any(needle in m for m in said), (needle, said)
+    np.testing.assert_array_equal(group["measurement/diode"][()], COUNTS * 10)
+    return group
+
+
+def channel(document: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in document["channels"] if c["name"] == name)
+
+
+def test_duplicate_channel_names(redis_client: redis.Redis, tmp_path: Path) -> None:
+    def spoil(doc: dict[str, Any]) -> None:
+        doc["channels"].append(dict(channel(doc, "simu:diode"), index=7))
+
+    check_kept(
+        redis_client,
+        tmp_path,
+        publish(redis_client, tmp_path, spoil),
+        "FAULT",
+        "the name is used by channel #1 too",
+    )
+
+
+def test_duplicate_channel_indices(redis_client: redis.Redis, tmp_path: Path) -> None:
+    def spoil(doc: dict[str, Any]) -> None:
+        doc["channels"].append(dict(channel(doc, "simu:diode"), name="other"))
+
+    check_kept(
+        redis_client,
+        tmp_path,
+        publish(redis_client, tmp_path, spoil),
+        "FAULT",
+        "index 1 is used by channel 'simu:diode' too",
+    )
+
+
+@pytest.mark.parametrize("reserved", ["positioners_start", "positioners_end"])
+def test_a_channel_named_like_a_group_of_the_layout(
+    redis_client: redis.Redis, tmp_path: Path, reserved: str
+) -> None:
+    def spoil(doc: dict[str, Any]) -> None:
+        channel(doc, "axis:m")["name"] = reserved
+
+    group = check_kept(redis_client, tmp_path, publish(redis_client, tmp_path, spoil), "SUCCEEDED")
+    np.testing.assert_array_equal(group[f"measurement/{reserved}_"][()], COUNTS)
+    assert group["instrument/positioners_start/m"][()] == 0.0
+
+
+def test_a_point_too_large_skips_that_channel_only(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    def spoil(doc: dict[str, Any]) -> None:
+        channel(doc, "axis:m")["shape"] = [100000, 100000]
+
+    group = check_kept(
+        redis_client,
+        tmp_path,
+        publish(redis_client, tmp_path, spoil),
+        "FAULT",
+        "is over the limit",
+        "channel 'axis:m' is not written",
+    )
+    assert "m" not in group["instrument"]
+
+
+@pytest.mark.parametrize("dtype", [">f8", None, 7, ""])
+def test_a_bad_dtype_invalidates_that_channel_only(
+    redis_client: redis.Redis, tmp_path: Path, dtype: object
+) -> None:
+    def spoil(doc: dict[str, Any]) -> None:
+        channel(doc, "axis:m")["dtype"] = dtype
+
+    check_kept(
+        redis_client, tmp_path, publish(redis_client, tmp_path, spoil), "FAULT", "channel 'axis:m'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("spoil", "needle"),
+    [
+        (lambda d: d.update(shape=[-1]), "scan shape [-1] is not a list of positive integers"),
+        (lambda d: d.update(shape="five"), "scan shape 'five'"),
+        (lambda d: d["user"].update({"a-b": 1, "a_b": 2}), "'a_b' is stored as 'a_b_2'"),
+        (lambda d: d["user"].update(big=2**70), "cannot be stored as a number"),
+        (lambda d: d["positioners"]["start"]["m"].update(value=None), "is not a number"),
+        (
+            lambda d: d["positioners"]["start"].update({"m:x": {"value": 1}, "m/x": {"value": 2}}),
+            "'m/x' is stored as 'm_x_2'",
+        ),
+        (lambda d: d["positioners"]["start"]["m"].update(encoder=12), None),
+        (lambda d: d.update(positioners=[1, 2]), "is not an object"),
+    ],
+    ids=[
+        "shape-negative",
+        "shape-text",
+        "metadata-same-name",
+        "metadata-huge-int",
+        "positioner-null",
+        "motors-same-name",
+        "positioner-extra-field",
+        "positioners-list",
+    ],
+)
+def test_metadata_problems_never_cost_measured_data(
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    spoil: Callable[[dict[str, Any]], object],
+    needle: str | None,
+) -> None:
+    group = check_kept(
+        redis_client,
+        tmp_path,
+        publish(redis_client, tmp_path, spoil),
+        "SUCCEEDED",
+        *([needle] if needle else []),
+    )
+    np.testing.assert_array_equal(group["measurement/m"][()], COUNTS)
+    assert text(group["metadata/sample"]) == "gold"
+
+
+def test_trimmed_first_points_are_reported_and_read_as_nan(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Defect 6: a MAXLEN cap trimmed the channel's first entries before they were read."""
+    scan = started_scan(
+        SessionPublisher(redis_client, "bad"),
+        name="ct",
+        title="ct",
+        file=str(tmp_path / "bad.h5"),
+        channels=[{"name": "diode", "dtype": "<f8"}],
+    )
+    for first in range(0, 100, 10):
+        scan.send("diode", np.arange(first, first + 10, dtype=float))
+    scan.close()
+    redis_client.xtrim(
+        Keys.channel(scan.key, 0), minid=_id_of_entry(redis_client, scan.key, 3), approximate=False
+    )
+    writer = write_scan(redis_client, scan.key)
+    assert writer.state is State.FAULT
+    group = entry(tmp_path)
+    data = group["measurement/diode"][()]
+    assert np.isnan(data[:30]).all()  # never shown as data
+    np.testing.assert_array_equal(data[30:], np.arange(30, 100, dtype=float))
+    assert any("points 0..29" in m for m in messages(group))
+
+
+def _id_of_entry(client: redis.Redis, key: str, position: int) -> str:
+    entries = client.xrange(Keys.channel(key, 0))
+    raw = entries[position][0]
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+@pytest.mark.parametrize("index", [10**11, 2**62])
+def test_a_huge_point_index_is_refused_at_once(
+    redis_client: redis.Redis, tmp_path: Path, index: int
+) -> None:
+    """Defect 2: a mesh whose entry says i = 10**11 (or 2**62) used to hang the shared
+    consumer (building the mesh plot) or make a dataset of 4.6e18 rows, SUCCEEDED."""
+    scan = started_scan(
+        SessionPublisher(redis_client, "bad"),
+        name="amesh",
+        title="amesh",
+        file=str(tmp_path / "bad.h5"),
+        channels=[
+            {"name": "axis:m", "dtype": "<f8", "role": "positioner"},
+            {"name": "axis:n", "dtype": "<f8", "role": "positioner"},
+            {"name": "simu:diode", "dtype": "<f8"},
+        ],
+        shape=[4, 3],
+        plots=[Plot("mesh", ("simu:diode",), ("axis:m", "axis:n"))],
+    )
+    for name in ("axis:m", "axis:n", "simu:diode"):
+        scan.send(name, np.arange(12.0))
+    stream = Keys.channel(scan.key, 2)
+    redis_client.xadd(stream, {"i": index, "n": 1, "d": np.float64(1.0).tobytes()})
+    scan.close()
+    started = time.monotonic()
+    writer = write_scan(redis_client, scan.key)
+    assert time.monotonic() - started < 10
+    assert writer.state is State.FAULT
+    group = entry(tmp_path)
+    assert group["measurement/diode"].shape == (12,)
+    assert any("beyond the limit" in m for m in messages(group))
+    assert group["plot_mesh/diode"].shape == (3, 4)
