@@ -9,7 +9,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h5py
 import numpy as np
@@ -210,7 +210,7 @@ def test_trimmed_first_points_are_reported_and_read_as_nan(
 
 
 def _id_of_entry(client: redis.Redis, key: str, position: int) -> str:
-    entries = client.xrange(Keys.channel(key, 0))
+    entries = cast(list[tuple[bytes, Any]], client.xrange(Keys.channel(key, 0)))
     raw = entries[position][0]
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
