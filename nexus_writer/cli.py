@@ -180,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="points at index N or beyond are not written (default: %(default)s)",
     )
     run.add_argument(
+        "--max-metadata-items",
+        type=_positive,
+        default=WriterOptions.max_metadata_items,
+        metavar="N",
+        help="user metadata with more items is stored as one JSON text (default: %(default)s)",
+    )
+    run.add_argument(
         "--inactivity-timeout",
         type=float,
         default=600.0,
@@ -231,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
             inactivity_timeout=args.inactivity_timeout,
             max_point_bytes=args.max_point_bytes,
             max_points=args.max_points,
+            max_metadata_items=args.max_metadata_items,
         )
         service = WriterService(
             client,

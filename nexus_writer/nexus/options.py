@@ -63,6 +63,8 @@ class WriterOptions:
     #: A point index at or beyond this is refused (a publisher's ``i`` of 2**62 would make
     #: a dataset of that many rows).
     max_points: int = 2**32
+    #: User metadata with more items is stored as one JSON text (metadata/json).
+    max_metadata_items: int = 10_000
 
     def check_path(self, path: str) -> Path:
         """The path of a file to write, with every symbolic link resolved, after checking

@@ -29,11 +29,15 @@ import dataclasses
 import errno
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
+import gevent
 import h5py
 import numpy as np
+from gevent._hub_local import get_hub_if_exists
+from greenlet import getcurrent
 
 import nexus_writer
 from nexus_writer.protocol import Channel, Positioner, Role, ScanDocument
@@ -142,7 +146,7 @@ class ScanFile:
         parameters["shape"] = np.array(doc.shape, dtype="<i8")
         if doc.npoints is not None:
             parameters["npoints"] = doc.npoints
-        _write_mapping(_group(entry, "metadata", "NXcollection"), doc.user, self.notes, "metadata")
+        self._metadata(_group(entry, "metadata", "NXcollection"), doc.user)
         # Comments come from the events stream, which a new reader reads from its start.
         self.comments = _group(entry, "comments", "NXcollection")
         self.writer = _group(entry, "writer", "NXcollection")
@@ -154,6 +158,21 @@ class ScanFile:
             self.add_message(note)
         self.file.attrs["default"] = self.entry_name
         self.file.flush()  # before the master links it
+
+    def _metadata(self, group: h5py.Group, user: dict[str, Any]) -> None:
+        """The user metadata, one HDF5 object per item; more than ``max_metadata_items``
+        (HDF5 makes about 10,000 objects a second) go as one JSON text instead, so that
+        one scan's metadata cannot hold up the other scans of the consumer thread for
+        long. Between items the other scans get their turn every few milliseconds."""
+        limit = self.options.max_metadata_items
+        if _count_items(user, limit) > limit:
+            self.notes.append(
+                f"metadata: more than {limit:,} items (--max-metadata-items): stored as "
+                "its JSON text in metadata/json"
+            )
+            group.create_dataset("json", data=json.dumps(user, default=repr), dtype=_STRINGS)
+            return
+        _write_mapping(group, user, self.notes, "metadata")
 
     def _create_channel(self, channel: Channel) -> None:
         """The channel's group, dataset and measurement link; a channel that cannot have
@@ -395,11 +414,39 @@ def _write_mapping(
     name (``a-b``, ``a_b``) both get a place (``a_b``, ``a_b_2``). What is stored
     otherwise than as itself is said in ``notes``."""
     for key, value in mapping.items():
+        _take_turns()
         if isinstance(value, dict):
             name = _free_name(group, str(key), notes, where)
             _write_mapping(_group(group, name, "NXcollection"), value, notes, f"{where}/{name}")
         else:
             _store(group, str(key), value, notes, where)
+
+
+def _count_items(mapping: dict[str, Any], limit: int) -> int:
+    """Items of a nested mapping, counted up to just past ``limit`` (no recursion)."""
+    count, stack = 0, [mapping]
+    while stack and count <= limit:
+        current = stack.pop()
+        count += len(current)
+        stack.extend(v for v in current.values() if isinstance(v, dict))
+    return count
+
+
+#: Seconds of creation work after which the other greenlets of the thread get a turn.
+TURN = 0.005
+_turn_started = [0.0]
+
+
+def _take_turns() -> None:
+    """Let the other scans of this consumer thread run if this one has worked for TURN
+    seconds (a yield to the thread's hub; nothing in a thread without one)."""
+    now = time.monotonic()
+    if now - _turn_started[0] < TURN:
+        return
+    hub = get_hub_if_exists()
+    if hub is not None and getcurrent() is not hub:
+        gevent.sleep(0)
+    _turn_started[0] = time.monotonic()
 
 
 def _store(group: h5py.Group, key: str, value: Any, notes: list[str], where: str) -> h5py.Dataset:

@@ -18,7 +18,10 @@ import redis
 
 from nexus_writer.nexus.names import entry_name
 from nexus_writer.protocol import Keys, Plot, SessionPublisher
+from nexus_writer.scan_writer import NexusScanWriter
 from nexus_writer.subscriber import State
+from sync_primitives import Thread
+from tests.conftest import wait_until
 from tests.writer.helpers import started_scan, text, write_scan
 
 COUNTS = np.arange(5.0)
@@ -247,3 +250,55 @@ def test_a_huge_point_index_is_refused_at_once(
     assert group["measurement/diode"].shape == (12,)
     assert any("beyond the limit" in m for m in messages(group))
     assert group["plot_mesh/diode"].shape == (3, 4)
+
+
+def test_huge_metadata_is_kept_as_json_text_and_written_at_once(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Defect 4: 200,000 metadata keys took 25 s of the consumer shared by every scan."""
+    user = {f"key{i}": i for i in range(200_000)}
+    key = publish(redis_client, tmp_path, lambda d: d["user"].update(user))
+    started = time.monotonic()
+    check_kept(redis_client, tmp_path, key, "SUCCEEDED", "--max-metadata-items")
+    assert time.monotonic() - started < 10
+    stored = json.loads(text(entry(tmp_path)["metadata/json"]))
+    assert stored == {"sample": "gold", **user}
+
+
+def test_one_scans_metadata_does_not_hold_up_another_scan(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Two scans share one consumer thread: while the first makes its entry (9,000
+    metadata items, about a second of HDF5 work), the second is written meanwhile."""
+    user = {f"key{i}": i for i in range(9_000)}
+    big = publish(redis_client, tmp_path, lambda d: d["user"].update(user))
+    thread = Thread(name="consumers")
+    thread.start()
+    try:
+        big_writer = NexusScanWriter(redis_client, big, consumer_thread=thread)
+        big_writer.start()
+        # Its consumer has the document and is making the entry (private state: the only
+        # way to see that moment from outside).
+        wait_until(lambda: big_writer._document is not None, "the big scan's entry begun")
+        small = started_scan(
+            SessionPublisher(redis_client, "other"),
+            name="ct",
+            title="ct",
+            file=str(tmp_path / "other.h5"),
+            channels=[{"name": "diode", "dtype": "<f8"}],
+        )
+        small.send("diode", COUNTS)
+        small.close()
+        seen: list[bool] = []
+        small_writer = NexusScanWriter(
+            redis_client,
+            small.key,
+            consumer_thread=thread,
+            on_finish=lambda _: seen.append(big_writer._file is None),
+        )
+        small_writer.start()
+        assert small_writer.join(30) and big_writer.join(30)
+        assert seen == [True]  # the small scan ended while the big one made its entry
+        assert small_writer.state is State.OFF and big_writer.state is State.OFF
+    finally:
+        thread.stop()
