@@ -362,7 +362,7 @@ class NexusScanWriter(Subscriber):
             return
         try:
             self._write_end(self._file, state, reason)
-        except Exception as exc:
+        except (OSError, RuntimeError) as exc:
             self._unfinished = f"I/O error: {exc}"
             self._file.broken = True  # as in consume: never touched again
             raise

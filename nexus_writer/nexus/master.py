@@ -211,6 +211,8 @@ def _open_master(master: Path, mode: str) -> h5py.File:
     try:
         return h5py.File(master, mode, locking=False)
     except OSError as exc:
+        if not master.is_file() or master.is_symlink():
+            raise  # not a file of ours gone bad (a directory...): never moved aside
         _rebuild(master, exc)
         return h5py.File(master, mode, locking=False)
 

@@ -75,6 +75,8 @@ class WriterOptions:
             PermissionError: its directory cannot be written.
         """
         target = self._resolve(path, "file")
+        if target.exists() and not target.is_file():
+            raise PathRefusedError(f"file {path} exists and is not a regular file")
         directory = target.parent
         existing = directory
         while not existing.exists():
@@ -114,9 +116,15 @@ class WriterOptions:
         return not self.roots or any(target.is_relative_to(r.resolve()) for r in self.roots)
 
     def _resolve(self, path: str, what: str) -> Path:
-        if not os.path.isabs(path):
+        if not isinstance(path, str) or not os.path.isabs(path):
             raise PathRefusedError(f"{what} {path!r} is not an absolute path")
-        target = Path(path).resolve()
+        try:
+            path.encode()  # what h5py gives HDF5: UTF-8, strictly
+            if "\0" in path:
+                raise ValueError("a NUL character")
+            target = Path(path).resolve()
+        except (ValueError, UnicodeError, OSError, RuntimeError) as exc:  # a link loop...
+            raise PathRefusedError(f"{what} {path!r} cannot be a path: {exc}") from None
         if not self.within(target):
             roots = ", ".join(str(r) for r in self.roots)
             shown = path if str(target) == os.path.normpath(path) else f"{path} (-> {target})"

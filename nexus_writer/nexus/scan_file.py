@@ -30,6 +30,7 @@ import errno
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,11 @@ def _group(parent: h5py.Group, name: str, nx_class: str, **attrs: Any) -> h5py.G
     return group
 
 
-def _text(group: h5py.Group, name: str, value: str) -> None:
+def _text(group: h5py.Group, name: str, value: object) -> None:
+    """A text dataset (in place if it exists); a value that is not text (a publisher's
+    mistake: a number for a time) is written as its JSON text."""
+    if not isinstance(value, str):
+        value = json.dumps(value, default=repr)
     if name in group:
         group[name][()] = value  # in place: no unlinking, no new object
     else:
@@ -337,20 +342,35 @@ class ScanFile:
         message: str | None,
         end_time: str,
     ) -> None:
-        """Write what is only known at the end; ``end_time`` goes last."""
+        """Write what is only known at the end; ``end_time`` goes last. A part that the
+        document's values make impossible (a plot HDF5 refuses, a snapshot of another
+        type) is left out with a message: the status and ``end_time`` are always
+        written, and so is every point (I/O errors still raise)."""
         self.document = document
         written = len(self.notes)
-        self._positioners("positioners_end", document.positioners_end)
+        parts: list[tuple[str, Callable[[], None]]] = [
+            ("positioners_end", self._positioners_end),
+            ("the mesh plots", self._create_mesh_plots),
+            ("the default plot", self._set_default_plot),
+        ]
+        for part, make in parts:
+            try:
+                make()
+            except (OSError, RuntimeError):
+                raise
+            except Exception as exc:
+                self.notes.append(f"{part} not written: {exc}")
         for note in self.notes[written:]:
             self.add_message(note)
-        self._create_mesh_plots()
-        self._set_default_plot()
-        _text(self.entry, "end_reason", end_reason)
+        _text(self.entry, "end_reason", str(end_reason))
         if message:
-            _text(self.entry, "end_message", message)
+            _text(self.entry, "end_message", str(message))
         _text(self.writer, "status", status)
-        _text(self.entry, "end_time", end_time)
+        _text(self.entry, "end_time", str(end_time))
         self.file.flush()
+
+    def _positioners_end(self) -> None:
+        self._positioners("positioners_end", self.document.positioners_end)
 
     def _create_mesh_plots(self) -> None:
         """A 2D NXdata per plot with two axes: the signal's points as an image of

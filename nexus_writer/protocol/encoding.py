@@ -11,6 +11,7 @@ for variable shapes), ``r`` frame reference, ``end`` total points (the end marke
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -199,9 +200,16 @@ def _check_shape(channel: Channel, shape: Sequence[int]) -> None:
         )
 
 
+_DECIMAL = re.compile(rb"-?[0-9]{1,19}")
+
+
 def _int(fields: dict[bytes, bytes], name: bytes) -> int:
+    """A decimal integer field (no spaces, no underscores: ``int()`` accepts both)."""
     try:
-        return int(fields[name])
+        value = fields[name]
+        if not _DECIMAL.fullmatch(value):
+            raise ValueError(value)
+        return int(value)
     except KeyError:
         raise EntryError(f"field {name.decode()!r} is missing") from None
     except ValueError:

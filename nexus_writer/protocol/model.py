@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -132,11 +133,18 @@ class Channel:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Channel:
+        index, shape = data["index"], data.get("shape", [])
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 2**31:
+            raise ProtocolError(f"index {index!r:.40} is not an integer from 0")
+        if not isinstance(shape, list | tuple) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and -1 <= n < 2**31 for n in shape
+        ):
+            raise ProtocolError(f"shape {shape!r:.60} is not a list of integers")
         return cls(
             name=str(data["name"]),
-            index=int(data["index"]),
+            index=index,
             dtype=data["dtype"],
-            shape=tuple(data.get("shape", ())),
+            shape=tuple(shape),
             role=Role(data.get("role", Role.COUNTER.value)),
             unit=data.get("unit"),
         )
@@ -260,47 +268,106 @@ class ScanDocument:
                 f"scan {data.get('key')!r} uses protocol {version or '(none)'}; "
                 f"this reader knows {PROTOCOL_MAJOR}.x"
             )
+        if not isinstance(data, dict):
+            raise ProtocolError(f"a scan document must be a JSON object, not {data!r:.80}")
         channels, invalid = _parse_channels(data.get("channels"))
         problems: list[str] = []
+        positioners = data.get("positioners", {})
+        if not isinstance(positioners, dict):
+            problems.append(f"positioners {positioners!r:.80} is not an object: ignored")
+            positioners = {}
+        user = data.get("user", {})
+        if not isinstance(user, dict):
+            problems.append(f"user metadata {user!r:.80} is not an object: kept as 'value'")
+            user = {"value": user}
+        number = data.get("number")
+        if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < 2**53:
+            raise ProtocolError(
+                f"scan document {data.get('key')!r}: field 'number' must be an integer from 0, "
+                f"not {number!r:.40}"
+            )
         try:
-            shape = _parse_shape(data.get("shape", ()), problems)
-            positioners = data.get("positioners", {})
-            if not isinstance(positioners, dict):
-                problems.append(f"positioners {positioners!r:.80} is not an object: ignored")
-                positioners = {}
-            reason = data.get("end_reason")
             return cls(
                 protocol=version,
                 key=str(data["key"]),
                 session=str(data["session"]),
                 name=str(data["name"]),
-                number=int(data["number"]),
+                number=number,
                 title=str(data["title"]),
                 type=str(data["type"]),
                 file=str(data["file"]),
-                shape=shape,
-                start_time=data.get("start_time"),
-                end_time=data.get("end_time"),
-                end_reason=EndReason(reason) if reason else None,
-                end_message=data.get("end_message"),
-                user=dict(data.get("user", {})),
-                comments=tuple((c["time"], c["text"]) for c in data.get("comments", ())),
+                shape=_parse_shape(data.get("shape", ()), problems),
+                start_time=_optional_text(data, "start_time", problems),
+                end_time=_optional_text(data, "end_time", problems),
+                end_reason=_end_reason(data.get("end_reason"), problems),
+                end_message=_optional_text(data, "end_message", problems),
+                user=user,
+                comments=_parse_comments(data.get("comments", ()), problems),
                 positioners_start=_parse_snapshot(positioners, "start", problems),
                 positioners_end=_parse_snapshot(positioners, "end", problems),
-                plots=tuple(Plot.from_json(p) for p in data.get("plots", ())),
+                plots=_parse_plots(data.get("plots", ()), problems),
                 channels=channels,
                 invalid_channels=invalid,
                 problems=tuple(problems),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"scan document {data.get('key')!r} is malformed: {exc!r}") from exc
+        except KeyError as exc:
+            raise ProtocolError(
+                f"scan document {data.get('key')!r} has no field {exc.args[0]!r}"
+            ) from exc
+
+
+def _optional_text(data: dict[str, Any], name: str, problems: list[str]) -> str | None:
+    value = data.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    problems.append(f"field {name!r} {value!r:.80} is not text: written as its JSON text")
+    return json.dumps(value, default=repr)
+
+
+def _end_reason(raw: Any, problems: list[str]) -> EndReason | None:
+    if raw is None:
+        return None
+    try:
+        return EndReason(raw)
+    except ValueError:
+        problems.append(f"end_reason {raw!r:.40} is none of SUCCESS, USER_ABORT, FAILURE: ignored")
+        return None
+
+
+def _parse_comments(raw: Any, problems: list[str]) -> tuple[tuple[str, str], ...]:
+    comments = []
+    for item in raw if isinstance(raw, list) else [raw]:
+        if isinstance(item, dict) and isinstance(item.get("text"), str):
+            comments.append((str(item.get("time", "")), item["text"]))
+        else:
+            problems.append(f"comment {item!r:.80} is not {{time, text}}: ignored")
+    return tuple(comments)
+
+
+def _parse_plots(raw: Any, problems: list[str]) -> tuple[Plot, ...]:
+    plots = []
+    for item in raw if isinstance(raw, list) else [raw]:
+        try:
+            if not isinstance(item, dict):
+                raise TypeError("not an object")
+            signals, axes = item["signals"], item.get("axes", [])
+            if not (isinstance(signals, list) and isinstance(axes, list)) or not all(
+                isinstance(n, str) for n in [*signals, *axes]
+            ):
+                raise TypeError("signals and axes must be lists of channel names")
+            plots.append(Plot(str(item["name"]), tuple(signals), tuple(axes)))
+        except (KeyError, TypeError) as exc:
+            problems.append(f"plot {item!r:.80} is ignored: {exc}")
+    return tuple(plots)
 
 
 def _parse_shape(raw: Any, problems: list[str]) -> tuple[int, ...]:
     """The scan's shape; one that is not a list of positive integers is ignored (the scan
     is then open-ended), with a problem recorded: it never costs the scan's data."""
-    if isinstance(raw, list) and all(
-        isinstance(n, int) and not isinstance(n, bool) and 0 < n < 2**53 for n in raw
+    if (
+        isinstance(raw, list)
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in raw)
+        and math.prod(raw) < 2**53
     ):
         return tuple(raw)
     problems.append(f"scan shape {raw!r:.80} is not a list of positive integers: ignored")
@@ -342,11 +409,13 @@ def _parse_channels(raw: Any) -> tuple[tuple[Channel, ...], tuple[InvalidChannel
             names[channel.name] = position
             indices[channel.index] = channel.name
             channels.append(channel)
-        except (ProtocolError, KeyError, TypeError, ValueError) as exc:
+        except (ProtocolError, KeyError, TypeError, ValueError, OverflowError) as exc:
             name = (
                 str(item.get("name", f"#{position}")) if isinstance(item, dict) else f"#{position}"
             )
             index = item.get("index", position) if isinstance(item, dict) else position
+            if not isinstance(index, int) or isinstance(index, bool):
+                index = position
             reason = str(exc) if isinstance(exc, ProtocolError) else f"bad field: {exc!r}"
-            invalid.append(InvalidChannel(name, int(index), reason))
+            invalid.append(InvalidChannel(name, index, reason))
     return tuple(channels), tuple(invalid)

@@ -201,7 +201,12 @@ class ScanReader:
         streams = {s: i for s, i in self._ids.items() if s not in self._ended}
         if self.state is ScanState.CLOSED:
             timeout = None  # every entry is in Redis already: do not wait for more
-        response = xread(self.client, streams, self.count, timeout)
+        try:
+            response = xread(self.client, streams, self.count, timeout)
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            return self._drop_wrong_types(list(streams))
         events: list[ScanEvent] = []
         for stream, entries in response.items():
             channel = self._channels.get(stream)
@@ -215,31 +220,67 @@ class ScanReader:
             events.extend(self._missing_ends())
         return events
 
+    def _drop_wrong_types(self, streams: list[str]) -> list[ScanEvent]:
+        """Some stream of the scan is a key of another type (WRONGTYPE): the channel it
+        holds ends here, reported; the events stream, the scan is taken as closed. The
+        other streams are read on as before."""
+        with self.client.pipeline() as pipe:
+            for stream in streams:
+                pipe.type(stream)
+            types = pipe.execute()
+        events: list[ScanEvent] = []
+        for stream, kind in zip(streams, types, strict=True):
+            if text(kind) in ("stream", "none"):
+                continue
+            self._ended.add(stream)
+            why = f"the key {stream} holds a {text(kind)}, not a stream: nothing more is read"
+            channel = self._channels.get(stream)
+            if channel is None:
+                self.state = ScanState.CLOSED
+                events.append(self._malformed("(events)", self._ids[stream], why))
+            else:
+                events.append(self._malformed(channel.name, self._ids[stream], why))
+                events.append(ChannelEndEvent(channel, self._next[channel.name] or 0))
+        return events
+
     def _scan_event(self, stream_id: str, fields: dict[bytes, bytes]) -> list[ScanEvent]:
         text = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
         kind = text.get("event")
         try:
             if kind == "state":
                 state = ScanState(text["state"])
-                reason = text.get("reason")
                 self.state = state
+                events: list[ScanEvent] = []
+                reason: EndReason | None = None
+                if text.get("reason"):
+                    try:
+                        reason = EndReason(text["reason"])
+                    except ValueError:
+                        events.append(
+                            self._malformed(
+                                "(events)", stream_id, f"unknown end reason {text['reason']!r}"
+                            )
+                        )
                 if state in (ScanState.STARTED, ScanState.CLOSED):
-                    self.document = load_document(self.client, self.key)
-                return [
-                    StateEvent(
-                        state,
-                        text["time"],
-                        EndReason(reason) if reason else None,
-                        text.get("message"),
-                    )
-                ]
+                    events.extend(self._reload(stream_id))
+                state_event = StateEvent(state, text.get("time", ""), reason, text.get("message"))
+                return [state_event, *events]
             if kind == "comment":
                 return [CommentEvent(text["time"], text["text"])]
         except (KeyError, ValueError) as exc:
             return [self._malformed("(events)", stream_id, f"bad scan event {text}: {exc!r}")]
-        except ScanNotFoundError:
-            return []  # expired while closing: keep the document already read
         return [self._malformed("(events)", stream_id, f"unknown scan event {kind!r}")]
+
+    def _reload(self, stream_id: str) -> list[ScanEvent]:
+        """Read the document again (it gained start or end information); one that no
+        longer reads is reported, and the one read before kept: never the scan's data."""
+        try:
+            self.document = load_document(self.client, self.key)
+        except ScanNotFoundError:
+            pass  # expired while closing: keep the document already read
+        except ProtocolError as exc:
+            return [self._malformed("(document)", stream_id, f"kept as read before: {exc}")]
+        return []
 
     def _channel_events(
         self, stream: str, channel: Channel, entries: list[tuple[bytes, list[bytes]]]

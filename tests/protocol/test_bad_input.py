@@ -13,6 +13,7 @@ from nexus_writer.protocol import (
     DataLostError,
     Keys,
     MalformedEntryError,
+    PointsEvent,
     ProtocolError,
     ScanNotFoundError,
     ScanPublisher,
@@ -148,7 +149,7 @@ def test_missing_or_broken_document(redis_client: redis.Redis) -> None:
     with pytest.raises(ProtocolError, match="not valid JSON"):
         ScanReader(redis_client, "nxw:scan:bad:1")
     redis_client.set("nxw:scan:bad:2", json.dumps({"protocol": "1.0", "key": "k", "channels": []}))
-    with pytest.raises(ProtocolError, match="is malformed"):
+    with pytest.raises(ProtocolError, match="field 'number' must be an integer"):
         ScanReader(redis_client, "nxw:scan:bad:2")
 
 
@@ -205,3 +206,28 @@ def test_closed_without_end_markers_ends_the_channels_with_an_error(
     errors = errors_of(events)
     assert sorted(e.channel for e in errors) == ["a", "b"]  # type: ignore[attr-defined]
     assert all("closed without this channel's end marker" in str(e) for e in errors)
+
+
+def test_a_document_spoilt_mid_scan_is_reported_and_the_points_kept(
+    redis_client: redis.Redis,
+) -> None:
+    """Read again at STARTED and CLOSED: a document that no longer reads is reported and
+    the one read before is kept (hostile review, issue 9)."""
+    scan = two_channel_scan(redis_client)
+    reader = ScanReader(redis_client, scan.key)
+    scan.send("a", [0, 1])
+    scan.close()
+    redis_client.set(scan.key, "not json {")
+    events = read_all(reader)
+    assert points_of(events, "a").tolist() == [0, 1]
+    assert any("kept as read before" in str(e) for e in errors_of(events))
+    assert reader.done
+
+
+def test_integer_fields_are_decimal_only(redis_client: redis.Redis) -> None:
+    scan = two_channel_scan(redis_client)
+    reader = ScanReader(redis_client, scan.key)
+    redis_client.xadd(Keys.channel(scan.key, 0), {"i": " 0 ", "n": "1_0", "d": b"\0" * 80})
+    events = reader.read(timeout=1.0)
+    assert not [e for e in events if isinstance(e, PointsEvent)]
+    assert any("is not an integer" in str(e) for e in errors_of(events))

@@ -302,3 +302,105 @@ def test_one_scans_metadata_does_not_hold_up_another_scan(
         assert small_writer.state is State.OFF and big_writer.state is State.OFF
     finally:
         thread.stop()
+
+
+# -- found by a hostile review (issue 9) --------------------------------------------------
+
+
+def test_a_file_naming_a_directory_is_refused_and_the_directory_left_alone(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    (tmp_path / "proposal").mkdir()
+    (tmp_path / "proposal" / "other.h5").write_bytes(b"another scan's file")
+    key = publish(redis_client, tmp_path, lambda d: d.update(file=str(tmp_path / "proposal")))
+    writer = write_scan(redis_client, key)
+    assert writer.state is State.FAULT and writer.unfinished is None
+    assert "exists and is not a regular file" in (writer.statistics().reason or "")
+    assert (tmp_path / "proposal" / "other.h5").read_bytes() == b"another scan's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proposal"]
+
+
+@pytest.mark.parametrize(
+    ("spoil", "needle"),
+    [
+        (
+            lambda d: d.update(
+                shape=[5, 1],
+                plots=[{"name": "m", "signals": ["simu:diode"], "axes": ["axis:m", "axis:m"]}],
+            ),
+            "the mesh plots not written",
+        ),
+        (lambda d: d.update(end_time=12345), "'end_time' 12345 is not text"),
+        (lambda d: d.update(start_time={"x": 1}), "'start_time'"),
+        (lambda d: d.update(plots=[{"name": "p", "signals": [["simu:diode"]]}]), "plot"),
+        (lambda d: d.update(plots=[{"signals": ["simu:diode"]}]), "plot"),
+        (lambda d: d.update(user=[1, 2]), "user metadata [1, 2] is not an object"),
+        (lambda d: d.update(comments=[{"time": "t"}]), "comment"),
+        (lambda d: d.update(end_reason="DONE"), "end_reason 'DONE'"),
+        (lambda d: d.update(shape=[2**52, 2**52]), "scan shape"),
+    ],
+    ids=[
+        "mesh-refused",
+        "end-time-number",
+        "start-time-object",
+        "plot-nested",
+        "plot-no-name",
+        "user-list",
+        "comment-no-text",
+        "end-reason-unknown",
+        "shape-overflow",
+    ],
+)
+def test_document_fields_of_the_wrong_kind_never_cost_the_data(
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    spoil: Callable[[dict[str, Any]], object],
+    needle: str,
+) -> None:
+    group = check_kept(
+        redis_client, tmp_path, publish(redis_client, tmp_path, spoil), "SUCCEEDED", needle
+    )
+    np.testing.assert_array_equal(group["measurement/m"][()], COUNTS)
+
+
+@pytest.mark.parametrize("index", ["abc", 1.5, None, -3, True])
+def test_a_channel_with_a_bad_index_costs_that_channel_only(
+    redis_client: redis.Redis, tmp_path: Path, index: object
+) -> None:
+    def spoil(doc: dict[str, Any]) -> None:
+        doc["channels"].append({"name": "third", "index": index, "dtype": "<f8"})
+
+    check_kept(
+        redis_client, tmp_path, publish(redis_client, tmp_path, spoil), "FAULT", "channel 'third'"
+    )
+
+
+def test_a_bad_scan_number_is_named(redis_client: redis.Redis, tmp_path: Path) -> None:
+    key = publish(redis_client, tmp_path, lambda d: d.update(number=float("inf")))
+    writer = write_scan(redis_client, key)
+    assert writer.state is State.FAULT
+    assert "field 'number' must be an integer" in (writer.statistics().reason or "")
+
+
+def test_a_channel_stream_of_another_type_costs_that_channel_only(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    key = publish(redis_client, tmp_path, lambda d: None)
+    redis_client.delete(Keys.channel(key, 0))
+    redis_client.set(Keys.channel(key, 0), "not a stream")
+    writer = write_scan(redis_client, key)
+    assert writer.state is State.FAULT
+    group = entry(tmp_path)
+    np.testing.assert_array_equal(group["measurement/diode"][()], COUNTS * 10)
+    assert any("holds a string, not a stream" in m for m in messages(group))
+    assert "end_time" in group
+
+
+@pytest.mark.parametrize("path", ["/tmp/a\x00b.h5", "/tmp/\udcff.h5"], ids=["nul", "surrogate"])
+def test_a_path_that_cannot_be_a_path_is_named(
+    redis_client: redis.Redis, tmp_path: Path, path: str
+) -> None:
+    key = publish(redis_client, tmp_path, lambda d: d.update(file=path))
+    writer = write_scan(redis_client, key)
+    assert writer.state is State.FAULT and writer.unfinished is None
+    assert "cannot be a path" in (writer.statistics().reason or "")
