@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv demo test lint typecheck unit chaos bench clean
+.PHONY: all venv demo test lint typecheck unit chaos fuzz bench clean
 
 all: test
 
@@ -39,6 +39,10 @@ chaos: $(STAMP)
 	CHAOS_SEEDS=500 CRASH_TRIALS=20 FAILOVER_TRIALS=5 $(BIN)/pytest \
 		tests/sync_primitives/test_chaos.py tests/writer/test_crash_matrix.py \
 		tests/writer/test_failover.py
+
+# The fuzz test for longer: 10,000 spoilt documents into a running service (~10 minutes).
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=10000 $(BIN)/pytest tests/writer/test_fuzz.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_primitives --write docs/benchmarks.md

@@ -28,7 +28,7 @@ import numpy as np
 import redis
 
 from nexus_writer.lease import SessionLease
-from nexus_writer.nexus.datasets import FrameSource
+from nexus_writer.nexus.datasets import FrameSource, PointTooLargeError
 from nexus_writer.nexus.master import EntryExistsError, ScanAlreadyWritten
 from nexus_writer.nexus.options import PathRefusedError, WriterOptions
 from nexus_writer.nexus.scan_file import DiskFullError, ScanFile
@@ -228,7 +228,10 @@ class NexusScanWriter(Subscriber):
                 for start, piece in _slices(first, data, self.options.write_bytes):
                     file.reserve(_nbytes(piece))
                     self._fence()
-                    file.write_points(channel, start, piece)
+                    try:
+                        file.write_points(channel, start, piece)
+                    except PointTooLargeError as exc:
+                        self._problem(str(exc))  # names the points refused
                     self._written[channel] = max(self._written[channel], start + len(piece))
         for channel, sources in frames.items():
             self._fence()

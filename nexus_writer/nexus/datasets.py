@@ -27,6 +27,10 @@ def fill_value(dtype: np.dtype) -> float | int | bool:
     return math.nan if dtype.kind == "f" else 0
 
 
+class PointTooLargeError(ValueError):
+    """Points that would make one point of the dataset larger than the limit."""
+
+
 class GrowingDataset:
     """The points of one channel: shape ``(n, *point_shape)``, growing along the first axis.
 
@@ -44,6 +48,7 @@ class GrowingDataset:
         npoints: int | None,
     ) -> None:
         self.channel = channel
+        self.max_point_bytes = options.max_point_bytes
         dtype = channel.numpy_dtype
         point_shape = tuple(1 if n == -1 else n for n in channel.shape)
         itemsize_per_point = max(1, math.prod(point_shape) * dtype.itemsize)
@@ -92,16 +97,38 @@ class GrowingDataset:
         self.dataset[first:end] = data
 
     def _write_variable(self, first: int, arrays: list[np.ndarray]) -> None:
+        """Points of varying shapes, each padded to the widest of each dimension so far.
+        A point that would make that padding larger than the limit ([1, 3e6] then
+        [3e6, 1] make every point 3e6 x 3e6) is not written; the others are.
+
+        Raises:
+            PointTooLargeError: after writing the others, naming the points refused.
+        """
         assert self.shapes is not None
-        end = first + len(arrays)
-        widest = [max(a.shape[d] for a in arrays) for d in range(len(self.channel.shape))]
-        current = self.dataset.shape[1:]
-        grown = tuple(max(c, w) for c, w in zip(current, widest, strict=True))
-        self.dataset.resize((max(end, self.length), *grown))
-        self.shapes.resize(max(end, self.shapes.shape[0]), axis=0)
+        itemsize = self.dataset.dtype.itemsize
+        grown = tuple(self.dataset.shape[1:])
+        accepted: list[tuple[int, np.ndarray]] = []
+        refused: list[int] = []
         for index, array in enumerate(arrays, start=first):
-            self.dataset[(index, *(slice(0, n) for n in array.shape))] = array
-            self.shapes[index] = array.shape
+            wider = tuple(max(g, n) for g, n in zip(grown, array.shape, strict=True))
+            if math.prod(wider) * itemsize > self.max_point_bytes:
+                refused.append(index)
+                continue
+            grown = wider
+            accepted.append((index, array))
+        if accepted:
+            end = accepted[-1][0] + 1
+            self.dataset.resize((max(end, self.length), *grown))
+            self.shapes.resize(max(end, self.shapes.shape[0]), axis=0)
+            for index, array in accepted:
+                self.dataset[(index, *(slice(0, n) for n in array.shape))] = array
+                self.shapes[index] = array.shape
+        if refused:
+            raise PointTooLargeError(
+                f"channel {self.channel.name!r}: points {refused[:10]} would pad every point "
+                f"beyond the limit of {self.max_point_bytes:,} bytes (--max-point-bytes): "
+                "not written"
+            )
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from nexus_writer.nexus.names import entry_name
+from nexus_writer.nexus.options import WriterOptions
 from nexus_writer.protocol import Keys, Plot, SessionPublisher
 from nexus_writer.scan_writer import NexusScanWriter
 from nexus_writer.subscriber import State
@@ -404,3 +405,25 @@ def test_a_path_that_cannot_be_a_path_is_named(
     writer = write_scan(redis_client, key)
     assert writer.state is State.FAULT and writer.unfinished is None
     assert "cannot be a path" in (writer.statistics().reason or "")
+
+
+def test_variable_points_that_would_pad_beyond_the_limit_are_refused(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """[1, 1000] then [1000, 1]: padding every point to 1000 x 1000 (the review's case
+    was 3e6 x 3e6: 131 TiB, 15 s, SUCCEEDED)."""
+    scan = started_scan(
+        SessionPublisher(redis_client, "bad"),
+        name="ct",
+        title="ct",
+        file=str(tmp_path / "bad.h5"),
+        channels=[{"name": "var", "dtype": "<f8", "shape": [-1, -1], "role": "image"}],
+    )
+    scan.send("var", [np.ones((1, 1000))])
+    scan.send("var", [np.ones((1000, 1))])
+    scan.close()
+    writer = write_scan(redis_client, scan.key, options=WriterOptions(max_point_bytes=1 << 20))
+    assert writer.state is State.FAULT
+    group = entry(tmp_path)
+    assert group["measurement/var"].shape == (1, 1, 1000)
+    assert any("--max-point-bytes" in m for m in messages(group))
