@@ -35,9 +35,11 @@ from nexus_writer.nexus.scan_file import DiskFullError, ScanFile
 from nexus_writer.protocol import (
     ChannelEndEvent,
     CommentEvent,
+    DataLostError,
     EndReason,
     ErrorEvent,
     FrameRefsEvent,
+    GapError,
     LeaseLost,
     PointsEvent,
     ScanDocument,
@@ -313,6 +315,10 @@ class NexusScanWriter(Subscriber):
             self._file.comment(event.time, event.text)
         elif isinstance(event, ErrorEvent):
             self._problem(str(event.error))
+            error = event.error
+            if isinstance(error, DataLostError | GapError):
+                why = "trimmed" if isinstance(error, DataLostError) else "never published"
+                self._file.add_missing(error.channel, error.first, error.count, why)
         elif isinstance(event, Abandoned):
             self._abandoned = event.reason
 

@@ -323,6 +323,22 @@ class ScanFile:
     def started(self, start_time: str) -> None:
         _text(self.entry, "start_time", start_time)
 
+    def add_missing(self, channel: str, first: int, count: int, why: str) -> None:
+        """Record points of ``channel`` that never arrived (they read as the fill value):
+        ``missing_points`` rows of (first, count) and ``missing_reasons`` beside the data."""
+        if channel in self.skipped or channel not in self.names:
+            return
+        group = self.instrument[self.names[channel]]
+        if "missing_points" not in group:
+            group.create_dataset("missing_points", shape=(0, 2), maxshape=(None, 2), dtype="<i8")
+            group.create_dataset("missing_reasons", shape=(0,), maxshape=(None,), dtype=_STRINGS)
+        points, reasons = group["missing_points"], group["missing_reasons"]
+        row = points.shape[0]
+        points.resize(row + 1, axis=0)
+        reasons.resize(row + 1, axis=0)
+        points[row] = (first, count)
+        reasons[row] = why
+
     def add_message(self, message: str) -> None:
         """Record a problem in ``writer/messages`` (it stays in the file)."""
         messages = self.writer["messages"]

@@ -8,6 +8,7 @@
 from .encoding import FrameRef
 from .errors import (
     DataLostError,
+    GapError,
     LeaseLost,
     MalformedEntryError,
     ProtocolError,
@@ -53,6 +54,7 @@ __all__ = [
     "ErrorEvent",
     "FrameRef",
     "FrameRefsEvent",
+    "GapError",
     "Keys",
     "LeaseLost",
     "MalformedEntryError",

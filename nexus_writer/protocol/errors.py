@@ -51,6 +51,23 @@ class DataLostError(ProtocolError):
         self.stream_id = stream_id
 
 
+class GapError(ProtocolError):
+    """The publisher skipped points of a channel: an entry's first index is past the next
+    one expected, and nothing was trimmed in between."""
+
+    def __init__(self, scan: str, channel: str, first: int, count: int, stream_id: str) -> None:
+        last = first + count - 1
+        super().__init__(
+            f"scan {scan!r}, channel {channel!r}: points {first}..{last} were never published "
+            f"(entry {stream_id} starts at {first + count}): they read as missing"
+        )
+        self.scan = scan
+        self.channel = channel
+        self.first = first
+        self.count = count
+        self.stream_id = stream_id
+
+
 class LeaseLost(Exception):
     """This process no longer holds the session's writer lease (docs/operations.md):
     another writer service may write the session now, so this one must not."""

@@ -23,9 +23,10 @@ import numpy as np
 import redis
 
 from ._xread import Entries, check_client, fields_of, xread
-from .encoding import EntryError, FrameRef, decode, fast_fixed, points_array
+from .encoding import Decoded, EntryError, FrameRef, decode, fast_fixed, points_array
 from .errors import (
     DataLostError,
+    GapError,
     LeaseLost,
     MalformedEntryError,
     ProtocolError,
@@ -302,7 +303,9 @@ class ScanReader:
                 events.append(PointsEvent(channel, run_first, data, last_id.decode()))
                 run, run_count, run_bytes = [], 0, 0
 
+        previous: bytes | None = None  # the entry before, in this read (consecutive)
         for entry_id, flat in entries:
+            after, previous = previous, entry_id
             hit = fast_fixed(nbytes, flat) if nbytes else None
             expected = self._next[name]
             if hit is not None and (expected is None or hit[0] == expected):
@@ -318,14 +321,23 @@ class ScanReader:
                 self._next[name] = first + count
                 continue
             flush()
-            events.extend(self._entry_events(stream, channel, entry_id, fields_of(flat)))
+            events.extend(
+                self._entry_events(stream, channel, entry_id, fields_of(flat), after is not None)
+            )
         flush()
         return events
 
     def _entry_events(
-        self, stream: str, channel: Channel, entry_id: bytes, fields: dict[bytes, bytes]
+        self,
+        stream: str,
+        channel: Channel,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        follows_read: bool = False,
     ) -> list[ScanEvent]:
-        """Events of any one entry of a channel: the general (slow) path."""
+        """Events of any one entry of a channel: the general (slow) path. ``follows_read``:
+        the entry before it in the stream was read in the same read (so nothing between
+        them can have been trimmed)."""
         stream_id = entry_id.decode()
         try:
             decoded = decode(channel, fields)
@@ -336,14 +348,29 @@ class ScanReader:
             return [ChannelEndEvent(channel, decoded.end_total)]
         events: list[ScanEvent] = []
         expected = self._next[channel.name]
-        if expected is not None and decoded.first != expected:
-            if decoded.first < expected:
+        if expected is not None and decoded.first < expected:
+            if decoded.first + decoded.points <= expected:
                 reason = f"points from {decoded.first} repeat: {expected} expected"
                 return [self._malformed(channel.name, stream_id, reason)]
-            gap = decoded.first - expected
+            # Overlapping: the points already read are dropped, the new ones kept.
             events.append(
-                ErrorEvent(DataLostError(self.key, channel.name, expected, gap, stream_id))
+                self._malformed(
+                    channel.name,
+                    stream_id,
+                    f"points {decoded.first}..{expected - 1} repeat: only the new ones, from "
+                    f"{expected}, are kept",
+                )
             )
+            decoded = _tail(channel, decoded, expected - decoded.first)
+        if expected is not None and decoded.first != expected:
+            gap = decoded.first - expected
+            trimmed = not follows_read and self._trimmed_after(stream)
+            error: ProtocolError = (
+                DataLostError(self.key, channel.name, expected, gap, stream_id)
+                if trimmed
+                else GapError(self.key, channel.name, expected, gap, stream_id)
+            )
+            events.append(ErrorEvent(error))
         self._next[channel.name] = decoded.first + decoded.points
         if decoded.payload is not None:
             data = points_array(channel, [decoded.payload], decoded.points)
@@ -356,6 +383,17 @@ class ScanReader:
             assert decoded.arrays is not None
             events.append(PointsEvent(channel, decoded.first, decoded.arrays, stream_id))
         return events
+
+    def _trimmed_after(self, stream: str) -> bool:
+        """Whether entries after the last one read were trimmed from ``stream`` (Redis
+        trims from the head: its first entry is then past the last one read)."""
+        try:
+            first = self.client.xinfo_stream(stream).get("first-entry")
+        except redis.ResponseError:
+            return False
+        if not first:
+            return False
+        return _id_key(first[0]) > _id_key(self._ids[stream].encode())
 
     def _missing_ends(self) -> list[ScanEvent]:
         """CLOSED, nothing left to read, yet some channels never ended: end them here."""
@@ -607,6 +645,30 @@ class SessionReader:
         except redis.ResponseError as exc:
             _check_guard(exc, self.session)
             raise
+
+
+def _id_key(stream_id: bytes | str) -> tuple[int, int]:
+    text_id = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    millis, _, sequence = text_id.partition("-")
+    return int(millis), int(sequence or 0)
+
+
+def _tail(channel: Channel, decoded: Decoded, skip: int) -> Decoded:
+    """The entry without its first ``skip`` points."""
+    if decoded.payload is not None:
+        size = len(decoded.payload) // decoded.points
+        return decoded._replace(
+            first=decoded.first + skip,
+            points=decoded.points - skip,
+            payload=decoded.payload[skip * size :],
+        )
+    if decoded.arrays is not None:
+        return decoded._replace(
+            first=decoded.first + skip, points=decoded.points - skip, arrays=decoded.arrays[skip:]
+        )
+    assert decoded.ref is not None
+    ref = FrameRef(decoded.ref.file, decoded.ref.dataset, decoded.ref.frame + skip)
+    return decoded._replace(first=decoded.first + skip, points=decoded.points - skip, ref=ref)
 
 
 def _check_guard(exc: redis.ResponseError, session: str) -> None:

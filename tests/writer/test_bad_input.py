@@ -210,7 +210,63 @@ def test_trimmed_first_points_are_reported_and_read_as_nan(
     data = group["measurement/diode"][()]
     assert np.isnan(data[:30]).all()  # never shown as data
     np.testing.assert_array_equal(data[30:], np.arange(30, 100, dtype=float))
-    assert any("points 0..29" in m for m in messages(group))
+    assert any("points 0..29 were trimmed" in m for m in messages(group))
+    diode = group["instrument/diode"]
+    assert diode["missing_points"][()].tolist() == [[0, 30]]
+    assert [r.decode() for r in diode["missing_reasons"][()]] == ["trimmed"]
+
+
+def test_points_a_publisher_skipped_are_told_from_trimmed_ones(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Defect 6: a publisher's gap was reported as 'trimmed from Redis'."""
+    scan = started_scan(
+        SessionPublisher(redis_client, "bad"),
+        name="ct",
+        title="ct",
+        file=str(tmp_path / "bad.h5"),
+        channels=[{"name": "diode", "dtype": "<f8"}],
+    )
+    stream = Keys.channel(scan.key, 0)
+    for first in (0, 20):
+        values = np.arange(first, first + 10, dtype="<f8")
+        redis_client.xadd(stream, {"i": first, "n": 10, "d": values.tobytes()})
+    redis_client.xadd(stream, {"end": 30})
+    scan.close()
+    writer = write_scan(redis_client, scan.key)
+    assert writer.state is State.FAULT
+    group = entry(tmp_path)
+    data = group["measurement/diode"][()]
+    assert np.isnan(data[10:20]).all()
+    np.testing.assert_array_equal(data[20:], np.arange(20.0, 30.0))
+    assert any("points 10..19 were never published" in m for m in messages(group))
+    diode = group["instrument/diode"]
+    assert diode["missing_points"][()].tolist() == [[10, 10]]
+    assert [r.decode() for r in diode["missing_reasons"][()]] == ["never published"]
+
+
+def test_an_overlapping_entry_keeps_its_new_points(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Defect 6: an entry repeating some points was dropped whole, with its new ones."""
+    scan = started_scan(
+        SessionPublisher(redis_client, "bad"),
+        name="ct",
+        title="ct",
+        file=str(tmp_path / "bad.h5"),
+        channels=[{"name": "diode", "dtype": "<f8"}],
+    )
+    stream = Keys.channel(scan.key, 0)
+    for first in (0, 5):
+        values = np.arange(first, first + 10, dtype="<f8")
+        redis_client.xadd(stream, {"i": first, "n": 10, "d": values.tobytes()})
+    redis_client.xadd(stream, {"end": 15})
+    scan.close()
+    writer = write_scan(redis_client, scan.key)
+    assert writer.state is State.FAULT  # the repeat is reported
+    group = entry(tmp_path)
+    np.testing.assert_array_equal(group["measurement/diode"][()], np.arange(15.0))
+    assert any("points 5..9 repeat: only the new ones, from 10" in m for m in messages(group))
 
 
 def _id_of_entry(client: redis.Redis, key: str, position: int) -> str:
