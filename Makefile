@@ -40,9 +40,9 @@ chaos: $(STAMP)
 		tests/sync_primitives/test_chaos.py tests/writer/test_crash_matrix.py \
 		tests/writer/test_failover.py
 
-# The fuzz test for longer: 10,000 spoilt documents into a running service (~10 minutes).
+# The fuzz test for longer: 8,000 spoilt documents into a running service (~10 minutes).
 fuzz: $(STAMP)
-	FUZZ_EXAMPLES=10000 $(BIN)/pytest tests/writer/test_fuzz.py
+	FUZZ_EXAMPLES=8000 $(BIN)/pytest tests/writer/test_fuzz.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_primitives --write docs/benchmarks.md

@@ -180,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="points at index N or beyond are not written (default: %(default)s)",
     )
     run.add_argument(
+        "--max-channels",
+        type=_positive,
+        default=WriterOptions.max_channels,
+        metavar="N",
+        help="channels of a scan beyond the first N are not written (default: %(default)s)",
+    )
+    run.add_argument(
         "--max-metadata-items",
         type=_positive,
         default=WriterOptions.max_metadata_items,
@@ -239,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
             max_point_bytes=args.max_point_bytes,
             max_points=args.max_points,
             max_metadata_items=args.max_metadata_items,
+            max_channels=args.max_channels,
         )
         service = WriterService(
             client,

@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -31,10 +32,10 @@ import gevent
 import redis
 
 from nexus_writer import atomic
-from nexus_writer.lease import DEFAULT_TTL, Holder, SessionLease
+from nexus_writer.lease import DEFAULT_TTL, Holder, LeaseStatistics, SessionLease
 from nexus_writer.nexus.options import WriterOptions
 from nexus_writer.protocol import DEFAULT_PREFIX, ProtocolError, SessionReader
-from nexus_writer.session_writer import NexusSessionWriter
+from nexus_writer.session_writer import NexusSessionWriter, SessionStatistics
 from nexus_writer.subscriber import Mode, State
 from sync_primitives import Event
 
@@ -52,6 +53,18 @@ class Role(enum.Enum):
     STANDBY = "standby"  #: another service writes the session
     ACTIVE = "active"  #: this service writes the session
     STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class ServiceStatistics:
+    """A snapshot of a writer service (plain data: for the device, monitors, tests)."""
+
+    session: str
+    role: str
+    lease: LeaseStatistics
+    errors: int  #: Redis unreachable, a key of another type, the session writer failing...
+    last_error: str | None
+    writer: SessionStatistics | None  #: while active
 
 
 class WriterService:
@@ -88,6 +101,8 @@ class WriterService:
         self._stop = Event()
         self._wake = Event()  # stop, lease lost, writer ended
         self._failures = 0
+        self._errors = 0
+        self._last_error: str | None = None
         self.exit_status = 0
 
     @property
@@ -97,6 +112,21 @@ class WriterService:
     def writer(self) -> NexusSessionWriter | None:
         """The session writer while the service is active."""
         return self._writer
+
+    def statistics(self) -> ServiceStatistics:
+        writer = self._writer
+        return ServiceStatistics(
+            session=self.session,
+            role=self._role.value,
+            lease=self.lease.statistics(),
+            errors=self._errors,
+            last_error=self._last_error,
+            writer=writer.session_statistics() if writer is not None else None,
+        )
+
+    def _error(self, what: str) -> None:
+        self._errors += 1
+        self._last_error = what
 
     def stop(self) -> None:
         """Ask :meth:`run` to stop: running scans are closed with what was received."""
@@ -116,6 +146,7 @@ class WriterService:
                     taken = self.lease.acquire()
                     holder = None if taken else self.lease.holder()
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    self._error(f"Redis unreachable: {exc}")
                     _log.warning(
                         "session %s: Redis unreachable (%s); retrying in %.1f s",
                         self.session,
@@ -126,6 +157,7 @@ class WriterService:
                     unreachable_delay = min(2 * unreachable_delay, self.options.retry_max_delay)
                     continue
                 except redis.RedisError as exc:  # the lease's key made something else
+                    self._error(f"cannot take the writer lease {self.lease.key}: {exc}")
                     _log.error(
                         "session %s: cannot take the writer lease %s (%s); retrying in %.1f s",
                         self.session,
@@ -166,6 +198,7 @@ class WriterService:
             _log.warning("session %s: Redis unreachable (%s)", self.session, exc)
             return False
         except (redis.RedisError, ProtocolError) as exc:
+            self._error(f"cannot follow the session: {exc}")
             _log.error("session %s: cannot follow the session: %s", self.session, exc)
             return False
         self.since = "0-0"  # the group exists: never "now" again (see _announce_active)
@@ -227,6 +260,7 @@ class WriterService:
             # Not the lease: the session writer itself failed. Give the session to a
             # standby, if there is one, and try again later.
             self._failures += 1
+            self._error(f"the session writer failed: {failure}")
             delay = min(60.0, 2.0**self._failures)
             _log.error(
                 "session %s: the session writer failed (%s): the lease is given back and "

@@ -63,6 +63,9 @@ class WriterOptions:
     #: A point index at or beyond this is refused (a publisher's ``i`` of 2**62 would make
     #: a dataset of that many rows).
     max_points: int = 2**32
+    #: Channels of a scan beyond this many are not written (entry creation costs about
+    #: 0.6 ms per channel).
+    max_channels: int = 10_000
     #: User metadata with more items is stored as one JSON text (metadata/json).
     max_metadata_items: int = 10_000
 

@@ -140,8 +140,16 @@ class ScanFile:
         self.frames: dict[str, list[FrameSource]] = {}
         #: Channels that have no place in the file, and why (their points are dropped).
         self.skipped: dict[str, str] = {}
-        for channel in doc.channels:
+        limit = self.options.max_channels
+        for channel in doc.channels[:limit]:
             self._create_channel(channel)
+        for channel in doc.channels[limit:]:
+            self.skipped[channel.name] = "over the limit of channels"
+        if len(doc.channels) > limit:
+            self.problems.append(
+                f"{len(doc.channels) - limit} channels beyond the first {limit:,} "
+                "(--max-channels) are not written"
+            )
         self._positioners("positioners_start", doc.positioners_start)
         self._create_plots()
         self._set_default_plot()

@@ -483,3 +483,15 @@ def test_variable_points_that_would_pad_beyond_the_limit_are_refused(
     group = entry(tmp_path)
     assert group["measurement/var"].shape == (1, 1, 1000)
     assert any("--max-point-bytes" in m for m in messages(group))
+
+
+def test_channels_beyond_the_limit_are_not_written(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    key = publish(redis_client, tmp_path, lambda d: None)
+    writer = write_scan(redis_client, key, options=WriterOptions(max_channels=1))
+    assert writer.state is State.FAULT
+    group = entry(tmp_path)
+    np.testing.assert_array_equal(group["measurement/m"][()], COUNTS)
+    assert "diode" not in group["measurement"]
+    assert any("1 channels beyond the first 1 (--max-channels)" in m for m in messages(group))

@@ -6,7 +6,7 @@ session of one real ``nexus-writer run``. After each example: the service is ali
 has finished with both scans (its consumer group acknowledged them), the good scan is
 exact, the spoilt one's entry (if it has one) is ended, and nothing exists outside the
 root. ``make test`` runs a fixed set of examples (derandomized); ``make fuzz`` runs
-``FUZZ_EXAMPLES`` of them (10,000 there, about ten minutes), each run different.
+``FUZZ_EXAMPLES`` of them (8,000 there, about ten minutes), each run different.
 """
 
 from __future__ import annotations

@@ -1,0 +1,51 @@
+"""WriterService in this process: its statistics say what went wrong, and it goes on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gevent
+import redis
+
+from nexus_writer.nexus.options import WriterOptions
+from nexus_writer.protocol import SessionPublisher
+from nexus_writer.service import Role, WriterService
+from nexus_writer.simulator import Beamline
+from tests.conftest import wait_until
+from tests.writer.helpers import assert_file_has_every_value
+
+
+def test_errors_on_the_session_stream_are_counted_and_waited_out(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    service = WriterService(redis_client, "stats", WriterOptions(roots=(tmp_path,)), lease_ttl=0.5)
+    running = gevent.spawn(service.run)
+    try:
+        wait_until(lambda: service.writer() is not None, "the service active")
+        assert service.role is Role.ACTIVE
+        writer = service.writer()
+        assert writer is not None
+        wait_until(writer.following.is_set, "the session followed")
+        stream = "nxw:session:stats:scans"
+        redis_client.delete(stream)
+        redis_client.set(stream, "not a stream")
+        wait_until(lambda: service.statistics().errors > 0, "the error counted", 10)
+        assert "WRONGTYPE" in (service.statistics().last_error or "")
+        redis_client.delete(stream)
+        line = Beamline(SessionPublisher(redis_client, "stats"), root=str(tmp_path), record=True)
+        scan = line.run("loopscan 3 0")
+        wait_until(
+            lambda: (
+                (w := service.writer()) is not None and w.session_statistics().scans_succeeded == 1
+            ),
+            "the scan written after the stream was mended",
+            15,
+        )
+        stats = service.statistics()
+        assert stats.role == "active" and stats.lease.held and stats.writer is not None
+    finally:
+        service.stop()
+        running.join(30)
+    assert running.value == 0
+    assert service.role is Role.STOPPED
+    assert_file_has_every_value(scan)
