@@ -187,6 +187,25 @@ def test_metadata_problems_never_cost_measured_data(
     assert text(group["metadata/sample"]) == "gold"
 
 
+def diode_scan(client: redis.Redis, root: Path, firsts: list[int], end: int) -> str:
+    """A scan of one float channel whose entries, written raw, hold points
+    ``first .. first + 9`` (their values are their indices), then the end marker."""
+    scan = started_scan(
+        SessionPublisher(client, "bad"),
+        name="ct",
+        title="ct",
+        file=str(root / "bad.h5"),
+        channels=[{"name": "diode", "dtype": "<f8"}],
+    )
+    stream = Keys.channel(scan.key, 0)
+    for first in firsts:
+        values = np.arange(first, first + 10, dtype="<f8")
+        client.xadd(stream, {"i": first, "n": 10, "d": values.tobytes()})
+    client.xadd(stream, {"end": end})
+    scan.close()
+    return scan.key
+
+
 def test_trimmed_first_points_are_reported_and_read_as_nan(
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
@@ -220,20 +239,7 @@ def test_points_a_publisher_skipped_are_told_from_trimmed_ones(
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     """Defect 6: a publisher's gap was reported as 'trimmed from Redis'."""
-    scan = started_scan(
-        SessionPublisher(redis_client, "bad"),
-        name="ct",
-        title="ct",
-        file=str(tmp_path / "bad.h5"),
-        channels=[{"name": "diode", "dtype": "<f8"}],
-    )
-    stream = Keys.channel(scan.key, 0)
-    for first in (0, 20):
-        values = np.arange(first, first + 10, dtype="<f8")
-        redis_client.xadd(stream, {"i": first, "n": 10, "d": values.tobytes()})
-    redis_client.xadd(stream, {"end": 30})
-    scan.close()
-    writer = write_scan(redis_client, scan.key)
+    writer = write_scan(redis_client, diode_scan(redis_client, tmp_path, [0, 20], 30))
     assert writer.state is State.FAULT
     group = entry(tmp_path)
     data = group["measurement/diode"][()]
@@ -249,20 +255,7 @@ def test_an_overlapping_entry_keeps_its_new_points(
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     """Defect 6: an entry repeating some points was dropped whole, with its new ones."""
-    scan = started_scan(
-        SessionPublisher(redis_client, "bad"),
-        name="ct",
-        title="ct",
-        file=str(tmp_path / "bad.h5"),
-        channels=[{"name": "diode", "dtype": "<f8"}],
-    )
-    stream = Keys.channel(scan.key, 0)
-    for first in (0, 5):
-        values = np.arange(first, first + 10, dtype="<f8")
-        redis_client.xadd(stream, {"i": first, "n": 10, "d": values.tobytes()})
-    redis_client.xadd(stream, {"end": 15})
-    scan.close()
-    writer = write_scan(redis_client, scan.key)
+    writer = write_scan(redis_client, diode_scan(redis_client, tmp_path, [0, 5], 15))
     assert writer.state is State.FAULT  # the repeat is reported
     group = entry(tmp_path)
     np.testing.assert_array_equal(group["measurement/diode"][()], np.arange(15.0))
