@@ -65,6 +65,16 @@ def _add_redis_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: The writer's limits on what a publisher can make it do: WriterOptions field, metavar,
+#: what the option does.
+LIMITS = [
+    ("max_point_bytes", "BYTES", "a channel whose one point is larger is not written"),
+    ("max_points", "N", "points at index N or beyond are not written"),
+    ("max_channels", "N", "channels of a scan beyond the first N are not written"),
+    ("max_metadata_items", "N", "user metadata with more items is stored as one JSON text"),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nexus-writer", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -165,34 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
         "this long unless renewed: a standby service takes over within about this time "
         "after the active one dies (default: %(default)g)",
     )
-    run.add_argument(
-        "--max-point-bytes",
-        type=_positive,
-        default=WriterOptions.max_point_bytes,
-        metavar="BYTES",
-        help="a channel whose one point is larger is not written (default: %(default)s)",
-    )
-    run.add_argument(
-        "--max-points",
-        type=_positive,
-        default=WriterOptions.max_points,
-        metavar="N",
-        help="points at index N or beyond are not written (default: %(default)s)",
-    )
-    run.add_argument(
-        "--max-channels",
-        type=_positive,
-        default=WriterOptions.max_channels,
-        metavar="N",
-        help="channels of a scan beyond the first N are not written (default: %(default)s)",
-    )
-    run.add_argument(
-        "--max-metadata-items",
-        type=_positive,
-        default=WriterOptions.max_metadata_items,
-        metavar="N",
-        help="user metadata with more items is stored as one JSON text (default: %(default)s)",
-    )
+    for field, metavar, what in LIMITS:
+        run.add_argument(
+            f"--{field.replace('_', '-')}",
+            type=_positive,
+            default=getattr(WriterOptions, field),
+            metavar=metavar,
+            help=f"{what} (default: %(default)s; docs/protocol.md, bad input)",
+        )
     run.add_argument(
         "--inactivity-timeout",
         type=float,
@@ -243,10 +233,7 @@ def run(args: argparse.Namespace) -> int:
             roots=tuple(Path(r).resolve() for r in args.root),
             compression=Compression(args.compression),
             inactivity_timeout=args.inactivity_timeout,
-            max_point_bytes=args.max_point_bytes,
-            max_points=args.max_points,
-            max_metadata_items=args.max_metadata_items,
-            max_channels=args.max_channels,
+            **{field: getattr(args, field) for field, _, _ in LIMITS},
         )
         service = WriterService(
             client,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nexus_writer.cli import REDIS_URL_VARIABLE, main
+from nexus_writer.cli import REDIS_URL_VARIABLE, build_parser, main
+from nexus_writer.nexus.options import WriterOptions
 
 
 @pytest.mark.parametrize("argv", [["run", "--session", "s"], ["simulate", "loopscan 2 0"]])
@@ -24,3 +25,23 @@ def test_a_bad_option_value_is_named(capsys: pytest.CaptureFixture[str]) -> None
         main(["simulate", "--embedded", "--image-shape", "48by64", "loopscan 2 0"])
     assert exit_info.value.code == 2
     assert "'48by64': expected ROWSxCOLUMNS" in capsys.readouterr().err
+
+
+def test_limit_options_reach_the_writer_options() -> None:
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--redis",
+            "redis://x",
+            "--session",
+            "s",
+            "--max-points",
+            "7",
+            "--max-channels",
+            "3",
+        ]
+    )
+    assert (args.max_points, args.max_channels) == (7, 3)
+    assert args.max_point_bytes == WriterOptions.max_point_bytes
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--redis", "x", "--session", "s", "--max-points", "0"])
