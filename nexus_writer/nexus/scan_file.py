@@ -178,12 +178,20 @@ class ScanFile:
         one scan's metadata cannot hold up the other scans of the consumer thread for
         long. Between items the other scans get their turn every few milliseconds."""
         limit = self.options.max_metadata_items
-        if _count_items(user, limit) > limit:
-            self.notes.append(
-                f"metadata: more than {limit:,} items (--max-metadata-items): stored as "
-                "its JSON text in metadata/json"
+        items, depth = _count_items(user, limit)
+        if items > limit or depth > MAX_DEPTH:
+            why = (
+                f"more than {limit:,} items (--max-metadata-items)"
+                if items > limit
+                else f"nested more than {MAX_DEPTH} levels deep"
             )
-            group.create_dataset("json", data=json.dumps(user, default=repr), dtype=_STRINGS)
+            try:
+                text = json.dumps(user, default=repr)
+            except RecursionError:
+                self.notes.append(f"metadata: {why}, and too deep for JSON: not stored")
+                return
+            self.notes.append(f"metadata: {why}: stored as its JSON text in metadata/json")
+            group.create_dataset("json", data=text, dtype=_STRINGS)
             return
         _write_mapping(group, user, self.notes, "metadata")
 
@@ -466,14 +474,20 @@ def _write_mapping(
             _store(group, str(key), value, notes, where)
 
 
-def _count_items(mapping: dict[str, Any], limit: int) -> int:
-    """Items of a nested mapping, counted up to just past ``limit`` (no recursion)."""
-    count, stack = 0, [mapping]
-    while stack and count <= limit:
-        current = stack.pop()
+#: User metadata nested deeper is stored as one JSON text (groups in groups...).
+MAX_DEPTH = 32
+
+
+def _count_items(mapping: dict[str, Any], limit: int) -> tuple[int, int]:
+    """Items of a nested mapping, counted up to just past ``limit``, and how deep it is
+    (up to just past MAX_DEPTH; no recursion)."""
+    count, depth, stack = 0, 0, [(mapping, 1)]
+    while stack and count <= limit and depth <= MAX_DEPTH:
+        current, level = stack.pop()
         count += len(current)
-        stack.extend(v for v in current.values() if isinstance(v, dict))
-    return count
+        depth = max(depth, level)
+        stack.extend((v, level + 1) for v in current.values() if isinstance(v, dict))
+    return count, depth
 
 
 #: Seconds of creation work after which the other greenlets of the thread get a turn.

@@ -131,6 +131,8 @@ def load_document(client: redis.Redis, key: str) -> ScanDocument:
         data = json.loads(raw)
     except ValueError as exc:
         raise ProtocolError(f"scan document {key!r} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ProtocolError(f"scan document {key!r} is nested too deeply to read") from None
     if not isinstance(data, dict):
         raise ProtocolError(f"scan document {key!r} is not a JSON object")
     return ScanDocument.from_json(data)

@@ -488,3 +488,22 @@ def test_channels_beyond_the_limit_are_not_written(
     np.testing.assert_array_equal(group["measurement/m"][()], COUNTS)
     assert "diode" not in group["measurement"]
     assert any("1 channels beyond the first 1 (--max-channels)" in m for m in messages(group))
+
+
+@pytest.mark.parametrize("depth", [40, 5000])
+def test_deeply_nested_metadata_never_costs_the_data(
+    redis_client: redis.Redis, tmp_path: Path, depth: int
+) -> None:
+    key = publish(redis_client, tmp_path, lambda d: d["user"].update(deep="PLACEHOLDER"))
+    # Python's json cannot write 5000 levels: the text is spliced in.
+    deep_text = '{"n": ' * depth + "{}" + "}" * depth
+    raw = cast(bytes, redis_client.get(key)).decode().replace('"PLACEHOLDER"', deep_text)
+    redis_client.set(key, raw)
+    if depth == 40:  # read, and stored as one JSON text
+        group = check_kept(redis_client, tmp_path, key, "SUCCEEDED", "levels deep")
+        assert json.loads(text(group["metadata/json"]))["deep"] == json.loads(deep_text)
+    else:  # too deep to read at all: the scan fails, and says why
+        writer = write_scan(redis_client, key)
+        assert writer.state is State.FAULT
+        assert "nested too deeply to read" in (writer.statistics().reason or "")
+        assert writer.unfinished is None
