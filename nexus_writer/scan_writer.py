@@ -183,8 +183,8 @@ class NexusScanWriter(Subscriber):
             if self._file is not None:
                 self._file.broken = True
             raise
-        except (PathRefusedError, EntryExistsError):
-            raise  # the publisher's path or numbering: writing again would not help
+        except (PathRefusedError, EntryExistsError, RecursionError):
+            raise  # the publisher's path, numbering or nesting: writing again cannot help
         except (OSError, RuntimeError) as exc:
             # What HDF5 raises when writing or flushing fails (OSError, but also the
             # RuntimeError of a failed flush, e.g. past a file size limit) leaves the file
@@ -371,6 +371,8 @@ class NexusScanWriter(Subscriber):
             return
         try:
             self._write_end(self._file, state, reason)
+        except RecursionError:
+            raise  # not I/O: the file is sound (it is closed below)
         except (OSError, RuntimeError) as exc:
             self._unfinished = f"I/O error: {exc}"
             self._file.broken = True  # as in consume: never touched again

@@ -388,8 +388,10 @@ class ScanFile:
         for part, make in parts:
             try:
                 make()
+            except RecursionError as exc:
+                self.notes.append(f"{part} not written: {exc}")
             except (OSError, RuntimeError):
-                raise
+                raise  # I/O
             except Exception as exc:
                 self.notes.append(f"{part} not written: {exc}")
         for note in self.notes[written:]:
