@@ -40,17 +40,21 @@ def in_plain_thread(fn: Callable[..., T], *args: Any) -> Future[T]:
     return future
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = PROMPT) -> None:
+def wait_until(
+    condition: Callable[[], bool], what: str, timeout: float = PROMPT, interval: float = 0.001
+) -> None:
     """Poll ``condition`` until it holds, yielding to the main hub; fail after ``timeout``.
 
     For states that have no event of their own, such as "three greenlets are now blocked
-    in wait()", read from a primitive's statistics().
+    in wait()", read from a primitive's statistics(), or what another process leaves in a
+    file or in Redis (``interval``: seconds between looks, for conditions that cost a
+    round trip).
     """
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting until {what}")
-        gevent.sleep(0.001)
+        gevent.sleep(interval)
 
 
 def call_in_hub(fn: Callable[[], T]) -> T | BaseException:

@@ -14,22 +14,18 @@ import os
 import random
 import signal
 import threading
-import time
 from pathlib import Path
-from typing import Any, cast
 
 import h5py
 import pytest
 import redis
 
 from nexus_writer.nexus.validation import nxcheck_errors
-from nexus_writer.protocol import Keys, SessionPublisher
-from nexus_writer.protocol.keys import text as text_of
+from nexus_writer.protocol import SessionPublisher
 from nexus_writer.redis_server import EmbeddedRedis
-from nexus_writer.service import WRITER_GROUP
 from nexus_writer.simulator import Beamline, Detectors, PublishedScan
 from sync_primitives import AsyncResult
-from tests.writer.helpers import assert_file_has_every_value, text
+from tests.writer.helpers import assert_file_has_every_value, text, wait_until_all_acknowledged
 from tests.writer.test_service import _service, lines_of, wait_for_line
 
 pytestmark = pytest.mark.stress
@@ -67,26 +63,6 @@ def publish(client: redis.Redis, root: Path, session: str) -> AsyncResult[list[P
     for name in BRANCHES:
         threading.Thread(target=branch, args=(name,), daemon=True).start()
     return done
-
-
-def wait_until_all_acknowledged(client: redis.Redis, session: str, count: int) -> None:
-    """Until the service's consumer group has been given all ``count`` announcements and
-    has acknowledged each (its scan written). Redis is the only place that says so for
-    scans written before the crash too; it is polled, within a bound."""
-    stream = Keys().session_scans(session)
-    deadline = time.monotonic() + 60
-    while True:
-        groups = {text_of(g["name"]): g for g in client.xinfo_groups(stream)}
-        group = groups.get(WRITER_GROUP)
-        if group is not None and group["pending"] == 0:
-            delivered = text_of(group["last-delivered-id"])
-            newest = cast(list[tuple[bytes, Any]], client.xrevrange(stream, count=1))
-            if delivered == text_of(newest[0][0]):
-                assert client.xlen(stream) == count
-                return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not every scan was written: {group}")
-        time.sleep(0.05)
 
 
 #: How the service goes down: killed, stopped, killed while Redis restarts too, or killed

@@ -19,11 +19,8 @@ from nexus_writer.protocol import SessionPublisher
 from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.simulator import Beamline, Detectors, PublishedScan
 from sync_primitives import AsyncResult
-from tests.writer.test_crash_matrix import (
-    assert_every_scan_written_once,
-    publish,
-    wait_until_all_acknowledged,
-)
+from tests.writer.helpers import wait_until_all_acknowledged
+from tests.writer.test_crash_matrix import assert_every_scan_written_once, publish
 from tests.writer.test_service import _service, lines_of, wait_for_line
 
 pytestmark = pytest.mark.stress

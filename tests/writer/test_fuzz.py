@@ -30,9 +30,8 @@ from hypothesis import strategies as st
 
 from nexus_writer.nexus.master import scan_key
 from nexus_writer.protocol import Keys, SessionPublisher
-from nexus_writer.protocol.keys import text as text_of
 from nexus_writer.redis_server import EmbeddedRedis
-from nexus_writer.service import WRITER_GROUP
+from tests.writer.helpers import wait_until_all_acknowledged
 from tests.writer.test_service import _service, lines_of
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
@@ -159,22 +158,13 @@ def mutations(draw: st.DrawFn, document: dict[str, Any]) -> tuple[dict[str, Any]
     return spoilt, "; ".join(done)
 
 
-def acknowledged(service: Service, timeout: float = 30.0) -> None:
-    """Until the service's group has been given every announcement and has acknowledged
-    each (polled: Redis does not notify)."""
-    stream = Keys().session_scans(SESSION)
-    deadline = time.monotonic() + timeout
-    while True:
-        groups = {text_of(g["name"]): g for g in service.client.xinfo_groups(stream)}
-        group = groups.get(WRITER_GROUP)
-        if group is not None and group["pending"] == 0:
-            newest = cast(list[tuple[bytes, Any]], service.client.xrevrange(stream, count=1))
-            if text_of(group["last-delivered-id"]) == text_of(newest[0][0]):
-                return
-        if time.monotonic() > deadline:
-            service.drain()
-            raise AssertionError(f"the service did not finish the scans: {service.log[-15:]}")
-        time.sleep(0.02)
+def acknowledged(service: Service) -> None:
+    """Until the service has finished with every scan announced; its log if it does not."""
+    try:
+        wait_until_all_acknowledged(service.client, SESSION, timeout=30)
+    except AssertionError as exc:
+        service.drain()
+        raise AssertionError(f"{exc}: {service.log[-15:]}") from None
 
 
 @pytest.mark.timeout(max(120, EXAMPLES * 10))

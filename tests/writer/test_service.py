@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from nexus_writer.nexus.validation import nxcheck_errors
 from nexus_writer.protocol import SessionPublisher
 from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.simulator import Beamline, Detectors, PublishedScan
+from tests.conftest import wait_until
 from tests.writer.helpers import assert_file_has_every_value, started_scan, text, write_scan
 
 ROOT = Path(__file__).parents[2]
@@ -66,13 +66,9 @@ def wait_for_lines(lines: queue.Queue[str], needles: list[str], timeout: float =
 
 
 def wait_for_file(path: Path, timeout: float = 30.0) -> str:
-    """The text of ``path`` once it exists. Another process writes it: there is no event to
-    wait on, so this polls, within a bound."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.01)
+    """The text of ``path`` once it exists (another process writes it: no event to wait
+    on, so it is looked for, within a bound)."""
+    wait_until(path.exists, f"{path} appears", timeout, interval=0.01)
     return path.read_text()
 
 
