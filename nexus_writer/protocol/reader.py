@@ -167,7 +167,7 @@ class ScanReader:
         self._ids = {s: cursor.ids.get(s, "0-0") for s in [*self._channels, self._events_key]}
         # From the first entry on, the index is checked: a stream whose first entries were
         # trimmed before they were read shows a gap from 0 (never silent zeros).
-        self._next: dict[str, int | None] = {
+        self._next: dict[str, int] = {
             c.name: cursor.next_index.get(c.name, 0) for c in self.document.channels
         }
         self._ended: set[str] = set()  # stream keys
@@ -186,7 +186,7 @@ class ScanReader:
         return self.state is ScanState.CLOSED and len(self._ended) == len(self._channels)
 
     def cursor(self) -> Cursor:
-        return Cursor(dict(self._ids), {name: n for name, n in self._next.items() if n is not None})
+        return Cursor(dict(self._ids), dict(self._next))
 
     def read(self, timeout: float | None = 1.0) -> list[ScanEvent]:
         """What arrived since the last read, waiting at most ``timeout`` seconds for
@@ -243,7 +243,7 @@ class ScanReader:
                 events.append(self._malformed("(events)", self._ids[stream], why))
             else:
                 events.append(self._malformed(channel.name, self._ids[stream], why))
-                events.append(ChannelEndEvent(channel, self._next[channel.name] or 0))
+                events.append(ChannelEndEvent(channel, self._next[channel.name]))
         return events
 
     def _scan_event(self, stream_id: str, fields: dict[bytes, bytes]) -> list[ScanEvent]:
@@ -305,12 +305,10 @@ class ScanReader:
                 events.append(PointsEvent(channel, run_first, data, last_id.decode()))
                 run, run_count, run_bytes = [], 0, 0
 
-        previous: bytes | None = None  # the entry before, in this read (consecutive)
-        for entry_id, flat in entries:
-            after, previous = previous, entry_id
+        for position, (entry_id, flat) in enumerate(entries):
             hit = fast_fixed(nbytes, flat) if nbytes else None
             expected = self._next[name]
-            if hit is not None and (expected is None or hit[0] == expected):
+            if hit is not None and hit[0] == expected:
                 first, count, payload = hit
                 if run and run_bytes + len(payload) > JOIN_LIMIT:
                     flush()
@@ -324,7 +322,8 @@ class ScanReader:
                 continue
             flush()
             events.extend(
-                self._entry_events(stream, channel, entry_id, fields_of(flat), after is not None)
+                # After the first entry of a read, the one before it was read just now.
+                self._entry_events(stream, channel, entry_id, fields_of(flat), position > 0)
             )
         flush()
         return events
@@ -350,7 +349,7 @@ class ScanReader:
             return [ChannelEndEvent(channel, decoded.end_total)]
         events: list[ScanEvent] = []
         expected = self._next[channel.name]
-        if expected is not None and decoded.first < expected:
+        if decoded.first < expected:
             if decoded.first + decoded.points <= expected:
                 reason = f"points from {decoded.first} repeat: {expected} expected"
                 return [self._malformed(channel.name, stream_id, reason)]
@@ -364,7 +363,7 @@ class ScanReader:
                 )
             )
             decoded = _tail(channel, decoded, expected - decoded.first)
-        if expected is not None and decoded.first != expected:
+        if decoded.first != expected:
             gap = decoded.first - expected
             trimmed = not follows_read and self._trimmed_after(stream)
             error: ProtocolError = (
@@ -410,7 +409,7 @@ class ScanReader:
                         "the scan closed without this channel's end marker",
                     )
                 )
-                events.append(ChannelEndEvent(channel, self._next[channel.name] or 0))
+                events.append(ChannelEndEvent(channel, self._next[channel.name]))
         return events
 
     def _malformed(self, channel: str, stream_id: str, reason: str) -> ErrorEvent:
