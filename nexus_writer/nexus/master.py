@@ -39,13 +39,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import gevent
 import h5py
-from gevent._hub_local import get_hub_if_exists
-from greenlet import getcurrent
 
 import nexus_writer
 from nexus_writer import atomic
+from nexus_writer.green import pause
 from nexus_writer.protocol import ScanDocument
 from sync_primitives import Lock
 
@@ -88,19 +86,10 @@ def _session_locked(master: Path) -> Iterator[None]:
                             f"{master}: another process has held its lock "
                             f"({directory / '.lock'}) for {LOCK_TIMEOUT:g} s"
                         ) from None
-                    _pause(0.005)  # no notification exists for a lock of another process
+                    pause(0.005)  # no notification exists for a lock of another process
             yield
         finally:
             os.close(descriptor)  # releases the flock
-
-
-def _pause(seconds: float) -> None:
-    """Sleep, yielding to this thread's gevent hub if it has one."""
-    hub = get_hub_if_exists()
-    if hub is not None and getcurrent() is not hub:
-        gevent.sleep(seconds)
-    else:
-        time.sleep(seconds)
 
 
 class EntryExistsError(FileExistsError):

@@ -37,10 +37,9 @@ from typing import Any
 import gevent
 import h5py
 import numpy as np
-from gevent._hub_local import get_hub_if_exists
-from greenlet import getcurrent
 
 import nexus_writer
+from nexus_writer.green import in_greenlet
 from nexus_writer.protocol import Channel, Positioner, Role, ScanDocument
 
 from . import files, master
@@ -503,8 +502,7 @@ def _take_turns() -> None:
     now = time.monotonic()
     if now - _turn_started[0] < TURN:
         return
-    hub = get_hub_if_exists()
-    if hub is not None and getcurrent() is not hub:
+    if in_greenlet():
         gevent.sleep(0)
     _turn_started[0] = time.monotonic()
 

@@ -13,8 +13,8 @@ from typing import Any, cast
 
 import gevent.socket
 import redis
-from gevent._hub_local import get_hub_if_exists
-from greenlet import getcurrent
+
+from nexus_writer.green import in_greenlet
 
 #: Seconds to wait beyond the BLOCK time before the server counts as unresponsive.
 GRACE = 5.0
@@ -61,8 +61,7 @@ def xread(
     connection = pool.get_connection()
     try:
         connection.send_command(*args)  # type: ignore[no-untyped-call]
-        hub = get_hub_if_exists()
-        if block and hub is not None and getcurrent() is not hub:
+        if block and in_greenlet():
             try:
                 # send_command connected it; redis-py has no public accessor for the socket
                 sock = cast(socket.socket, connection._sock)
