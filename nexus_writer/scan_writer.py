@@ -253,30 +253,27 @@ class NexusScanWriter(Subscriber):
     def _within_limit(
         self, channel: str, runs: list[tuple[int, np.ndarray | list[np.ndarray]]]
     ) -> list[tuple[int, np.ndarray | list[np.ndarray]]]:
-        """The runs of points whose indices stay below the limit; the others recorded as a
-        problem and dropped (an index of 2**62 must not make a dataset of 2**62 rows)."""
+        """The runs of points whose indices stay below the limit (the others recorded)."""
+        return [(f, d) for f, d in runs if not self._over_max_points(channel, f, len(d))]
+
+    def _over_max_points(self, channel: str, first: int, count: int, where: str = "") -> bool:
+        """True, after recording the problem, if points ``first`` .. ``first + count - 1``
+        reach ``max_points`` (an index of 2**62 must not make a dataset of 2**62 rows)."""
         limit = self.options.max_points
-        kept = []
-        for first, data in runs:
-            if first + len(data) <= limit:
-                kept.append((first, data))
-            else:
-                self._problem(
-                    f"channel {channel!r}: points {first}..{first + len(data) - 1} are beyond "
-                    f"the limit of {limit:,} points per channel (--max-points): not written"
-                )
-        return kept
+        if first + count <= limit:
+            return False
+        self._problem(
+            f"channel {channel!r}{where}: points {first}..{first + count - 1} are beyond the "
+            f"limit of {limit:,} points per channel (--max-points): not written"
+        )
+        return True
 
     def _frame_source(self, event: FrameRefsEvent) -> FrameSource | None:
         """The frames an entry refers to, if their file may be referred to (absolute, below
         a root); None after recording the problem (those points stay missing)."""
         ref = event.ref
-        if event.first + event.count > self.options.max_points:
-            self._problem(
-                f"channel {event.channel.name!r}, entry {event.stream_id}: frames "
-                f"{event.first}.. are beyond the limit of {self.options.max_points:,} points "
-                "per channel (--max-points): not referred to"
-            )
+        where = f", entry {event.stream_id}"
+        if self._over_max_points(event.channel.name, event.first, event.count, where):
             return None
         try:
             file = self.options.check_source(ref.file)
