@@ -63,15 +63,16 @@ def _group(parent: h5py.Group, name: str, nx_class: str, **attrs: Any) -> h5py.G
     return group
 
 
-def _text(group: h5py.Group, name: str, value: object) -> None:
+def _text(group: h5py.Group, name: str, value: object) -> h5py.Dataset:
     """A text dataset (in place if it exists); a value that is not text (a publisher's
     mistake: a number for a time) is written as its JSON text."""
     if not isinstance(value, str):
         value = json.dumps(value, default=repr)
     if name in group:
-        group[name][()] = value  # in place: no unlinking, no new object
-    else:
-        group.create_dataset(name, data=value, dtype=_STRINGS)
+        dataset: h5py.Dataset = group[name]
+        dataset[()] = value  # in place: no unlinking, no new object
+        return dataset
+    return group.create_dataset(name, data=value, dtype=_STRINGS)
 
 
 class ScanFile:
@@ -511,8 +512,6 @@ def _store(group: h5py.Group, key: str, value: Any, notes: list[str], where: str
     """One value under a free NeXus name made from ``key``: text as text, a number as a
     number if HDF5 can hold it, anything else as its JSON text (with a note)."""
     name = _free_name(group, key, notes, where)
-    if isinstance(value, str):
-        return group.create_dataset(name, data=value, dtype=_STRINGS)
     if isinstance(value, bool | int | float):
         try:
             return group.create_dataset(name, data=value)
@@ -520,8 +519,7 @@ def _store(group: h5py.Group, key: str, value: Any, notes: list[str], where: str
             notes.append(
                 f"{where}/{name}: {value!r:.80} cannot be stored as a number: stored as text"
             )
-    text = json.dumps(value, default=repr)
-    return group.create_dataset(name, data=text, dtype=_STRINGS)
+    return _text(group, name, value)  # the name is free: a new dataset
 
 
 def _free_name(group: h5py.Group, key: str, notes: list[str], where: str) -> str:
