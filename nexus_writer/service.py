@@ -145,26 +145,14 @@ class WriterService:
                 try:
                     taken = self.lease.acquire()
                     holder = None if taken else self.lease.holder()
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    self._error(f"Redis unreachable: {exc}")
-                    _log.warning(
-                        "session %s: Redis unreachable (%s); retrying in %.1f s",
-                        self.session,
-                        exc,
-                        unreachable_delay,
-                    )
-                    self._stop.wait(unreachable_delay)
-                    unreachable_delay = min(2 * unreachable_delay, self.options.retry_max_delay)
-                    continue
-                except redis.RedisError as exc:  # the lease's key made something else
-                    self._error(f"cannot take the writer lease {self.lease.key}: {exc}")
-                    _log.error(
-                        "session %s: cannot take the writer lease %s (%s); retrying in %.1f s",
-                        self.session,
-                        self.lease.key,
-                        exc,
-                        unreachable_delay,
-                    )
+                except redis.RedisError as exc:
+                    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+                        what, log = f"Redis unreachable: {exc}", _log.warning
+                    else:  # the lease's key made something else
+                        what = f"cannot take the writer lease {self.lease.key}: {exc}"
+                        log = _log.error
+                    self._error(what)
+                    log("session %s: %s; retrying in %.1f s", self.session, what, unreachable_delay)
                     self._stop.wait(unreachable_delay)
                     unreachable_delay = min(2 * unreachable_delay, self.options.retry_max_delay)
                     continue
