@@ -21,13 +21,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import weakref
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
-from sync_primitives import Event
+from .child_process import ChildStartError, start_child, terminate
 
 _log = logging.getLogger(__name__)
 
@@ -177,19 +176,12 @@ class EmbeddedRedis:
             ]
         elif self.password:
             args += ["--requirepass", self.password]
-        process = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        ready = Event()
-        output: list[str] = []
-        threading.Thread(
-            target=_drain, args=(process, ready, output), name="redis-server-output", daemon=True
-        ).start()
-        # The event is also set when the output ends; only the ready line says it started.
-        if not ready.wait(self.startup_timeout) or not any(map(_is_ready, output)):
-            _terminate(process)
-            tail = "".join(output[-10:]).strip()
-            raise RedisServerError(f"{self.binary} did not start: {tail or 'no output'}")
+        try:
+            process, _ = start_child(
+                args, name=self.binary, is_ready=_is_ready, timeout=self.startup_timeout
+            )
+        except ChildStartError as error:
+            raise RedisServerError(str(error)) from None
         self._process = process
         self._finalizer = weakref.finalize(self, _cleanup, process, self._directory)
         _log.info("embedded redis-server (pid %d) at %s", process.pid, self.url)
@@ -201,7 +193,7 @@ class EmbeddedRedis:
             self._finalizer.detach()
             self._finalizer = None
         if self._process is not None:
-            _terminate(self._process, timeout)
+            terminate(self._process, timeout)
             self._process = None
 
     def resume(self) -> None:
@@ -234,34 +226,12 @@ class EmbeddedRedis:
         self.stop()
 
 
-def _drain(process: subprocess.Popen[bytes], ready: Event, output: list[str]) -> None:
-    assert process.stdout is not None
-    for raw in process.stdout:
-        line = raw.decode(errors="replace")
-        if len(output) < 200 or _is_ready(line):
-            output.append(line)
-        if _is_ready(line):
-            ready.set()
-        _log.debug("redis-server: %s", line.rstrip())
-    ready.set()  # it exited: the starter looks at poll()
-
-
 def _is_ready(line: str) -> bool:
     # 6.2 on TCP: "Ready to accept connections"; on a unix socket only: "The server is now
     # ready to accept connections at <path>"; 7.x adds the listener's kind.
     return "ready to accept connections" in line.lower()
 
 
-def _terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
-
-
 def _cleanup(process: subprocess.Popen[bytes], directory: str) -> None:
-    _terminate(process)
+    terminate(process)
     shutil.rmtree(directory, ignore_errors=True)

@@ -90,7 +90,7 @@ def test_bad_binary_and_bad_url_give_clear_errors(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(RedisServerError, match="NEXUS_WRITER_REDIS_SERVER=/nonexistent"):
         EmbeddedRedis()
     monkeypatch.setenv("NEXUS_WRITER_REDIS_SERVER", "/bin/false")
-    with pytest.raises(RedisServerError, match="did not start"):
+    with pytest.raises(RedisServerError, match="exited with status 1 before it was ready"):
         EmbeddedRedis(startup_timeout=5).start()
     with pytest.raises(ValueError, match="scheme must be redis://, rediss:// or unix://"):
         connect("http://localhost:6379")

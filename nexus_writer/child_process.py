@@ -1,0 +1,96 @@
+"""Server processes of our own (redis-server, a Tango database, device servers): started,
+watched until they say they are ready, and stopped.
+
+.. important::
+   These functions may be called from any thread. A child's output is drained by a daemon
+   thread of its own, so that a chatty server never blocks on a full pipe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import threading
+from collections.abc import Callable, Mapping, Sequence
+
+from sync_primitives import Event
+
+_log = logging.getLogger(__name__)
+
+#: Lines of a child's output kept (its first lines, and every ready line).
+KEPT_LINES = 200
+
+
+class ChildStartError(RuntimeError):
+    """A child process did not start; the message holds its last output."""
+
+
+def start_child(
+    args: Sequence[str],
+    *,
+    name: str,
+    is_ready: Callable[[str], bool],
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """Start ``args`` and wait until a line of its output satisfies ``is_ready``; the
+    process and its output so far (kept growing by the drain thread).
+
+    Raises:
+        ChildStartError: it exited, or said nothing ready within ``timeout`` seconds (it
+            is then stopped); the message names it and holds its last lines.
+    """
+    process = subprocess.Popen(
+        list(args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=None if env is None else {**os.environ, **env},
+    )
+    ready = Event()
+    output: list[str] = []
+    threading.Thread(
+        target=_drain,
+        args=(process, ready, output, is_ready, name),
+        name=f"{name}-output",
+        daemon=True,
+    ).start()
+    # The event is also set when the output ends; only a ready line says it started.
+    if not ready.wait(timeout) or not any(map(is_ready, output)):
+        status = process.poll()
+        terminate(process)
+        tail = "".join(output[-10:]).strip() or "no output"
+        if status is None:
+            raise ChildStartError(f"{name} did not start within {timeout} s: {tail}")
+        raise ChildStartError(f"{name} exited with status {status} before it was ready: {tail}")
+    return process, output
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; nothing if it has exited."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+
+def _drain(
+    process: subprocess.Popen[bytes],
+    ready: Event,
+    output: list[str],
+    is_ready: Callable[[str], bool],
+    name: str,
+) -> None:
+    assert process.stdout is not None
+    for raw in process.stdout:
+        line = raw.decode(errors="replace")
+        if len(output) < KEPT_LINES or is_ready(line):
+            output.append(line)
+        if is_ready(line):
+            ready.set()
+        _log.debug("%s: %s", name, line.rstrip())
+    ready.set()  # it exited: the starter sees no ready line
