@@ -1,71 +1,92 @@
 """CallbackScheduler: event callbacks run by workers, one queue per event stream, fairly.
 
 .. important::
-   :meth:`CallbackScheduler.post` may be called from any thread (a Tango event callback,
-   in the event consumer thread: it only enqueues, never waits); callbacks run in the
-   scheduler's worker :class:`~sync_primitives.Thread` s, one at a time per worker;
-   ``register``, ``unregister``, ``statistics`` and ``shutdown`` may be called from any
-   thread.
+   :meth:`CallbackScheduler.post` and the Tango callbacks of its subscriptions may run in
+   any thread (Tango's event consumer thread, typically): they only queue, never wait.
+   Callbacks run in the scheduler's workers, one at a time per worker: ``workers`` OS
+   threads of its own (:class:`~sync_primitives.Thread`), or, with ``in_hub=True``, as many
+   greenlets of the hub of the thread that created the scheduler (a green-mode device's
+   hub: its callbacks may then push Tango events). Subscriptions are made and ended in
+   ``subscribers`` threads of the scheduler's own. Every other method may be called from
+   any thread or greenlet.
 
-Seed 000's pitfalls 2 and 3, answered here (the Tango subscriptions come next, issue 10):
+Seed 000's pitfalls, and the answer of each (the Tango side is in ``subscription.py``):
 
-* Each event stream has a bounded queue of its own; when it is full the *oldest* event
-  is dropped and counted: a slow consumer sees the newest state, and knows it missed some.
-* Queues are served by priority: the next event comes from the queue, among those with
-  events waiting, whose callbacks used the least processing time recently (a sum that
-  halves every ``half_life`` seconds). A stream whose callback is slow yields to the
-  others; none starves another, as the first-come order of one shared queue does.
-* An event is queued together with the callbacks registered when it arrived, so callbacks
-  can be added or replaced while events flow, without stopping the workers; events of a
-  stream with no callback are discarded and counted (pre-subscription).
+1. *One event consumer thread per process*: a Tango callback only queues the event.
+2. *Ad-hoc queues*: each event stream has a bounded queue of its own (or a queue shared
+   with the streams given the same ``queue`` name); when it is full the *oldest* event is
+   dropped and counted: a slow consumer sees the newest state, and knows it missed some.
+3. *First-come service*: the next event comes from the queue, among those with events
+   waiting, whose callbacks used the least processing time recently (a sum that halves
+   every ``half_life`` seconds). A stream whose callback is slow yields to the others.
+4. *Subscriptions block*: they are made in subscriber threads, several at once, while
+   events flow; an event is queued together with the callbacks registered when it
+   arrived, so callbacks can be added or replaced without stopping anything; events of a
+   stream with no callback are discarded and counted (pre-subscription).
+5. *Proxies that unsubscribe when collected*: the scheduler owns its proxies;
+   :meth:`~CallbackScheduler.unsubscribe` and :meth:`~CallbackScheduler.shutdown` end them.
+6. *Undefined devices*: subscribing by name retries until the device is defined.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from sync_primitives import Lock, Queue, Thread
+import tango
+
+from sync_primitives import AsyncResult, Launcher, Lock, Queue, Thread
+
+from .subscription import (
+    Subscription,
+    SubscriptionState,
+    SubscriptionStatistics,
+    stream_name,
+)
+from .summary import Summary, summarize
 
 _log = logging.getLogger(__name__)
 
 #: Samples kept per queue for the percentiles of latency and processing time.
 SAMPLES = 1024
+#: The attribute name under which a device shows its scheduler's statistics (JSON of
+#: :meth:`CallbackScheduler.statistics_json`); the event monitor reads it when present.
+STATISTICS_ATTRIBUTE = "CallbackSchedulerStatistics"
 _STOP = object()
+
+_Callbacks = tuple[Callable[[Any], object], ...]
 
 
 @dataclass(frozen=True)
-class StreamStatistics:
-    """One stream's queue, as plain data."""
+class QueueStatistics:
+    """One queue (by default one stream), as plain data; times in seconds."""
 
-    stream: str
-    received: int  #: events posted while a callback was registered
+    queue: str
+    received: int  #: events queued (posted while a callback was registered)
     processed: int  #: events whose callbacks have run
     dropped: int  #: oldest events dropped from a full queue
-    discarded: int  #: events posted while no callback was registered
+    discarded: int  #: events posted while no callback was registered, or unsubscribed
     errors: int  #: callbacks that raised
     depth: int  #: events waiting
-    latency_p50: float | None  #: seconds from the event's time to its callbacks' start
-    latency_p99: float | None
-    processing_p50: float | None  #: seconds its callbacks took
-    processing_p99: float | None
+    latency: Summary | None  #: from the event's time to its callbacks' start
+    processing: Summary | None  #: how long its callbacks took, per event
     processing_total: float
 
 
-class _Stream:
-    """The queue of one stream and what the scheduler knows of it (under the scheduler's
-    lock)."""
+class _Queue:
+    """One queue and what the scheduler knows of it (under the scheduler's lock)."""
 
     def __init__(self, name: str, maxlen: int) -> None:
         self.name = name
-        self.events: deque[tuple[Any, float, tuple[Callable[..., object], ...]]] = deque(
+        # (event, its time, its callbacks, the subscription it came from or None)
+        self.events: deque[tuple[Any, float, _Callbacks, Subscription | None]] = deque(
             maxlen=maxlen
         )
-        self.callbacks: tuple[Callable[..., object], ...] = ()
         self.cost = 0.0  #: recent processing time, decayed
         self.cost_at = time.monotonic()
         self.received = self.processed = self.dropped = self.discarded = self.errors = 0
@@ -78,39 +99,75 @@ class _Stream:
 
 
 class CallbackScheduler:
-    """Runs the callbacks of posted events in ``workers`` threads of its own."""
+    """Runs event callbacks in workers of its own; see the module documentation."""
 
-    def __init__(self, workers: int = 1, maxlen: int = 100, half_life: float = 1.0) -> None:
-        """Raises:
-        ValueError: ``workers`` or ``maxlen`` below 1, ``half_life`` not positive.
+    def __init__(
+        self,
+        workers: int = 1,
+        maxlen: int = 100,
+        half_life: float = 1.0,
+        *,
+        in_hub: bool = False,
+        subscribers: int = 4,
+        retry_period: float = 1.0,
+    ) -> None:
+        """``workers`` run callbacks (threads, or greenlets of this thread's hub with
+        ``in_hub``); ``maxlen`` bounds each queue; ``subscribers`` threads make and end
+        Tango subscriptions (started at the first :meth:`subscribe`); a device not yet
+        defined is tried again every ``retry_period`` seconds.
+
+        Raises:
+            ValueError: ``workers``, ``maxlen`` or ``subscribers`` below 1, ``half_life``
+                or ``retry_period`` not positive.
         """
-        if workers < 1 or maxlen < 1 or not half_life > 0:
-            raise ValueError("workers and maxlen must be at least 1, half_life positive")
+        if workers < 1 or maxlen < 1 or subscribers < 1:
+            raise ValueError("workers, maxlen and subscribers must be at least 1")
+        if not (half_life > 0 and retry_period > 0):
+            raise ValueError("half_life and retry_period must be positive")
         self.maxlen = maxlen
         self.half_life = half_life
+        self.retry_period = retry_period
         self._lock = Lock()
-        self._streams: dict[str, _Stream] = {}
+        self._queues: dict[str, _Queue] = {}
+        self._queue_of: dict[str, str] = {}  # stream -> queue, for post()
+        self._callbacks: dict[str, _Callbacks] = {}  # stream -> callbacks, for post()
+        self._subscriptions: list[Subscription] = []
         self._tokens: Queue[object] = Queue()  # one per event queued: wakes a worker
         self._closed = False
-        self._workers = [Thread(name=f"callbacks-{i}") for i in range(workers)]
-        for worker in self._workers:
-            worker.start()
-            worker.spawn(self._work)
+        self._subscriber_count = subscribers
+        self._subscribers: list[Thread] = []
+        self._load: dict[Thread, int] = {}  # subscriber -> subscriptions it runs
+        self._assigned: dict[Subscription, Thread] = {}
+        self._worker_threads: list[Thread] = []
+        self._worker_results: list[AsyncResult[None]] = []
+        if in_hub:
+            launcher = Launcher()
+            self._worker_results = [launcher.apply_async(self._work) for _ in range(workers)]
+        else:
+            for i in range(workers):
+                thread = Thread(name=f"callbacks-{i}")
+                thread.start()
+                self._worker_results.append(thread.spawn(self._work))
+                self._worker_threads.append(thread)
 
-    # -- any thread ---------------------------------------------------------------------
+    # -- callbacks for events posted by the program ---------------------------------------
 
-    def register(self, stream: str, fn: Callable[..., object], *args: Any) -> None:
+    def register(
+        self, stream: str, fn: Callable[..., object], *args: Any, queue: str | None = None
+    ) -> None:
         """Add ``fn(event, *args)`` to the callbacks of ``stream``: events posted from now
-        on are given to it (those already queued keep the callbacks they came with)."""
-        callback: Callable[..., object] = (lambda event: fn(event, *args)) if args else fn
+        on are given to it (those already queued keep the callbacks they came with).
+        ``queue``: the queue the stream's events wait in (default: one of its own); set by
+        the first call that names one."""
+        callback = _bind(fn, args)
         with self._lock:
-            stream_ = self._stream(stream)
-            stream_.callbacks = (*stream_.callbacks, callback)
+            self._queue_of.setdefault(stream, queue or stream)
+            self._callbacks[stream] = (*self._callbacks.get(stream, ()), callback)
 
     def unregister(self, stream: str) -> None:
         """Remove every callback of ``stream``: later events are discarded (counted)."""
         with self._lock:
-            self._stream(stream).callbacks = ()
+            self._callbacks.pop(stream, None)
 
     def post(self, stream: str, event: Any, event_time: float | None = None) -> None:
         """Queue ``event`` of ``stream`` (``event_time``: when it happened, epoch seconds,
@@ -121,59 +178,234 @@ class CallbackScheduler:
         """
         stamp = time.time() if event_time is None else event_time
         with self._lock:
+            callbacks = self._callbacks.get(stream, ())
+            queued = self._enqueue_locked(
+                self._queue_of.get(stream, stream), event, stamp, callbacks, None
+            )
+        if queued:
+            self._tokens.put(None)
+
+    # -- Tango subscriptions ----------------------------------------------------------------
+
+    def subscribe(
+        self,
+        device: str,
+        attribute: str,
+        event_type: tango.EventType,
+        fn: Callable[..., object] | None = None,
+        *args: Any,
+        queue: str | None = None,
+        sub_mode: tango.EventSubMode = tango.EventSubMode.Stateless,
+    ) -> Subscription:
+        """Subscribe to ``event_type`` events of ``device``/``attribute`` (device by name or
+        full TRL); ``fn(event, *args)``, if given, is its first callback (more with
+        :meth:`add_callback`; without one, events are discarded and counted until one is
+        added). Returns at once: the subscription is made in a subscriber thread, retried
+        while the device is not defined; ``Subscription.wait()`` waits for it.
+        ``queue``: the queue its events wait in (default: one per stream); ``sub_mode``:
+        Tango's subscription mode (default Stateless: a device or attribute that does not
+        answer yet is subscribed to anyway, and error events arrive until it does).
+
+        Raises:
+            RuntimeError: the scheduler was shut down.
+        """
+        with self._lock:
             if self._closed:
                 raise RuntimeError("the callback scheduler was shut down")
-            stream_ = self._stream(stream)
-            if not stream_.callbacks:
-                stream_.discarded += 1
-                return
-            stream_.received += 1
-            if len(stream_.events) == self.maxlen:
-                stream_.dropped += 1  # the deque drops the oldest; its token finds nothing
-            stream_.events.append((event, stamp, stream_.callbacks))
-        self._tokens.put(None)
+            subscription = Subscription(
+                self,
+                device=device,
+                attribute=attribute,
+                event_type=event_type,
+                queue=queue or stream_name(device, attribute, event_type),
+                sub_mode=sub_mode,
+                retry_period=self.retry_period,
+            )
+            if fn is not None:
+                subscription.callbacks = (_bind(fn, args),)
+            self._subscriptions.append(subscription)
+            thread = self._subscriber_for(subscription)
+        thread.spawn(subscription.run)
+        return subscription
 
-    def statistics(self) -> list[StreamStatistics]:
+    def add_callback(
+        self, subscription: Subscription, fn: Callable[..., object], *args: Any
+    ) -> None:
+        """Give the subscription's later events to ``fn(event, *args)`` too."""
+        callback = _bind(fn, args)
         with self._lock:
-            return [
-                StreamStatistics(
-                    stream=s.name,
-                    received=s.received,
-                    processed=s.processed,
-                    dropped=s.dropped,
-                    discarded=s.discarded,
-                    errors=s.errors,
-                    depth=len(s.events),
-                    latency_p50=_percentile(s.latencies, 0.5),
-                    latency_p99=_percentile(s.latencies, 0.99),
-                    processing_p50=_percentile(s.durations, 0.5),
-                    processing_p99=_percentile(s.durations, 0.99),
-                    processing_total=s.total,
+            subscription.callbacks = (*subscription.callbacks, callback)
+
+    def set_callback(
+        self, subscription: Subscription, fn: Callable[..., object] | None, *args: Any
+    ) -> None:
+        """Replace the subscription's callbacks by ``fn(event, *args)`` (None: by none, so
+        that its later events are discarded and counted)."""
+        with self._lock:
+            subscription.callbacks = () if fn is None else (_bind(fn, args),)
+
+    def unsubscribe(self, subscription: Subscription) -> AsyncResult[None]:
+        """End one subscription: its events still queued are discarded (counted), no
+        callback of it starts after this returns, and Tango's subscription and proxy are
+        ended in a subscriber thread, which the returned result waits for. Idempotent."""
+        with self._lock:
+            self._forget_locked(subscription)
+            thread = self._assigned.pop(subscription, None)
+            if thread is not None:
+                self._load[thread] -= 1
+        subscription.end()
+        if thread is None:  # already ended
+            done: AsyncResult[None] = AsyncResult()
+            done.set(None)
+            return done
+        return thread.apply_async(subscription.release)
+
+    def subscriptions(self) -> list[SubscriptionStatistics]:
+        with self._lock:
+            return [s.statistics() for s in self._subscriptions]
+
+    # -- statistics and the end -----------------------------------------------------------
+
+    def statistics(self) -> list[QueueStatistics]:
+        """One entry per queue, in the order the queues were first used."""
+        with self._lock:
+            queues = [
+                (
+                    q.name,
+                    q.received,
+                    q.processed,
+                    q.dropped,
+                    q.discarded,
+                    q.errors,
+                    len(q.events),
+                    list(q.latencies),
+                    list(q.durations),
+                    q.total,
                 )
-                for s in self._streams.values()
+                for q in self._queues.values()
             ]
+        return [  # sorting the samples outside the lock keeps post() prompt
+            QueueStatistics(
+                queue=name,
+                received=received,
+                processed=processed,
+                dropped=dropped,
+                discarded=discarded,
+                errors=errors,
+                depth=depth,
+                latency=summarize(latencies),
+                processing=summarize(durations),
+                processing_total=total,
+            )
+            for (
+                name,
+                received,
+                processed,
+                dropped,
+                discarded,
+                errors,
+                depth,
+                latencies,
+                durations,
+                total,
+            ) in queues
+        ]
+
+    def statistics_json(self) -> str:
+        """:meth:`statistics` and :meth:`subscriptions` as JSON (for the attribute named
+        :data:`STATISTICS_ATTRIBUTE`, which the event monitor shows)."""
+        return json.dumps(
+            {
+                "version": 1,
+                "queues": [asdict(s) for s in self.statistics()],
+                "subscriptions": [asdict(s) for s in self.subscriptions()],
+            }
+        )
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop the workers once the callbacks running now return; events still queued
-        are dropped. Idempotent."""
+        """End every subscription (unsubscribing, letting go of every proxy), stop the
+        workers once the callbacks running now return, drop the events still queued, stop
+        the subscriber threads. Idempotent.
+
+        Raises:
+            TimeoutError: a worker or subscriber thread did not end within ``timeout``
+                seconds each (a callback that does not return, say).
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            for stream_ in self._streams.values():
-                stream_.events.clear()
-        for _ in self._workers:
+            subscriptions = list(self._assigned.items())
+            self._assigned.clear()
+            for queue in self._queues.values():
+                queue.events.clear()
+        releases = []
+        for subscription, thread in subscriptions:
+            subscription.end()
+            releases.append(thread.apply_async(subscription.release))
+        for _ in self._worker_results:
             self._tokens.put(_STOP)
-        for worker in self._workers:
-            worker.stop(timeout=timeout)
+        for result in [*releases, *self._worker_results]:
+            if not result.wait(timeout):
+                raise TimeoutError(f"the callback scheduler did not stop within {timeout} s")
+        for thread in [*self._worker_threads, *self._subscribers]:
+            thread.stop(timeout=timeout)
 
-    # -- workers ------------------------------------------------------------------------
+    # -- the Tango side: any thread -----------------------------------------------------
 
-    def _stream(self, name: str) -> _Stream:
-        stream_ = self._streams.get(name)
-        if stream_ is None:
-            stream_ = self._streams[name] = _Stream(name, self.maxlen)
-        return stream_
+    def enqueue(self, subscription: Subscription, event: Any, stamp: float) -> None:
+        """Queue ``event`` of ``subscription`` with its callbacks (its Tango callback)."""
+        with self._lock:
+            queued = not self._closed and self._enqueue_locked(
+                subscription.queue, event, stamp, subscription.callbacks, subscription
+            )
+        if queued:
+            self._tokens.put(None)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _enqueue_locked(
+        self,
+        name: str,
+        event: Any,
+        stamp: float,
+        callbacks: _Callbacks,
+        source: Subscription | None,
+    ) -> bool:
+        if self._closed:
+            raise RuntimeError("the callback scheduler was shut down")
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = _Queue(name, self.maxlen)
+        if not callbacks:
+            queue.discarded += 1
+            return False
+        queue.received += 1
+        if len(queue.events) == self.maxlen:
+            queue.dropped += 1  # the deque drops the oldest; its token finds nothing
+        queue.events.append((event, stamp, callbacks, source))
+        return True
+
+    def _forget_locked(self, subscription: Subscription) -> None:
+        subscription.callbacks = ()
+        queue = self._queues.get(subscription.queue)
+        if queue is not None:
+            kept = [entry for entry in queue.events if entry[3] is not subscription]
+            queue.discarded += len(queue.events) - len(kept)
+            queue.events.clear()
+            queue.events.extend(kept)
+
+    def _subscriber_for(self, subscription: Subscription) -> Thread:
+        """The least busy subscriber thread, started on first need (under the lock)."""
+        if len(self._subscribers) < self._subscriber_count:
+            thread = Thread(name=f"tango-subscriber-{len(self._subscribers)}")
+            thread.start()
+            self._subscribers.append(thread)
+            self._load[thread] = 0
+        thread = min(self._subscribers, key=lambda t: self._load[t])
+        self._load[thread] += 1
+        self._assigned[subscription] = thread
+        return thread
 
     def _work(self) -> None:
         while self._tokens.get() is not _STOP:
@@ -181,47 +413,46 @@ class CallbackScheduler:
             if taken is not None:
                 self._run(*taken)
 
-    def _take(self) -> tuple[_Stream, Any, float, tuple[Callable[..., object], ...]] | None:
+    def _take(self) -> tuple[_Queue, Any, float, _Callbacks, Subscription | None] | None:
         """The next event: from the queue whose callbacks used the least time recently
         (the oldest event first on a tie)."""
         now = time.monotonic()
         with self._lock:
-            ready = [s for s in self._streams.values() if s.events]
+            ready = [q for q in self._queues.values() if q.events]
             if not ready:
-                return None  # its event was dropped from a full queue
-            best = min(ready, key=lambda s: (s.decayed(now, self.half_life), s.events[0][1]))
-            event, stamp, callbacks = best.events.popleft()
-            return best, event, stamp, callbacks
+                return None  # its event was dropped from a full queue, or discarded
+            best = min(ready, key=lambda q: (q.decayed(now, self.half_life), q.events[0][1]))
+            return (best, *best.events.popleft())
 
     def _run(
         self,
-        stream: _Stream,
+        queue: _Queue,
         event: Any,
         stamp: float,
-        callbacks: tuple[Callable[..., object], ...],
+        callbacks: _Callbacks,
+        source: Subscription | None,
     ) -> None:
         latency = max(0.0, time.time() - stamp)
         started = time.monotonic()
         errors = 0
         for callback in callbacks:
+            if source is not None and source.state is SubscriptionState.ENDED:
+                break  # unsubscribed while this event was being taken
             try:
                 callback(event)
             except Exception:
                 errors += 1
-                _log.exception("callback of stream %s raised", stream.name)
+                _log.exception("callback of queue %s raised", queue.name)
         ended = time.monotonic()
         with self._lock:
-            stream.cost = stream.decayed(ended, self.half_life) + (ended - started)
-            stream.cost_at = ended
-            stream.processed += 1
-            stream.errors += errors
-            stream.total += ended - started
-            stream.latencies.append(latency)
-            stream.durations.append(ended - started)
+            queue.cost = queue.decayed(ended, self.half_life) + (ended - started)
+            queue.cost_at = ended
+            queue.processed += 1
+            queue.errors += errors
+            queue.total += ended - started
+            queue.latencies.append(latency)
+            queue.durations.append(ended - started)
 
 
-def _percentile(samples: deque[float], fraction: float) -> float | None:
-    if not samples:
-        return None
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+def _bind(fn: Callable[..., object], args: tuple[Any, ...]) -> Callable[[Any], object]:
+    return (lambda event: fn(event, *args)) if args else fn

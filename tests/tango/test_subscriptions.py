@@ -1,0 +1,190 @@
+"""CallbackScheduler's Tango subscriptions against real device servers on an embedded
+database: one named test per promise of seed 000's pitfalls 4, 5 and 6."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import tango
+
+from nexus_writer.tango import (
+    CallbackScheduler,
+    SubscriptionError,
+    SubscriptionState,
+    stream_name,
+)
+from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
+from tests.conftest import wait_until
+from tests.tango.conftest import DEVICES, HW_DEVICES, server_env
+
+CHANGE = tango.EventType.CHANGE_EVENT
+#: Subscriptions take 5-70 ms here; a loaded machine and a first import take longer.
+SUBSCRIBED = 20.0
+
+
+@pytest.fixture
+def scheduler(hw_server: DeviceServer) -> Iterator[CallbackScheduler]:
+    made = CallbackScheduler(workers=2, retry_period=0.2)
+    yield made
+    made.shutdown()
+
+
+def our_callbacks() -> dict[str, Any]:
+    """This process's client-side event subscriptions, as Tango itself sees them."""
+    reply = json.loads(tango.ApiUtil.instance().query_event_system())
+    callbacks: dict[str, Any] = (reply.get("client") or {}).get("event_callbacks") or {}
+    return callbacks
+
+
+def subscribed_to(device: str, attribute: str) -> bool:
+    suffix = f"/{device}/{attribute}.idl5_change"
+    return any(
+        name.endswith(suffix) and entry["callback_count"] > 0
+        for name, entry in our_callbacks().items()
+    )
+
+
+def queue_of(scheduler: CallbackScheduler, name: str) -> Any:
+    return next(q for q in scheduler.statistics() if q.queue == name)
+
+
+def test_events_reach_callbacks_in_a_worker_thread(scheduler: CallbackScheduler) -> None:
+    values: list[float] = []
+    threads: set[int] = set()
+
+    def record(event: Any, tag: str) -> None:
+        assert tag == "tagged"
+        threads.add(threading.get_ident())
+        if not event.err:
+            values.append(event.attr_value.value)
+
+    subscription = scheduler.subscribe(HW_DEVICES[0], "position", CHANGE, record, "tagged")
+    subscription.wait(SUBSCRIBED)
+    assert subscription.state is SubscriptionState.SUBSCRIBED
+    wait_until(lambda: len(values) >= 10, "ten position events")
+    assert values == sorted(values)  # in order
+    assert threading.get_ident() not in threads
+    stats = queue_of(scheduler, stream_name(HW_DEVICES[0], "position", CHANGE))
+    assert stats.processed >= 10
+    assert stats.latency is not None
+    assert stats.latency.median < 5.0
+
+
+def test_unsubscribe_ends_one_subscription_and_its_proxy(scheduler: CallbackScheduler) -> None:
+    first: list[Any] = []
+    second: list[Any] = []
+    one = scheduler.subscribe(HW_DEVICES[0], "position", CHANGE, first.append)
+    two = scheduler.subscribe(HW_DEVICES[1], "position", CHANGE, second.append)
+    one.wait(SUBSCRIBED)
+    two.wait(SUBSCRIBED)
+    wait_until(lambda: subscribed_to(HW_DEVICES[0], "position"), "Tango lists the first")
+    scheduler.unsubscribe(one).get(SUBSCRIBED)
+    assert one.state is SubscriptionState.ENDED
+    count = len(first)
+    wait_until(lambda: not subscribed_to(HW_DEVICES[0], "position"), "Tango drops the first")
+    seen = len(second)
+    wait_until(lambda: len(second) >= seen + 10, "ten more events of the second")
+    assert len(first) == count  # not one callback after unsubscribe() returned
+    scheduler.unsubscribe(one).get(SUBSCRIBED)  # idempotent
+
+
+def test_a_device_not_yet_defined_is_subscribed_once_it_is(
+    tango_database: EmbeddedTangoDatabase, scheduler: CallbackScheduler
+) -> None:
+    values: list[Any] = []
+    late = scheduler.subscribe("test/late/1", "position", CHANGE, values.append)
+    wait_until(lambda: late.statistics().attempts >= 2, "two attempts")
+    assert late.state is SubscriptionState.PENDING
+    assert late.error is not None and "DB_DeviceNotDefined" in late.error
+    with pytest.raises(TimeoutError, match="still pending"):
+        late.wait(0.01)
+    # Meanwhile another subscription is made and its events processed.
+    other: list[Any] = []
+    scheduler.subscribe(HW_DEVICES[1], "position", CHANGE, other.append).wait(SUBSCRIBED)
+    wait_until(lambda: len(other) >= 5, "events of a defined device")
+
+    tango_database.add_device("rogue_devices/late", "HwDevice", "test/late/1")
+    late.wait(SUBSCRIBED)  # stateless: subscribed though its server is not running yet
+    with tango_database.start_server(DEVICES, "late", env=server_env(POSITION_PERIOD="0.02")):
+        wait_until(
+            lambda: sum(1 for e in values if not e.err) >= 5,
+            "position events of the device that came late",
+            timeout=SUBSCRIBED,
+        )
+
+
+def test_several_subscriptions_are_made_at_once(hw_server: DeviceServer) -> None:
+    scheduler = CallbackScheduler(subscribers=3)
+    try:
+        subscriptions = [
+            scheduler.subscribe(device, attribute, CHANGE, lambda event: None)
+            for device in HW_DEVICES
+            for attribute in ("position", "mode")
+        ]
+        for subscription in subscriptions:
+            subscription.wait(SUBSCRIBED)
+        assert {s.state for s in subscriptions} == {SubscriptionState.SUBSCRIBED}
+        assert len({s.stream for s in subscriptions}) == 4
+    finally:
+        scheduler.shutdown()
+
+
+def test_events_without_callbacks_are_discarded_until_one_is_set(
+    scheduler: CallbackScheduler,
+) -> None:
+    subscription = scheduler.subscribe(HW_DEVICES[0], "position", CHANGE)  # pre-subscribed
+    subscription.wait(SUBSCRIBED)
+    wait_until(lambda: queue_of(scheduler, subscription.queue).discarded >= 3, "events discarded")
+    values: list[Any] = []
+    scheduler.set_callback(subscription, values.append)
+    wait_until(lambda: len(values) >= 3, "events given to the callback set later")
+    extra: list[Any] = []
+    scheduler.add_callback(subscription, extra.append)
+    wait_until(lambda: len(extra) >= 3, "events given to a callback added later")
+    assert queue_of(scheduler, subscription.queue).processed >= 6
+
+
+def test_a_refused_subscription_fails_and_says_why(scheduler: CallbackScheduler) -> None:
+    bad = scheduler.subscribe(
+        HW_DEVICES[0],
+        "no_such_attribute",
+        CHANGE,
+        lambda e: None,
+        sub_mode=tango.EventSubMode.Sync,  # the default, Stateless, would keep trying
+    )
+    with pytest.raises(SubscriptionError, match=r"no_such_attribute|failed"):
+        bad.wait(SUBSCRIBED)
+    assert bad.state is SubscriptionState.FAILED
+    assert bad.error
+    assert bad.statistics().attempts == 1  # not retried: only undefined devices are
+
+
+def test_streams_given_one_queue_share_it(scheduler: CallbackScheduler) -> None:
+    seen: list[str] = []
+    for device in HW_DEVICES:
+        scheduler.subscribe(
+            device, "position", CHANGE, lambda e, d: seen.append(d), device, queue="motors"
+        ).wait(SUBSCRIBED)
+    wait_until(lambda: set(seen) == set(HW_DEVICES), "events of both devices")
+    assert [q.queue for q in scheduler.statistics()] == ["motors"]
+
+
+def test_shutdown_releases_every_subscription(hw_server: DeviceServer) -> None:
+    scheduler = CallbackScheduler()
+    subscriptions = [
+        scheduler.subscribe(device, "position", CHANGE, lambda e: None) for device in HW_DEVICES
+    ]
+    pending = scheduler.subscribe("test/never/1", "position", CHANGE, lambda e: None)
+    for subscription in subscriptions:
+        subscription.wait(SUBSCRIBED)
+    wait_until(lambda: all(subscribed_to(d, "position") for d in HW_DEVICES), "Tango lists both")
+    scheduler.shutdown()
+    scheduler.shutdown()  # idempotent
+    assert {s.state for s in [*subscriptions, pending]} == {SubscriptionState.ENDED}
+    assert not any(subscribed_to(d, "position") for d in HW_DEVICES)
+    with pytest.raises(RuntimeError, match="shut down"):
+        scheduler.subscribe(HW_DEVICES[0], "position", CHANGE)
