@@ -1,4 +1,5 @@
-"""The ``nexus-writer`` command: ``run`` (the writer service), ``simulate``, ``demo``.
+"""The ``nexus-writer`` command: ``run`` (the writer service), ``simulate``, ``demo``,
+``event-monitor`` (Tango's event system, server by server).
 
 .. important::
    Runs in the main thread of its own process.
@@ -199,7 +200,41 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.path.join(os.getcwd(), "demo-data"),
         help="directory for the files (default: ./demo-data)",
     )
+    monitor = commands.add_parser(
+        "event-monitor",
+        help="show what the Tango event system of each device's server does (docs/tango-events.md)",
+    )
+    monitor.add_argument("devices", nargs="+", metavar="DEVICE", help="Tango device names")
+    monitor.add_argument(
+        "--period",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between two snapshots (default: 10)",
+    )
+    monitor.add_argument(
+        "--monitor",
+        action="store_true",
+        help="turn on EnableEventSystemPerfMon meanwhile and print statistics tables "
+        "(turned off again on exit, also on Ctrl-C)",
+    )
+    monitor.add_argument(
+        "--jsonl", type=Path, metavar="FILE", help="append every snapshot to FILE as a JSON line"
+    )
+    monitor.add_argument(
+        "--count", type=_positive, metavar="N", help="stop after N snapshots (default: never)"
+    )
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be positive")
+    return value
 
 
 class UsageError(Exception):
@@ -298,6 +333,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(args)
         if args.command == "demo":
             return run_demo(Path(args.root))
+        if args.command == "event-monitor":
+            # Tango and rich are loaded for this command only.
+            from nexus_writer.tango import event_monitor  # noqa: PLC0415
+
+            return event_monitor.main(
+                args.devices,
+                period=args.period,
+                perf=args.monitor,
+                jsonl=args.jsonl,
+                count=args.count,
+            )
     except UsageError as exc:
         print(f"nexus-writer {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,169 @@
+"""The event monitor: its diffs and tables on real QueryEventSystem replies (tests/tango/data,
+recorded from cppTango 10.3), and ``nexus-writer event-monitor`` against real servers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tango
+from rich.console import Console
+
+from nexus_writer.tango import CallbackScheduler
+from nexus_writer.tango.embedded import DeviceServer
+from nexus_writer.tango.event_monitor import client_performance, compare, render
+from tests.tango.conftest import HW_DEVICES
+from tests.writer.test_service import lines_of, wait_for_line
+
+DATA = Path(__file__).parent / "data"
+SAMPLE = json.loads((DATA / "query_event_system_sample.json").read_text())
+COUNTER = "tango://127.0.0.1:10125/test/push/1/counter"
+
+
+def text_of(renderable: Any) -> str:
+    console = Console(record=True, width=200, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_the_first_snapshot_shows_everything_as_new() -> None:
+    publisher = compare(
+        "dserver/push/test", ["test/push/1"], None, SAMPLE["no_perf"]["publisher_dserver"]
+    )
+    assert publisher.new_publishers == {f"{COUNTER}.change": 101, SAMPLE_SPECTRUM: 1}
+    subscriber = compare(
+        "dserver/sub/test", ["test/sub/1"], None, SAMPLE["no_perf"]["subscriber_dserver"]
+    )
+    assert subscriber.new_subscriptions[f"{COUNTER}.idl5_change"]["event_count"] == 100
+    text = text_of(render("T", [publisher, subscriber]))
+    assert "New publishers" in text
+    assert "test/push/1/counter.change  101 is the last pushed server counter" in text
+    assert "tango://" not in text  # names are shown without the database's address
+
+
+SAMPLE_SPECTRUM = "tango://127.0.0.1:10125/test/push/1/spectrum.change"
+
+
+def test_counters_that_moved_are_shown_as_before_after_and_change() -> None:
+    before = SAMPLE["no_perf"]["subscriber_dserver"]
+    after = SAMPLE["with_perf"]["subscriber_dserver"]
+    report = compare("dserver/sub/test", ["test/sub/1"], before, after)
+    moved = {(stream, key): (a, b) for stream, key, a, b in report.received}
+    was = before["client"]["event_callbacks"][f"{COUNTER}.idl5_change"]["event_count"]
+    now = after["client"]["event_callbacks"][f"{COUNTER}.idl5_change"]["event_count"]
+    assert moved[(f"{COUNTER}.idl5_change", "event_count")] == (was, now)
+    text = text_of(render("T", [report]))
+    assert f"{was} -> {now} (+{now - was}) events processed" in text
+    publisher = compare(
+        "p", ["d"], SAMPLE["no_perf"]["publisher_dserver"], SAMPLE["with_perf"]["publisher_dserver"]
+    )
+    assert publisher.published[f"{COUNTER}.change"] == (101, 171)
+    assert "101 -> 171 (+70) last pushed server counter" in text_of(render("T", [publisher]))
+
+
+def test_performance_samples_become_tables_with_units() -> None:
+    report = compare(
+        "p", ["d"], SAMPLE["no_perf"]["publisher_dserver"], SAMPLE["with_perf"]["publisher_dserver"]
+    )
+    gaps = report.server_perf["Event gaps"]
+    assert gaps is not None
+    perf = SAMPLE["with_perf"]["publisher_dserver"]["server"]["perf"]
+    assert gaps.count == sum(1 for s in perf if s["micros_since_last_event"] is not None)
+    assert 10 in gaps.percentiles  # enough samples for percentiles
+    text = text_of(render("T", [report]))
+    assert "Event gaps [ms]" in text  # a unit in brackets, not taken for markup
+    assert "Push time [µs]" in text
+
+    client = SAMPLE["with_perf"]["subscriber_dserver"]["client"]["perf"]
+    rows = client_performance(client)
+    assert set(rows) >= {"Event gaps", "Sleep time", "Latency", "Callbacks called", "Wake count"}
+    processing = rows["counter processing time"]
+    assert processing is not None
+    assert processing.count == sum(
+        1 for s in client if s["attr_name"] == "counter" and not s.get("discarded")
+    )
+
+
+def test_a_discarded_sample_counts_in_gaps_but_not_in_processing() -> None:
+    samples = json.loads((DATA / "query_event_system_client_apiutil_sample.json").read_text())
+    rows = client_performance(samples["client"]["perf"])
+    assert rows["Event gaps"] is not None and rows["Event gaps"].count == 2
+    assert rows["counter processing time"] is not None
+    assert rows["counter processing time"].count == 2
+    assert rows["Latency"] is not None and rows["Latency"].count == 2
+
+
+# -- against real servers -------------------------------------------------------------
+
+
+@pytest.fixture
+def subscribed(hw_server: DeviceServer) -> Iterator[CallbackScheduler]:
+    """This process subscribes to a hardware device, so that its server publishes."""
+    scheduler = CallbackScheduler()
+    scheduler.subscribe(
+        HW_DEVICES[0], "position", tango.EventType.CHANGE_EVENT, lambda e: None
+    ).wait(20)
+    yield scheduler
+    scheduler.shutdown()
+
+
+def admin_perf() -> Any:
+    admin = tango.DeviceProxy(tango.DeviceProxy(HW_DEVICES[0]).adm_name())
+    return json.loads(admin.QueryEventSystem())["server"]["perf"]
+
+
+def monitor(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "nexus_writer.cli", "event-monitor", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_the_monitor_prints_diffs_and_tables_and_leaves_perf_off(
+    subscribed: CallbackScheduler, tmp_path: Path
+) -> None:
+    jsonl = tmp_path / "snapshots.jsonl"
+    process = monitor(
+        "--monitor", "--period", "0.5", "--count", "3", "--jsonl", str(jsonl), HW_DEVICES[0]
+    )
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, out
+    assert "dserver/rogue_devices/hw (from test/hw/1)" in out
+    assert "New publishers" in out
+    assert "test/hw/1/position.change" in out
+    assert "Published events" in out  # position moved between two snapshots
+    assert "Server performance" in out and "Push time" in out
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(records) == 3
+    server = records[-1]["servers"]["dserver/rogue_devices/hw"]
+    assert server["error"] is None
+    assert server["reply"]["server"]["perf"] is not None  # on while it ran
+    assert admin_perf() is None  # and off again
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_monitor_turns_perf_off(
+    subscribed: CallbackScheduler, signum: signal.Signals
+) -> None:
+    process = monitor("--monitor", "--period", "0.2", HW_DEVICES[0])
+    lines = lines_of(process.stdout)
+    wait_for_line(lines, "Published events")  # running, with performance monitoring on
+    assert admin_perf() is not None
+    process.send_signal(signum)
+    assert process.wait(30) == 0
+    assert admin_perf() is None
+
+
+def test_an_unknown_device_is_named_and_exits_2(hw_server: DeviceServer) -> None:
+    process = monitor("--count", "1", "test/nobody/1")
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "test/nobody/1" in out and "DB_DeviceNotDefined" in out
