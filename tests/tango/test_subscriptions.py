@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import gevent
 import pytest
 import tango
 
@@ -188,3 +189,29 @@ def test_shutdown_releases_every_subscription(hw_server: DeviceServer) -> None:
     assert not any(subscribed_to(d, "position") for d in HW_DEVICES)
     with pytest.raises(RuntimeError, match="shut down"):
         scheduler.subscribe(HW_DEVICES[0], "position", CHANGE)
+
+
+def test_subscribing_from_the_hub_that_runs_the_callbacks(hw_server: DeviceServer) -> None:
+    # The workers are greenlets of this thread's hub; subscribe() starts a subscriber
+    # thread, which yields to the hub while the workers are about to take the
+    # scheduler's (native) lock: it must not hold that lock meanwhile.
+    scheduler = CallbackScheduler(in_hub=True)
+    threads: set[int] = set()
+    try:
+        scheduler.register("other", lambda event: None)
+        gevent.sleep(0)  # the workers start, and wait
+        scheduler.post("other", 1)  # one worker is woken: it runs at the next yield
+        subscription = scheduler.subscribe(
+            HW_DEVICES[0],
+            "position",
+            CHANGE,
+            lambda event: threads.add(threading.get_ident()),
+        )
+        subscription.wait(SUBSCRIBED)
+        wait_until(
+            lambda: queue_of(scheduler, subscription.queue).processed >= 5,
+            "callbacks run in this hub",
+        )
+        assert threads == {threading.get_ident()}
+    finally:
+        scheduler.shutdown()
