@@ -93,4 +93,5 @@ def _drain(
         if is_ready(line):
             ready.set()
         _log.debug("%s: %s", name, line.rstrip())
-    ready.set()  # it exited: the starter sees no ready line
+    process.wait()  # its output ended: it is exiting; reaped, its status tells why
+    ready.set()  # the starter sees no ready line, and the exit status
