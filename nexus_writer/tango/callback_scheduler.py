@@ -36,9 +36,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import tango
+from gevent import getcurrent
 from gevent.monkey import get_original
 
 from sync_primitives import AsyncResult, Launcher, Lock, Queue, Thread
@@ -72,7 +74,8 @@ class QueueStatistics:
     received: int  #: events queued (posted while a callback was registered)
     processed: int  #: events whose callbacks have run
     dropped: int  #: oldest events dropped from a full queue
-    discarded: int  #: events posted while no callback was registered, or unsubscribed
+    discarded: int  #: events posted while no callback was registered
+    cancelled: int  #: events queued, then removed by unsubscribe() or shutdown()
     errors: int  #: callbacks that raised
     depth: int  #: events waiting
     latency: Summary | None  #: from the event's time to its callbacks' start
@@ -92,6 +95,7 @@ class _Queue:
         self.cost = 0.0  #: recent processing time, decayed
         self.cost_at = time.monotonic()
         self.received = self.processed = self.dropped = self.discarded = self.errors = 0
+        self.cancelled = 0
         self.total = 0.0
         self.latencies: deque[float] = deque(maxlen=SAMPLES)
         self.durations: deque[float] = deque(maxlen=SAMPLES)
@@ -151,17 +155,20 @@ class CallbackScheduler:
         self._subscribers_lock = Lock()
         self._load: dict[Thread, int] = {}  # subscriber -> subscriptions it runs
         self._assigned: dict[Subscription, Thread] = {}
-        self._worker_threads: list[Thread] = []
-        self._worker_results: list[AsyncResult[None]] = []
+        self._worker_greenlets: dict[object, int] = {}  # a running worker's greenlet -> index
+        self._releases: list[AsyncResult[None]] = []  # shutdown's unsubscriptions
+        # Per worker: wait(timeout) -> whether it has ended. A worker ends when it finds the
+        # scheduler closed and nothing to run; a thread worker's thread ends with it.
+        self._worker_ended: list[Callable[[float | None], bool]] = []
         if in_hub:
             launcher = Launcher()
-            self._worker_results = [launcher.apply_async(self._work) for _ in range(workers)]
+            for i in range(workers):
+                self._worker_ended.append(launcher.apply_async(self._work, i).wait)
         else:
             for i in range(workers):
-                thread = Thread(name=f"callbacks-{i}")
+                thread = Thread(target=self._work, args=(i,), name=f"callbacks-{i}")
                 thread.start()
-                self._worker_results.append(thread.spawn(self._work))
-                self._worker_threads.append(thread)
+                self._worker_ended.append(partial(_joined, thread))
 
     # -- callbacks for events posted by the program ---------------------------------------
 
@@ -260,7 +267,7 @@ class CallbackScheduler:
             subscription.callbacks = () if fn is None else (_bind(fn, args),)
 
     def unsubscribe(self, subscription: Subscription) -> AsyncResult[None]:
-        """End one subscription: its events still queued are discarded (counted), no
+        """End one subscription: its events still queued are cancelled (counted), no
         callback of it starts after this returns, and Tango's subscription and proxy are
         ended in a subscriber thread, which the returned result waits for. Idempotent."""
         with self._lock:
@@ -291,6 +298,7 @@ class CallbackScheduler:
                     q.processed,
                     q.dropped,
                     q.discarded,
+                    q.cancelled,
                     q.errors,
                     len(q.events),
                     list(q.latencies),
@@ -306,6 +314,7 @@ class CallbackScheduler:
                 processed=processed,
                 dropped=dropped,
                 discarded=discarded,
+                cancelled=cancelled,
                 errors=errors,
                 depth=depth,
                 latency=summarize(latencies),
@@ -318,6 +327,7 @@ class CallbackScheduler:
                 processed,
                 dropped,
                 discarded,
+                cancelled,
                 errors,
                 depth,
                 latencies,
@@ -338,33 +348,40 @@ class CallbackScheduler:
         )
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """End every subscription (unsubscribing, letting go of every proxy), stop the
-        workers once the callbacks running now return, drop the events still queued, stop
-        the subscriber threads. Idempotent.
+        """End every subscription (unsubscribing, letting go of every proxy), drop the
+        events still queued (counted in ``cancelled``), stop the workers once the callbacks
+        running now return, stop the subscriber threads.
+
+        Every call returns once all that is done, also a second call made meanwhile, or a
+        call after one that timed out. Called from one of the scheduler's own callbacks,
+        it does not wait for that callback (which would never return): its worker ends
+        when the callback returns.
 
         Raises:
-            TimeoutError: a worker or subscriber thread did not end within ``timeout``
-                seconds each (a callback that does not return, say).
+            TimeoutError: a callback, or an unsubscription, did not end within ``timeout``
+                seconds (each); calling again waits again.
         """
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            subscriptions = list(self._assigned.items())
-            self._assigned.clear()
-            for queue in self._queues.values():
-                queue.events.clear()
-        releases = []
+            subscriptions = []
+            if not self._closed:
+                self._closed = True
+                subscriptions = list(self._assigned.items())
+                self._assigned.clear()
+                for queue in self._queues.values():
+                    queue.cancelled += len(queue.events)
+                    queue.events.clear()
+            own = self._worker_greenlets.get(getcurrent())
         for subscription, thread in subscriptions:
             subscription.end()
-            releases.append(thread.apply_async(subscription.release))
-        for _ in self._worker_results:  # a token for each worker that may be waiting
+            self._releases.append(thread.apply_async(subscription.release))
+        for _ in self._worker_ended:  # a token for each worker that may be waiting
             self._tokens.put(None)
-        for result in [*releases, *self._worker_results]:
-            if not result.wait(timeout):
-                raise TimeoutError(f"the callback scheduler did not stop within {timeout} s")
-        for thread in self._worker_threads:
-            thread.stop(timeout=timeout)
+        for release in self._releases:
+            if not release.wait(timeout):
+                raise TimeoutError(f"unsubscribing did not end within {timeout} s")
+        for i, ended in enumerate(self._worker_ended):
+            if i != own and not ended(timeout):
+                raise TimeoutError(f"a callback did not return within {timeout} s")
         with self._subscribers_lock:  # none is started after this: _closed is set
             for thread in self._subscribers:
                 thread.stop(timeout=timeout)
@@ -412,7 +429,7 @@ class CallbackScheduler:
         queue = self._queues.get(subscription.queue)
         if queue is not None:
             kept = [entry for entry in queue.events if entry[3] is not subscription]
-            queue.discarded += len(queue.events) - len(kept)
+            queue.cancelled += len(queue.events) - len(kept)
             queue.events.clear()
             queue.events.extend(kept)
 
@@ -434,7 +451,9 @@ class CallbackScheduler:
             with self._lock:
                 return min(self._subscribers, key=lambda t: self._load[t])
 
-    def _work(self) -> None:
+    def _work(self, index: int) -> None:
+        with self._lock:
+            self._worker_greenlets[getcurrent()] = index
         done: tuple[_Queue, float, float, float, int] | None = None
         while True:
             with self._lock:
@@ -444,6 +463,7 @@ class CallbackScheduler:
                 taken = self._take_locked()
                 if taken is None:
                     if self._closed:
+                        del self._worker_greenlets[getcurrent()]
                         return
                     self._idle += 1
             if taken is None:
@@ -481,7 +501,7 @@ class CallbackScheduler:
                 break  # unsubscribed while this event was being taken
             try:
                 callback(event)
-            except Exception:
+            except (Exception, SystemExit, KeyboardInterrupt):  # not GreenletExit: stop()
                 errors += 1
                 _log.exception("callback of queue %s raised", queue.name)
         return queue, latency, started, time.monotonic(), errors
@@ -496,6 +516,14 @@ class CallbackScheduler:
         queue.total += ended - started
         queue.latencies.append(latency)
         queue.durations.append(ended - started)
+
+
+def _joined(thread: Thread, timeout: float | None) -> bool:
+    try:
+        thread.join(timeout)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _bind(fn: Callable[..., object], args: tuple[Any, ...]) -> Callable[[Any], object]:

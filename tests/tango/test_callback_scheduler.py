@@ -3,13 +3,15 @@ named test per promise of seed 000's pitfalls 2 and 3."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from nexus_writer.tango import CallbackScheduler
 from sync_primitives import Event
-from tests.conftest import wait_until
+from tests.conftest import in_plain_thread, wait_until
 
 
 @pytest.fixture
@@ -139,3 +141,84 @@ def test_shutdown_is_idempotent_and_refuses_later_events() -> None:
 def test_bad_settings_are_refused(workers: int, maxlen: int, half_life: float) -> None:
     with pytest.raises(ValueError, match=r"at least 1|positive"):
         CallbackScheduler(workers=workers, maxlen=maxlen, half_life=half_life)
+
+
+@pytest.mark.parametrize("exception", [SystemExit, KeyboardInterrupt, ValueError])
+def test_a_callback_that_raises_anything_leaves_its_worker_running(
+    scheduler: CallbackScheduler, exception: type[BaseException]
+) -> None:
+    seen: list[str] = []
+
+    def broken(event: str) -> None:
+        if event == "bad":
+            raise exception(event)
+        seen.append(event)
+
+    scheduler.register("s", broken)
+    scheduler.post("s", "bad")
+    scheduler.post("s", "good")
+    processed(scheduler, 2)
+    assert seen == ["good"]
+    assert scheduler.statistics()[0].errors == 1
+
+
+def test_shutdown_from_inside_a_callback_does_not_wait_for_itself() -> None:
+    made = CallbackScheduler(workers=2)
+    outcome: list[str] = []
+    returned = Event()
+
+    def stop_everything(event: object) -> None:
+        made.shutdown(timeout=30)  # would wait 30 s for itself, then raise
+        outcome.append("shut down")
+        returned.set()
+
+    made.register("s", stop_everything)
+    made.post("s", 1)
+    assert returned.wait(5)
+    assert outcome == ["shut down"]
+    made.shutdown(timeout=5)  # and from outside: every worker has ended
+    assert not any(t.name.startswith("callbacks-") for t in threading.enumerate())
+
+
+def test_every_shutdown_returns_only_once_the_running_callback_has() -> None:
+    made = CallbackScheduler()
+    running, release = Event(), Event()
+    ended: list[str] = []
+
+    def slow(event: object) -> None:
+        running.set()
+        release.wait(10)
+        ended.append("callback")
+
+    made.register("s", slow)
+    made.post("s", 1)
+    assert running.wait(5)
+    with pytest.raises(TimeoutError, match="did not return"):
+        made.shutdown(timeout=0.05)
+
+    def shut_down() -> list[str]:
+        made.shutdown(timeout=10)
+        return list(ended)  # what had ended when shutdown() returned
+
+    again = in_plain_thread(shut_down)  # waits again, as a retry does
+    meanwhile = in_plain_thread(shut_down)  # a second caller meanwhile
+    done, _ = concurrent.futures.wait([again, meanwhile], timeout=0.2)
+    assert not done  # both still waiting for the callback
+    release.set()
+    assert again.result(10) == ["callback"]
+    assert meanwhile.result(10) == ["callback"]
+
+
+def test_counts_add_up_after_shutdown() -> None:
+    made = CallbackScheduler(maxlen=5)
+    gate = Event()
+    made.register("s", lambda event: gate.wait(10) if event == 0 else None)
+    made.post("s", 0)
+    wait_until(lambda: made.statistics()[0].depth == 0, "the first event taken")
+    for i in range(1, 9):
+        made.post("s", i)
+    gate.set()
+    made.shutdown()
+    (stats,) = made.statistics()
+    assert stats.received == 9
+    assert stats.received == stats.processed + stats.dropped + stats.cancelled + stats.depth
