@@ -30,6 +30,8 @@ from nexus_writer.simulator import SCAN_TYPES, Beamline, Detectors, ScanSyntaxEr
 from nexus_writer.subscriber import Mode
 
 REDIS_URL_VARIABLE = "NEXUS_WRITER_REDIS_URL"
+#: The longest period between two event-monitor snapshots: a day.
+MAX_PERIOD = 86400.0
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -232,8 +234,10 @@ def _positive_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be positive")
+    if not 0 < value <= MAX_PERIOD:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: must be more than 0 and at most {MAX_PERIOD:.0f} seconds"
+        )
     return value
 
 
@@ -334,9 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return run_demo(Path(args.root))
         if args.command == "event-monitor":
-            # Tango and rich are loaded for this command only.
-            from nexus_writer.tango import event_monitor  # noqa: PLC0415
-
+            signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C
+            try:  # Ctrl-C while Tango and rich load (for this command only) ends it too
+                from nexus_writer.tango import event_monitor  # noqa: PLC0415
+            except KeyboardInterrupt:
+                return 0
             return event_monitor.main(
                 args.devices,
                 period=args.period,

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[callbacks] = run_once(database, callbacks, args, console)
     for callbacks in ("plain", "scheduled"):
         if callbacks in results:
-            console.print(f"{callbacks}: {json.dumps(results[callbacks])}")
+            print(f"{callbacks}: {json.dumps(results[callbacks])}")  # one line, unwrapped
     if args.json:
         args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
     return 0

@@ -25,15 +25,15 @@ import json
 import logging
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
 import tango
@@ -140,12 +140,17 @@ def compare(
         report.client_perf = client_performance(new_client["perf"])
     for device, stats in (schedulers or {}).items():
         old = {q["queue"]: q for q in (schedulers_before or {}).get(device, {}).get("queues", [])}
-        queues = [
-            {**q, "new": q["processed"] - old.get(q["queue"], {}).get("processed", 0)}
-            for q in stats.get("queues", [])
-        ]
+        queues = [{**q, "new": _since(q, old.get(q["queue"]))} for q in stats.get("queues", [])]
         report.schedulers[device] = {**stats, "queues": queues}
     return report
+
+
+def _since(queue: Mapping[str, Any], before: Mapping[str, Any] | None) -> int:
+    """Events a scheduler queue processed since the last snapshot (all it processed if its
+    count went down: its server restarted meanwhile)."""
+    processed = int(queue["processed"])
+    earlier = int(before["processed"]) if before else 0
+    return processed - earlier if processed >= earlier else processed
 
 
 def server_performance(samples: Iterable[Mapping[str, Any]]) -> dict[str, Summary | None]:
@@ -365,8 +370,9 @@ class _Server:
     admin: str
     devices: list[str]
     proxy: tango.DeviceProxy | None = None
-    #: device -> its proxy, for those that show a scheduler's statistics (looked up once)
-    schedulers: dict[str, tango.DeviceProxy] = field(default_factory=dict)
+    device_proxies: dict[str, tango.DeviceProxy] = field(default_factory=dict)
+    #: device -> whether it shows a scheduler's statistics (looked up once it answers)
+    schedulers: dict[str, bool] = field(default_factory=dict)
     reply: Reply | None = None
     scheduler_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     perf_on: bool = False  #: on as far as we know (off again if the server restarted)
@@ -384,9 +390,12 @@ class EventMonitor:
         jsonl: IO[str] | None = None,
         console: Console | None = None,
     ) -> None:
-        """Raises:
-        tango.DevFailed: a device could not be resolved to its server (not defined, or
-            its server never ran); the message names the device.
+        """Each device is resolved to its server through the database, so a server that
+        is not running yet is shown as unreachable until it runs.
+
+        Raises:
+            tango.DevFailed: a device is not defined in the database, or the database does
+                not answer; the message names the device.
         """
         self.perf = perf
         self.jsonl = jsonl
@@ -394,11 +403,10 @@ class EventMonitor:
         self._servers: dict[str, _Server] = {}
         for device in devices:
             proxy = tango.DeviceProxy(device)
-            admin = proxy.adm_name()
+            admin = admin_of(device, proxy)
             server = self._servers.setdefault(admin, _Server(short(admin), []))
             server.devices.append(device)
-            if _shows_scheduler(proxy):
-                server.schedulers[device] = proxy
+            server.device_proxies[device] = proxy
             if server.proxy is None:
                 server.proxy = tango.DeviceProxy(admin)
                 server.proxy.set_timeout_millis(int(QUERY_TIMEOUT * 1000))
@@ -445,55 +453,52 @@ class EventMonitor:
         return reports
 
     def run(self, period: float, count: int | None = None) -> None:
-        """Poll every ``period`` seconds, ``count`` times (None: until Ctrl-C or SIGTERM);
-        with ``perf``, performance monitoring is on meanwhile and off afterwards."""
-        stop = threading.Event()
-        previous = _on_sigterm(stop)
+        """Poll every ``period`` seconds, ``count`` times (None: until interrupted); with
+        ``perf``, performance monitoring is on meanwhile and off afterwards, however the
+        run ends (see :func:`main` for the signals)."""
         try:
             done = 0
             while count is None or done < count:
                 started = time.monotonic()
                 self.poll()
                 done += 1
-                if count is not None and done >= count:
-                    break
-                if stop.wait(max(0.0, period - (time.monotonic() - started))):
-                    break
-        except KeyboardInterrupt:
-            pass
+                if count is None or done < count:
+                    time.sleep(max(0.0, period - (time.monotonic() - started)))
         finally:
             self.close()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
 
     def close(self) -> None:
-        """Turn performance monitoring off where this monitor turned it on."""
-        for server in self._servers.values():
-            if server.perf_touched and server.proxy is not None:
-                try:
-                    server.proxy.EnableEventSystemPerfMon(False)
-                    server.perf_on = server.perf_touched = False
-                except tango.DevFailed as error:
-                    _log.warning(
-                        "could not turn performance monitoring off on %s: %s",
-                        server.admin,
-                        describe(error),
-                    )
+        """Turn performance monitoring off wherever this monitor tried to turn it on, on
+        all servers at once; Ctrl-C and SIGTERM wait meanwhile (a second Ctrl-C, pressed
+        because a stalled server makes this take its 3 s, must not leave it on)."""
+        touched = [s for s in self._servers.values() if s.perf_touched and s.proxy is not None]
+        if not touched:
+            return
+        with _signals_held(), ThreadPoolExecutor(max_workers=len(touched)) as pool:
+            list(pool.map(_perf_off, touched))
 
     def _query(self, server: _Server) -> tuple[Reply | None, dict[str, dict[str, Any]], str | None]:
         assert server.proxy is not None
         try:
             if self.perf and not server.perf_on:
-                server.proxy.EnableEventSystemPerfMon(True)
-                server.perf_on = server.perf_touched = True
-            reply: Reply = json.loads(server.proxy.QueryEventSystem())
+                server.perf_touched = True  # before the call: it may take effect and time out
+                server.proxy.command_inout("EnableEventSystemPerfMon", True)
+                server.perf_on = True
+            reply: Reply = json.loads(server.proxy.command_inout("QueryEventSystem"))
         except (tango.DevFailed, ValueError) as error:
             server.perf_on = False  # perhaps it restarted: on again at the next query
             return None, {}, describe(error)
         if self.perf and (reply.get("server") or {}).get("perf") is None:
             server.perf_on = False  # it restarted between two queries: on again next time
         stats: dict[str, dict[str, Any]] = {}
-        for device, proxy in server.schedulers.items():
+        for device, proxy in server.device_proxies.items():
+            if device not in server.schedulers:
+                shows = _shows_scheduler(proxy)
+                if shows is None:
+                    continue  # it does not answer: looked up again next time
+                server.schedulers[device] = shows
+            if not server.schedulers[device]:
+                continue
             try:
                 parsed = json.loads(proxy.read_attribute(STATISTICS_ATTRIBUTE).value)
             except (tango.DevFailed, ValueError) as error:
@@ -504,24 +509,59 @@ class EventMonitor:
         return reply, stats, None
 
 
-def _shows_scheduler(proxy: tango.DeviceProxy) -> bool:
+def admin_of(device: str, proxy: tango.DeviceProxy) -> str:
+    """The admin device of ``device``'s server, from the database (the server need not
+    run), with the same ``tango://host:port/`` prefix as ``device`` if it has one.
+
+    Raises:
+        tango.DevFailed: the device is not defined (``DB_DeviceNotDefined``).
+    """
+    info = proxy.get_device_db().get_device_info(proxy.dev_name())
+    prefix = _TRL_PREFIX.match(device)
+    return f"{prefix.group(0) if prefix else ''}dserver/{info.ds_full_name}".lower()
+
+
+def _perf_off(server: _Server) -> None:
+    assert server.proxy is not None
+    try:
+        server.proxy.command_inout("EnableEventSystemPerfMon", False)
+        server.perf_on = server.perf_touched = False
+    except tango.DevFailed as error:
+        _log.warning(
+            "could not turn performance monitoring off on %s: %s", server.admin, describe(error)
+        )
+
+
+def _shows_scheduler(proxy: tango.DeviceProxy) -> bool | None:
+    """Whether the device has the scheduler statistics attribute; None if it does not
+    answer."""
     try:
         names = {n.lower() for n in proxy.get_attribute_list()}
     except tango.DevFailed:
-        return False
+        return None
     return STATISTICS_ATTRIBUTE.lower() in names
 
 
-def _on_sigterm(stop: threading.Event) -> Any:
-    """SIGTERM ends the run like Ctrl-C (in the main thread only; elsewhere, nothing)."""
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored meanwhile (in the main thread; elsewhere, nothing)."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-        raise KeyboardInterrupt
 
-    return signal.signal(signal.SIGTERM, handler)
+def _first_interrupt(signum: int, frame: object) -> None:
+    """The first Ctrl-C or SIGTERM ends the monitor; later ones are ignored, so that it
+    can turn performance monitoring off (an impatient second Ctrl-C must not stop that)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def main(
@@ -533,20 +573,26 @@ def main(
     count: int | None,
     console: Console | None = None,
 ) -> int:
-    """``nexus-writer event-monitor``: 0, or 2 when a device cannot be resolved or the
-    JSON lines file cannot be opened (the message says which)."""
-    errors = console or Console(stderr=True)
+    """``nexus-writer event-monitor``: 0 when it ran to its count or was interrupted
+    (Ctrl-C, or SIGTERM, which it takes as Ctrl-C), 2 when a device is not defined or the
+    JSON lines file cannot be opened (the message, on stderr, says which)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _first_interrupt)
     try:
         with jsonl.open("a", encoding="utf-8") if jsonl else nullcontext() as out:
             try:
                 monitor = EventMonitor(devices, perf=perf, jsonl=out, console=console)
             except tango.DevFailed as error:
-                errors.print(
-                    f"event-monitor: cannot resolve the devices' servers: {describe(error)}"
+                print(
+                    f"event-monitor: cannot resolve the devices' servers: {describe(error)}",
+                    file=sys.stderr,
                 )
                 return 2
             monitor.run(period, count)
     except OSError as error:
-        errors.print(f"event-monitor: {error}")
+        print(f"event-monitor: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        pass
     return 0

@@ -4,6 +4,7 @@ recorded from cppTango 10.3), and ``nexus-writer event-monitor`` against real se
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,9 +17,10 @@ import tango
 from rich.console import Console
 
 from nexus_writer.tango import CallbackScheduler
-from nexus_writer.tango.embedded import DeviceServer
+from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
 from nexus_writer.tango.event_monitor import client_performance, compare, render
-from tests.tango.conftest import HW_DEVICES
+from tests.conftest import wait_until
+from tests.tango.conftest import DEVICES, HW_DEVICES, server_env
 from tests.writer.test_service import lines_of, wait_for_line
 
 DATA = Path(__file__).parent / "data"
@@ -167,3 +169,76 @@ def test_an_unknown_device_is_named_and_exits_2(hw_server: DeviceServer) -> None
     out, _ = process.communicate(timeout=60)
     assert process.returncode == 2
     assert "test/nobody/1" in out and "DB_DeviceNotDefined" in out
+    assert len(out.strip().splitlines()) == 1  # one line, whatever the width
+
+
+@pytest.fixture
+def stalled(tango_database: EmbeddedTangoDatabase) -> Iterator[DeviceServer]:
+    """A server of its own, stopped (SIGSTOP) until the test ends: it takes requests and
+    answers none until then."""
+    tango_database.add_device("rogue_devices/stall", "HwDevice", "test/stall/1")
+    with tango_database.start_server(DEVICES, "stall", env=server_env()) as server:
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            yield server
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+
+
+def perf_of(device: str) -> Any:
+    admin = tango.DeviceProxy(tango.DeviceProxy(device).adm_name())
+    return json.loads(admin.QueryEventSystem())["server"]["perf"]
+
+
+def test_a_server_that_never_answered_is_shown_unreachable_and_left_with_perf_off(
+    stalled: DeviceServer,
+) -> None:
+    process = monitor("--monitor", "--period", "0.2", "--count", "2", "test/stall/1")
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, out
+    assert out.count("! unreachable: API_") == 2, out  # a CORBA time-out, here
+    assert stalled.pid is not None
+    os.kill(stalled.pid, signal.SIGCONT)  # it now runs what it was sent: on, then off
+    wait_until(lambda: perf_of("test/stall/1") is None, "monitoring off", timeout=20)
+
+
+def test_a_server_not_running_is_unreachable_not_an_error(
+    tango_database: EmbeddedTangoDatabase,
+) -> None:
+    tango_database.add_device("rogue_devices/offline", "HwDevice", "test/offline/1")
+    process = monitor("--count", "1", "test/offline/1")
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, out
+    assert "dserver/rogue_devices/offline (from test/offline/1)" in out
+    assert "! unreachable: API_" in out
+
+
+def test_a_second_ctrl_c_does_not_leave_perf_on(
+    subscribed: CallbackScheduler, stalled: DeviceServer
+) -> None:
+    # Turning monitoring off takes the stalled server's 3 s time-out: a user presses
+    # Ctrl-C again meanwhile.
+    process = monitor("--monitor", "--period", "0.2", HW_DEVICES[0], "test/stall/1")
+    lines = lines_of(process.stdout)
+    wait_for_line(lines, "Published events")
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    assert admin_perf() is None
+
+
+def test_a_restarted_schedulers_new_events_are_those_since_its_restart() -> None:
+    def stats(processed: int) -> dict[str, Any]:
+        return {"queues": [{"queue": "q", "processed": processed}]}
+
+    reply = SAMPLE["no_perf"]["subscriber_dserver"]
+    moved = compare(
+        "a", ["d"], reply, reply, schedulers={"d": stats(30)}, schedulers_before={"d": stats(20)}
+    )
+    assert moved.schedulers["d"]["queues"][0]["new"] == 10
+    restarted = compare(
+        "a", ["d"], reply, reply, schedulers={"d": stats(3)}, schedulers_before={"d": stats(20)}
+    )
+    assert restarted.schedulers["d"]["queues"][0]["new"] == 3
