@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import socket
 import subprocess
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import TypeVar
 
 from sync_primitives import Event
 
@@ -20,6 +25,9 @@ _log = logging.getLogger(__name__)
 
 #: Lines of a child's output kept (its first lines, and every ready line).
 KEPT_LINES = 200
+
+
+S = TypeVar("S", bound="ChildServer")
 
 
 class ChildStartError(RuntimeError):
@@ -95,3 +103,67 @@ def _drain(
         _log.debug("%s: %s", name, line.rstrip())
     process.wait()  # its output ended: it is exiting; reaped, its status tells why
     ready.set()  # the starter sees no ready line, and the exit status
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (another process may take it before it is used)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class ChildServer:
+    """What our embedded servers share: one child process and perhaps a directory of its
+    own, stopped by :meth:`stop`, by the ``with`` block, when the object is
+    garbage-collected, or at interpreter exit, whichever comes first."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._directory: str | None = None
+        self._finalizer: weakref.finalize[..., ChildServer] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self: S) -> S:
+        raise NotImplementedError
+
+    def _adopt(self, process: subprocess.Popen[bytes]) -> None:
+        """``process`` is now this server's, to be stopped whatever happens."""
+        self._process = process
+        self._finalizer = weakref.finalize(self, _cleanup, process, self._directory)
+
+    def halt(self, timeout: float = 10.0) -> None:
+        """Stop the process (SIGTERM, then SIGKILL after ``timeout`` seconds), keeping the
+        directory; nothing if it is not running."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if self._process is not None:
+            terminate(self._process, timeout)
+            self._process = None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the process and remove the directory; nothing if it is not running."""
+        self.halt(timeout)
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
+
+    def __enter__(self: S) -> S:
+        return self if self._process is not None else self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _cleanup(process: subprocess.Popen[bytes], directory: str | None) -> None:
+    terminate(process)
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)

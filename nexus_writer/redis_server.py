@@ -18,15 +18,11 @@ import importlib.util
 import logging
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
-import weakref
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import quote
 
-from .child_process import ChildStartError, start_child, terminate
+from .child_process import ChildServer, ChildStartError, free_port, start_child
 
 _log = logging.getLogger(__name__)
 
@@ -60,13 +56,7 @@ def find_redis_server() -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class EmbeddedRedis:
+class EmbeddedRedis(ChildServer):
     """A redis-server process of our own. Use as a context manager, or start()/stop()."""
 
     def __init__(
@@ -84,18 +74,14 @@ class EmbeddedRedis:
         survive :meth:`halt` and :meth:`resume`."""
         if username and not password:
             raise ValueError("an ACL username needs a password")
+        super().__init__()
         self.unix_socket = unix_socket
         self.password = password
         self.username = username
         self.persistent = persistent
         self.startup_timeout = startup_timeout
         self.binary = find_redis_server()
-        self._process: subprocess.Popen[bytes] | None = None
-        self._directory: str | None = None
         self._port: int | None = None
-        self._finalizer: weakref.finalize[[subprocess.Popen[bytes], str], EmbeddedRedis] | None = (
-            None
-        )
 
     @property
     def url(self) -> str:
@@ -113,10 +99,6 @@ class EmbeddedRedis:
     def _socket_path(self) -> str:
         assert self._directory is not None
         return os.path.join(self._directory, "redis.sock")
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
 
     def start(self) -> EmbeddedRedis:
         """Start the server and return once it accepts connections.
@@ -159,7 +141,7 @@ class EmbeddedRedis:
         if self.unix_socket:
             args += ["--port", "0", "--unixsocket", self._socket_path, "--unixsocketperm", "700"]
         else:
-            self._port = self._port or _free_port()
+            self._port = self._port or free_port()
             args += ["--port", str(self._port)]
         if self.username:
             args += [
@@ -182,19 +164,13 @@ class EmbeddedRedis:
             )
         except ChildStartError as error:
             raise RedisServerError(str(error)) from None
-        self._process = process
-        self._finalizer = weakref.finalize(self, _cleanup, process, self._directory)
+        self._adopt(process)
         _log.info("embedded redis-server (pid %d) at %s", process.pid, self.url)
 
     def halt(self, timeout: float = 10.0) -> None:
         """Stop the server process but keep its directory and address, for :meth:`resume`:
         Redis "going away" (with ``persistent``, its data come back)."""
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        if self._process is not None:
-            terminate(self._process, timeout)
-            self._process = None
+        super().halt(timeout)
 
     def resume(self) -> None:
         """Start the server again after :meth:`halt`, at the same address.
@@ -208,30 +184,11 @@ class EmbeddedRedis:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server and remove its directory; does nothing if it is not running."""
-        self.halt(timeout)
-        if self._directory is not None:
-            shutil.rmtree(self._directory, ignore_errors=True)
-            self._directory = None
-            self._port = None
-
-    def __enter__(self) -> EmbeddedRedis:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().stop(timeout)
+        self._port = None
 
 
 def _is_ready(line: str) -> bool:
     # 6.2 on TCP: "Ready to accept connections"; on a unix socket only: "The server is now
     # ready to accept connections at <path>"; 7.x adds the listener's kind.
     return "ready to accept connections" in line.lower()
-
-
-def _cleanup(process: subprocess.Popen[bytes], directory: str) -> None:
-    terminate(process)
-    shutil.rmtree(directory, ignore_errors=True)

@@ -16,20 +16,15 @@ process uses :attr:`EmbeddedTangoDatabase.tango_host` (or full ``tango://`` name
 from __future__ import annotations
 
 import logging
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 import tango
 
-from nexus_writer.child_process import ChildStartError, start_child, terminate
+from nexus_writer.child_process import ChildServer, ChildStartError, free_port, start_child
 
 _log = logging.getLogger(__name__)
 
@@ -41,22 +36,14 @@ class TangoServerError(RuntimeError):
     """The embedded database or a device server did not start; the message says why."""
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class EmbeddedTangoDatabase:
+class EmbeddedTangoDatabase(ChildServer):
     """A Tango database server of our own on a sqlite file. Use as a context manager, or
     start()/stop()."""
 
     def __init__(self, startup_timeout: float = 30.0) -> None:
+        super().__init__()
         self.startup_timeout = startup_timeout
-        self._process: subprocess.Popen[bytes] | None = None
-        self._directory: str | None = None
         self._port: int | None = None
-        self._finalizer: weakref.finalize[..., EmbeddedTangoDatabase] | None = None
 
     @property
     def tango_host(self) -> str:
@@ -83,7 +70,7 @@ class EmbeddedTangoDatabase:
             raise TangoServerError("the embedded Tango database is already running")
         self._directory = tempfile.mkdtemp(prefix="nexus-writer-tango-")
         for attempt in range(3):  # a free port can be taken meanwhile
-            self._port = _free_port()
+            self._port = free_port()
             args = [
                 sys.executable,
                 "-m",
@@ -110,8 +97,7 @@ class EmbeddedTangoDatabase:
                     self.stop()
                     raise TangoServerError(str(error)) from None
                 continue
-            self._process = process
-            self._finalizer = weakref.finalize(self, _cleanup, process, self._directory)
+            self._adopt(process)
             _log.info("embedded Tango database (pid %d) at %s", process.pid, self.tango_host)
             return self
         return self  # not reached
@@ -163,30 +149,11 @@ class EmbeddedTangoDatabase:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the database and remove its files; nothing if it is not running."""
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        if self._process is not None:
-            terminate(self._process, timeout)
-            self._process = None
-        if self._directory is not None:
-            shutil.rmtree(self._directory, ignore_errors=True)
-            self._directory = None
+        super().stop(timeout)
         self._port = None
 
-    def __enter__(self) -> EmbeddedTangoDatabase:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class DeviceServer:
+class DeviceServer(ChildServer):
     """One device server process, on loopback endpoints."""
 
     def __init__(
@@ -197,16 +164,11 @@ class DeviceServer:
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 30.0,
     ) -> None:
+        super().__init__()
         self.args = [*args, "-ORBendPoint", "giop:tcp:127.0.0.1:0"]
         self.env = {**(env or {}), "TANGO_HOST": tango_host}
         self.startup_timeout = startup_timeout
         self.output: list[str] = []
-        self._process: subprocess.Popen[bytes] | None = None
-        self._finalizer: weakref.finalize[..., DeviceServer] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
 
     def start(self) -> DeviceServer:
         """Start it and return once it serves requests.
@@ -216,7 +178,7 @@ class DeviceServer:
         """
         started = time.monotonic()
         try:
-            self._process, self.output = start_child(
+            process, self.output = start_child(
                 self.args,
                 name=f"device server {Path(self.args[1]).stem} {self.args[2]}",
                 is_ready=lambda line: SERVER_READY in line,
@@ -225,36 +187,11 @@ class DeviceServer:
             )
         except ChildStartError as error:
             raise TangoServerError(str(error)) from None
-        self._finalizer = weakref.finalize(self, terminate, self._process)
+        self._adopt(process)
         _log.info(
             "device server %s (pid %d) ready in %.1f s",
             " ".join(self.args[1:3]),
-            self._process.pid,
+            process.pid,
             time.monotonic() - started,
         )
         return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (the server unexports its devices), SIGKILL after ``timeout`` seconds."""
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        if self._process is not None:
-            terminate(self._process, timeout)
-            self._process = None
-
-    def __enter__(self) -> DeviceServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def _cleanup(process: subprocess.Popen[bytes], directory: str) -> None:
-    terminate(process)
-    shutil.rmtree(directory, ignore_errors=True)
