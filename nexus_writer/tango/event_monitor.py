@@ -221,7 +221,7 @@ def _sections(report: ServerReport) -> Iterator[RenderableType]:
         yield _counters(
             "Published events",
             [
-                (s, f"{a} -> {b} ({b - a:+d}) last pushed server counter")
+                (s, _moved(a, b, "last pushed server counter"))
                 for s, (a, b) in report.published.items()
             ],
         )
@@ -241,10 +241,7 @@ def _client_sections(report: ServerReport) -> Iterator[RenderableType]:
     if report.received:
         yield _counters(
             "Received events and callback changes",
-            [
-                (s, f"{a} -> {b} ({b - a:+d}) {SUBSCRIPTION_COUNTERS[key]}")
-                for s, key, a, b in report.received
-            ],
+            [(s, _moved(a, b, SUBSCRIPTION_COUNTERS[key])) for s, key, a, b in report.received],
         )
     if report.not_connected:
         yield _counters("Not connected", [(s, "") for s in report.not_connected])
@@ -252,6 +249,10 @@ def _client_sections(report: ServerReport) -> Iterator[RenderableType]:
         yield _performance("Client performance", report.client_perf)
     for device, stats in report.schedulers.items():
         yield _scheduler(device, stats)
+
+
+def _moved(before: int, after: int, words: str) -> str:
+    return f"{before} -> {after} ({after - before:+d}) {words}"
 
 
 def _table(title: str, columns: Iterable[str], show_header: bool = True) -> Table:
