@@ -54,7 +54,9 @@ def start_child(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        env=None if env is None else {**os.environ, **env},
+        # A Python child (PyTango's database server) would keep its ready line in its
+        # buffer while its output is a pipe: unbuffered, the line comes when printed.
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     ready = Event()
     output: list[str] = []
