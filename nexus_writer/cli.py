@@ -226,7 +226,30 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument(
         "--count", type=_positive, metavar="N", help="stop after N snapshots (default: never)"
     )
+    register = commands.add_parser(
+        "register",
+        help="define a NexusWriter device in the Tango database at TANGO_HOST",
+    )
+    register.add_argument("--server", required=True, help="NexusWriterService instance name")
+    register.add_argument("--session", required=True, help="the session the device writes")
+    register.add_argument("--device", required=True, help="the device's name, e.g. id00/nexus/1")
+    register.add_argument(
+        "--property",
+        action="append",
+        default=[],
+        type=_property,
+        metavar="NAME=VALUE",
+        help="a device property, e.g. redis_url=redis://host:6379/0 or roots=/data "
+        "(a name given twice makes a list)",
+    )
     return parser
+
+
+def _property(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE")
+    return name.strip(), value
 
 
 def _positive_seconds(text: str) -> float:
@@ -324,6 +347,45 @@ def simulate(args: argparse.Namespace) -> int:
         return 1 if failed else 0
 
 
+def demo(args: argparse.Namespace) -> int:
+    return run_demo(Path(args.root))
+
+
+def register_device(args: argparse.Namespace) -> int:
+    """Define a NexusWriter device in the Tango database; 2 if the database refuses."""
+    import tango  # noqa: PLC0415 (Tango is loaded for the Tango commands only)
+
+    from nexus_writer.tango.server import SERVER, register  # noqa: PLC0415
+
+    try:
+        register(args.server, args.session, args.device, args.property)
+    except tango.DevFailed as exc:
+        first = exc.args[0]
+        raise UsageError(f"the Tango database refused: {first.reason}: {first.desc}") from None
+    print(f"{args.device}: NexusWriter of session {args.session} in {SERVER}/{args.server}")
+    return 0
+
+
+def monitor_events(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C
+    try:  # Ctrl-C while Tango and rich load (for this command only) ends it too
+        from nexus_writer.tango import event_monitor  # noqa: PLC0415
+    except KeyboardInterrupt:
+        return 0
+    return event_monitor.main(
+        args.devices, period=args.period, perf=args.monitor, jsonl=args.jsonl, count=args.count
+    )
+
+
+COMMANDS = {
+    "simulate": simulate,
+    "run": run,
+    "demo": demo,
+    "register": register_device,
+    "event-monitor": monitor_events,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = args.log_level or ("info" if args.command == "run" else "warning")
@@ -331,29 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        if args.command == "simulate":
-            return simulate(args)
-        if args.command == "run":
-            return run(args)
-        if args.command == "demo":
-            return run_demo(Path(args.root))
-        if args.command == "event-monitor":
-            signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C
-            try:  # Ctrl-C while Tango and rich load (for this command only) ends it too
-                from nexus_writer.tango import event_monitor  # noqa: PLC0415
-            except KeyboardInterrupt:
-                return 0
-            return event_monitor.main(
-                args.devices,
-                period=args.period,
-                perf=args.monitor,
-                jsonl=args.jsonl,
-                count=args.count,
-            )
+        return COMMANDS[args.command](args)  # argparse accepts only these
     except UsageError as exc:
         print(f"nexus-writer {args.command}: {exc}", file=sys.stderr)
         return 2
-    raise AssertionError(args.command)  # argparse only accepts the sub-commands above
 
 
 if __name__ == "__main__":

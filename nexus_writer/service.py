@@ -64,6 +64,11 @@ class ServiceStatistics:
     lease: LeaseStatistics
     errors: int  #: Redis unreachable, a key of another type, the session writer failing...
     last_error: str | None
+    #: what keeps the service from writing or standing by now (the last error, until the
+    #: next attempt to take the lease gets an answer from Redis), or None
+    problem: str | None
+    stopping: bool  #: stop() was called; the role says "stopped" once it has
+    holder: str | None  #: who writes the session, while this service stands by
     writer: SessionStatistics | None  #: while active
 
 
@@ -103,6 +108,8 @@ class WriterService:
         self._failures = 0
         self._errors = 0
         self._last_error: str | None = None
+        self._problem: str | None = None
+        self._holder: str | None = None
         self.exit_status = 0
 
     @property
@@ -121,12 +128,15 @@ class WriterService:
             lease=self.lease.statistics(),
             errors=self._errors,
             last_error=self._last_error,
+            problem=self._problem,
+            stopping=self._stop.is_set(),
+            holder=self._holder if self._role is Role.STANDBY else None,
             writer=writer.session_statistics() if writer is not None else None,
         )
 
     def _error(self, what: str) -> None:
         self._errors += 1
-        self._last_error = what
+        self._last_error = self._problem = what
 
     def stop(self) -> None:
         """Ask :meth:`run` to stop: running scans are closed with what was received."""
@@ -157,6 +167,7 @@ class WriterService:
                     unreachable_delay = min(2 * unreachable_delay, self.options.retry_max_delay)
                     continue
                 unreachable_delay = 0.1
+                self._problem = None
                 if taken:
                     standby_for = None
                     self._write()
@@ -194,6 +205,7 @@ class WriterService:
 
     def _standby(self, holder: Holder | None) -> None:
         self._role = Role.STANDBY
+        self._holder = str(holder) if holder else None
         _log.info(
             "session %s: standby: the session is written by %s; this service takes over "
             "within %g s after that one stops or dies",

@@ -165,6 +165,7 @@ class DeviceServer(ChildServer):
         startup_timeout: float = 30.0,
     ) -> None:
         super().__init__()
+        self.name = "device server " + " ".join(Path(a).name for a in args[1:3])
         self.args = [*args, "-ORBendPoint", "giop:tcp:127.0.0.1:0"]
         self.env = {**(env or {}), "TANGO_HOST": tango_host}
         self.startup_timeout = startup_timeout
@@ -180,7 +181,7 @@ class DeviceServer(ChildServer):
         try:
             process, self.output = start_child(
                 self.args,
-                name=f"device server {Path(self.args[1]).stem} {self.args[2]}",
+                name=self.name,
                 is_ready=lambda line: SERVER_READY in line,
                 timeout=self.startup_timeout,
                 env=self.env,
@@ -189,8 +190,8 @@ class DeviceServer(ChildServer):
             raise TangoServerError(str(error)) from None
         self._adopt(process)
         _log.info(
-            "device server %s (pid %d) ready in %.1f s",
-            " ".join(self.args[1:3]),
+            "%s (pid %d) ready in %.1f s",
+            self.name,
             process.pid,
             time.monotonic() - started,
         )

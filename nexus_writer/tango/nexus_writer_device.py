@@ -1,0 +1,234 @@
+"""NexusWriter: the Tango device that writes one session, behind ``NexusWriterService``.
+
+.. important::
+   A gevent green-mode device: its methods, its attribute reads and its commands run in the
+   server's main hub, and so do the session's :class:`~nexus_writer.service.WriterService`
+   (a greenlet of that hub, as under ``nexus-writer run``) and the device's watcher
+   greenlet, which alone sets the state and pushes change events (pushing from another
+   thread crashes gevent servers: REFERENCE.md section 2). Attribute reads and commands
+   never wait for Redis or a disk: they read the snapshot the watcher keeps.
+
+States: ON while the device writes its session, STANDBY while another service does (a
+writer pair), INIT until Redis answers, CLOSE while ``stop`` closes the running scans, OFF
+once stopped, FAULT with the reason (Redis
+unreachable, a root unusable, a bad property), ALARM while the last finished scan failed;
+Status says it in words. docs/operations.md describes the properties and commands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import gevent
+import redis
+from tango import AttrWriteType, DevState, GreenMode
+from tango.server import Device, attribute, command, device_property
+
+from nexus_writer.lease import DEFAULT_TTL
+from nexus_writer.nexus.options import Compression, WriterOptions
+from nexus_writer.protocol import DEFAULT_PREFIX
+from nexus_writer.redis_client import connect
+from nexus_writer.service import Role, ServiceStatistics, WriterService
+from nexus_writer.subscriber import State
+
+_log = logging.getLogger(__name__)
+
+#: Seconds between two looks of the watcher at the service.
+WATCH_PERIOD = 0.1
+
+
+class ConfigurationError(ValueError):
+    """A device property is unusable; the message names it."""
+
+
+def writer_options(roots: list[str], compression: str, inactivity_timeout: float) -> WriterOptions:
+    """The writer's options from the device's properties.
+
+    Raises:
+        ConfigurationError: a root that is not an absolute, writable directory, or an
+            unknown compression.
+    """
+    checked = []
+    for root in roots:
+        path = Path(root)
+        if not path.is_absolute():
+            raise ConfigurationError(f"root {root!r} is not an absolute path")
+        if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigurationError(f"root {root} is not a writable directory")
+        checked.append(path.resolve())
+    try:
+        kind = Compression(compression)
+    except ValueError:
+        known = ", ".join(c.value for c in Compression)
+        raise ConfigurationError(f"compression {compression!r} is not one of {known}") from None
+    if not inactivity_timeout > 0:
+        raise ConfigurationError(f"inactivity_timeout {inactivity_timeout} is not positive")
+    return WriterOptions(
+        roots=tuple(checked), compression=kind, inactivity_timeout=inactivity_timeout
+    )
+
+
+def state_of(stats: ServiceStatistics | None, problem: str | None) -> tuple[DevState, str]:
+    """The device's state and status from the service's statistics (None: not running)
+    and the device's own problem (a bad property), if any."""
+    if problem is not None:
+        return DevState.FAULT, problem
+    if stats is None or stats.role == Role.STOPPED.value:
+        return DevState.OFF, "Stopped: start writes the session again."
+    if stats.stopping:
+        return DevState.CLOSE, "Stopping: the running scans close with what they received."
+    if stats.problem is not None:
+        return DevState.FAULT, stats.problem
+    if stats.role == Role.STARTING.value:
+        return DevState.INIT, f"Starting: reaching Redis for session {stats.session}."
+    return _standby_or_active(stats)
+
+
+def _standby_or_active(stats: ServiceStatistics) -> tuple[DevState, str]:
+    if stats.role == Role.STANDBY.value:
+        holder = stats.holder or "another service"
+        return DevState.STANDBY, f"Standby: session {stats.session} is written by {holder}."
+    writer = stats.writer
+    running = writer.scans_active if writer is not None else 0
+    if writer is not None and writer.recent and writer.recent[-1].state == State.FAULT.value:
+        last = writer.recent[-1]
+        return DevState.ALARM, (
+            f"Writing session {stats.session}; the last scan, {last.name}, failed: {last.reason}"
+        )
+    return DevState.ON, f"Writing session {stats.session}: {running} scan(s) running."
+
+
+class NexusWriter(Device):
+    """Writes the scans of one session as NeXus/HDF5 files."""
+
+    green_mode = GreenMode.Gevent
+
+    session = device_property(dtype=str, mandatory=True, doc="the session to write")
+    redis_url = device_property(
+        dtype=str, mandatory=True, doc="redis://, rediss:// or unix:// URL of the scans' Redis"
+    )
+    prefix = device_property(dtype=str, default_value=DEFAULT_PREFIX, doc="Redis key prefix")
+    roots = device_property(
+        dtype=(str,), default_value=[], doc="files only below these directories (none: anywhere)"
+    )
+    compression = device_property(
+        dtype=str, default_value=Compression.BITSHUFFLE_LZ4.value, doc="compression of datasets"
+    )
+    inactivity_timeout = device_property(
+        dtype=float, default_value=600.0, doc="close a scan whose publisher is silent this long"
+    )
+    lease_ttl = device_property(
+        dtype=float, default_value=DEFAULT_TTL, doc="seconds a dead writer keeps the session"
+    )
+
+    # -- life cycle (the hub) -----------------------------------------------------------
+
+    def init_device(self) -> None:
+        super().init_device()
+        self._service: WriterService | None = None
+        self._runner: gevent.Greenlet | None = None
+        self._client: redis.Redis | None = None
+        self._problem: str | None = None
+        self._snapshot: ServiceStatistics | None = None
+        for name in ("State", "Status"):
+            self.set_change_event(name, True, False)
+        self._start_service()
+        self._watcher = gevent.spawn(self._watch)
+
+    def delete_device(self) -> None:
+        self._watcher.kill()
+        self._stop_service()
+        if self._runner is not None:
+            self._runner.join()  # the service closes its scans (bounded: STOP_TIMEOUT)
+            self._runner = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _start_service(self) -> None:
+        try:
+            options = writer_options(
+                list(self.roots or []), self.compression, self.inactivity_timeout
+            )
+            self._client = connect(self.redis_url)
+            self._service = WriterService(
+                self._client,
+                self.session,
+                options,
+                prefix=self.prefix,
+                since="0-0",
+                lease_ttl=self.lease_ttl,
+            )
+        except (ConfigurationError, ValueError) as exc:
+            self._problem = f"Bad property: {exc}"
+            _log.error("%s: %s", self.get_name(), self._problem)
+            return
+        self._problem = None
+        self._runner = gevent.spawn(self._service.run)
+
+    def _stop_service(self) -> None:
+        """Ask the service to stop; it closes its scans in its own greenlet."""
+        if self._service is not None:
+            self._service.stop()
+
+    def _running(self) -> bool:
+        return self._runner is not None and not self._runner.dead
+
+    def _watch(self) -> None:
+        """The one greenlet that sets the state and pushes its change events."""
+        shown: tuple[DevState, str] | None = None
+        while True:
+            service = self._service
+            running = service is not None and self._running()
+            self._snapshot = service.statistics() if service is not None and running else None
+            now = state_of(self._snapshot, self._problem)
+            if now != shown:
+                shown = now
+                self.set_state(now[0])
+                self.set_status(now[1])
+                self.push_change_event("State")
+                self.push_change_event("Status")
+            gevent.sleep(WATCH_PERIOD)
+
+    # -- attributes: snapshots only -----------------------------------------------------
+
+    @attribute(dtype=str, access=AttrWriteType.READ, doc="active, standby, starting, stopped")
+    def role(self) -> str:
+        return self._snapshot.role if self._snapshot is not None else Role.STOPPED.value
+
+    @attribute(dtype=str, doc="the service's statistics as JSON")
+    def statistics_json(self) -> str:
+        return self._statistics()
+
+    def _statistics(self) -> str:
+        return json.dumps(asdict(self._snapshot)) if self._snapshot is not None else "{}"
+
+    # -- commands -----------------------------------------------------------------------
+
+    @command
+    def start(self) -> None:
+        """Write the session again after ``stop`` (DevFailed while it runs or stops)."""
+        if self._running():
+            stopping = self._service is not None and self._service.statistics().stopping
+            raise RuntimeError(
+                f"the writer of session {self.session} is "
+                + ("still stopping: try again" if stopping else "already running")
+            )
+        if self._client is not None:
+            self._client.close()
+        self._start_service()
+
+    @command
+    def stop(self) -> None:
+        """Stop writing: running scans close with what they received; a standby of the
+        pair takes over. Stopping a stopped writer changes nothing."""
+        self._stop_service()
+
+    @command(dtype_out=str)
+    def statistics(self) -> str:
+        """The service's statistics as JSON (the same as ``statistics_json``)."""
+        return self._statistics()

@@ -1,0 +1,70 @@
+"""``NexusWriterService servername``: the device server of NexusWriter devices, and
+``nexus-writer register``, which defines one in a Tango database.
+
+.. important::
+   :func:`main` runs in the main thread of its own process, which runs the server's gevent
+   hub (green mode) until the server is stopped (SIGINT, SIGTERM, or the admin device's
+   ``Kill`` command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import tango
+from tango.server import run
+
+from nexus_writer.tango.nexus_writer_device import NexusWriter
+
+#: The Tango server name: the executable of every NexusWriter server.
+SERVER = "NexusWriterService"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server instance named on the command line; Tango options (``-v4``,
+    ``-ORBendPoint ...``) follow it, as for any device server."""
+    parser = argparse.ArgumentParser(
+        prog=SERVER,
+        description="The Tango device server of NexusWriter devices (docs/operations.md).",
+    )
+    parser.add_argument("instance", help="the server's instance name, as in the database")
+    parser.add_argument("--log", default="info", metavar="LEVEL", help="default: info")
+    parser.add_argument("--logfile", metavar="PATH", help="log to this file (default: stderr)")
+    args, tango_args = parser.parse_known_args(argv)
+    logging.basicConfig(
+        level=args.log.upper(),
+        filename=args.logfile,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    run(
+        (NexusWriter,),
+        args=[SERVER, args.instance, *tango_args],
+        green_mode=tango.GreenMode.Gevent,
+    )
+    return 0
+
+
+def register(server: str, session: str, device: str, properties: Sequence[tuple[str, str]]) -> None:
+    """Define ``device`` as a NexusWriter of ``session`` in instance ``server`` of
+    NexusWriterService, in the database at ``TANGO_HOST``; ``properties``: more device
+    properties as (name, value) pairs (a name given twice makes a list, for ``roots``).
+
+    Raises:
+        tango.DevFailed: the database refused (the message says why).
+    """
+    info = tango.DbDevInfo()
+    info.name, info._class, info.server = device, NexusWriter.__name__, f"{SERVER}/{server}"
+    values: dict[str, list[str]] = {}
+    for name, value in properties:
+        values.setdefault(name, []).append(value)
+    values["session"] = [session]
+    database = tango.Database()
+    database.add_device(info)
+    database.put_device_property(device, values)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The NexusWriter device through Tango: NexusWriterService as its own process on the
+embedded database, writing scans that the simulator publishes into a real Redis."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tango
+
+from nexus_writer.cli import main as cli
+from nexus_writer.protocol import SessionPublisher
+from nexus_writer.redis_client import connect
+from nexus_writer.redis_server import EmbeddedRedis
+from nexus_writer.simulator import Beamline, Detectors
+from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
+from tests.conftest import wait_until
+from tests.tango.conftest import server_env
+
+SERVICE = Path(sys.executable).with_name("NexusWriterService")
+#: Launch to ON is under 2 s here; a loaded 2-core machine and first imports take longer.
+STARTED = 30.0
+
+
+def define(database: EmbeddedTangoDatabase, device: str, session: str, **properties: str) -> None:
+    argv = ["register", "--server", device.replace("/", "_"), "--session", session]
+    argv += ["--device", device]
+    for name, value in properties.items():
+        argv += ["--property", f"{name}={value}"]
+    assert cli(argv) == 0
+
+
+def start_service(database: EmbeddedTangoDatabase, device: str) -> DeviceServer:
+    return DeviceServer(
+        [str(SERVICE), device.replace("/", "_")],
+        tango_host=database.tango_host,
+        env=server_env(),
+        startup_timeout=STARTED,
+    ).start()
+
+
+def state_of(proxy: tango.DeviceProxy) -> tuple[tango.DevState, str]:
+    return proxy.state(), proxy.status()
+
+
+def wait_for_state(proxy: tango.DeviceProxy, state: tango.DevState) -> str:
+    wait_until(lambda: proxy.state() == state, f"{proxy.name()} is {state}", STARTED, 0.05)
+    return str(proxy.status())
+
+
+@pytest.fixture
+def writer(
+    tango_database: EmbeddedTangoDatabase,
+    redis_server: EmbeddedRedis,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[tango.DeviceProxy, str]]:
+    device = f"test/nexuswriter/{request.node.name[-20:].replace('[', '_').strip(']')}"
+    session = request.node.name[-30:]
+    define(tango_database, device, session, redis_url=redis_server.url, roots=str(tmp_path))
+    with start_service(tango_database, device):
+        yield tango.DeviceProxy(device), session
+
+
+def publish(redis_url: str, session: str, root: Path, *commands: str) -> None:
+    client = connect(redis_url)
+    try:
+        beamline = Beamline(
+            SessionPublisher(client, session), root=root, detectors=Detectors(counters=2)
+        )
+        for command in commands:
+            beamline.run(command)
+    finally:
+        client.close()
+
+
+def statistics(proxy: tango.DeviceProxy) -> Any:
+    return json.loads(proxy.statistics())
+
+
+def test_the_device_writes_its_session_and_says_so(
+    writer: tuple[tango.DeviceProxy, str], redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    proxy, session = writer
+    assert "Writing session" in wait_for_state(proxy, tango.DevState.ON)
+    assert proxy.role == "active"
+    publish(redis_server.url, session, tmp_path, "ascan robx 0 1 5 0.001", "loopscan 3 0.001")
+    wait_until(
+        lambda: (statistics(proxy)["writer"] or {}).get("scans_succeeded") == 2,
+        "two scans written",
+        STARTED,
+        0.05,
+    )
+    assert list(tmp_path.rglob("*.h5"))
+
+
+def test_stop_and_start_and_a_start_while_running(
+    writer: tuple[tango.DeviceProxy, str],
+) -> None:
+    proxy, _ = writer
+    wait_for_state(proxy, tango.DevState.ON)
+    with pytest.raises(tango.DevFailed, match="already running"):
+        proxy.start()
+    assert proxy.state() == tango.DevState.ON  # as it was
+    proxy.stop()
+    assert "Stopped" in wait_for_state(proxy, tango.DevState.OFF)
+    proxy.stop()  # again: nothing changes
+    assert proxy.state() == tango.DevState.OFF
+    proxy.start()
+    wait_for_state(proxy, tango.DevState.ON)
+
+
+def test_redis_down_at_start_is_a_fault_that_mends_itself(
+    tango_database: EmbeddedTangoDatabase, tmp_path: Path
+) -> None:
+    with EmbeddedRedis() as redis_server:
+        url = redis_server.url
+        redis_server.halt()  # its address is known; nothing answers there
+        define(tango_database, "test/nexuswriter/noredis", "noredis", redis_url=url)
+        with start_service(tango_database, "test/nexuswriter/noredis"):
+            proxy = tango.DeviceProxy("test/nexuswriter/noredis")
+            assert "Redis unreachable" in wait_for_state(proxy, tango.DevState.FAULT)
+            redis_server.resume()
+            wait_for_state(proxy, tango.DevState.ON)
+
+
+def test_a_root_that_is_not_a_directory_is_a_fault_naming_it(
+    tango_database: EmbeddedTangoDatabase, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing"
+    define(
+        tango_database,
+        "test/nexuswriter/badroot",
+        "badroot",
+        redis_url=redis_server.url,
+        roots=str(missing),
+    )
+    with start_service(tango_database, "test/nexuswriter/badroot"):
+        proxy = tango.DeviceProxy("test/nexuswriter/badroot")
+        status = wait_for_state(proxy, tango.DevState.FAULT)
+        assert f"root {missing} is not a writable directory" in status
