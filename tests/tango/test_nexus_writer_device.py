@@ -70,7 +70,7 @@ def publish(redis_url: str, session: str, root: Path, *commands: str) -> None:
     client = connect(redis_url)
     try:
         beamline = Beamline(
-            SessionPublisher(client, session), root=root, detectors=Detectors(counters=2)
+            SessionPublisher(client, session), root=str(root), detectors=Detectors(counters=2)
         )
         for command in commands:
             beamline.run(command)
