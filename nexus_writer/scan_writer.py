@@ -116,6 +116,12 @@ class NexusScanWriter(Subscriber):
         """The file being written, once the scan's document is known."""
         return self._document.file if self._document else None
 
+    @property
+    def url(self) -> str | None:
+        """``<scan file>::/<entry>``, once the entry exists (read from any thread)."""
+        scan_file = self._file
+        return f"{scan_file.path}::/{scan_file.entry_name}" if scan_file is not None else None
+
     # -- listener ---------------------------------------------------------------------------
 
     def listen(self, timeout: float) -> list[object]:

@@ -35,7 +35,7 @@ from nexus_writer import atomic
 from nexus_writer.lease import DEFAULT_TTL, Holder, LeaseStatistics, SessionLease
 from nexus_writer.nexus.options import WriterOptions
 from nexus_writer.protocol import DEFAULT_PREFIX, ProtocolError, SessionReader
-from nexus_writer.session_writer import NexusSessionWriter, SessionStatistics
+from nexus_writer.session_writer import NexusSessionWriter, ScanEvent, SessionStatistics
 from nexus_writer.subscriber import Mode, State
 from sync_primitives import Event
 
@@ -86,9 +86,11 @@ class WriterService:
         scan_mode: Mode = Mode.PARALLEL,
         lease_ttl: float = DEFAULT_TTL,
         ready_file: Path | None = None,
+        on_scan: Callable[[ScanEvent], None] | None = None,
     ) -> None:
         """``since``: where the session is followed from the first time ("$": now; "0-0":
-        every announcement still in Redis); ``ready_file``: see docs/operations.md.
+        every announcement still in Redis); ``ready_file``: see docs/operations.md;
+        ``on_scan``: given to each session writer (see NexusSessionWriter).
 
         Raises:
             ValueError: a bad session name, prefix or lease ttl.
@@ -100,6 +102,7 @@ class WriterService:
         self.since = since
         self.scan_mode = scan_mode
         self.ready_file = ready_file
+        self.on_scan = on_scan
         self.lease = SessionLease(client, session, prefix, ttl=lease_ttl)
         self._role = Role.STARTING
         self._writer: NexusSessionWriter | None = None
@@ -237,6 +240,7 @@ class WriterService:
             scan_mode=self.scan_mode,
             group=WRITER_GROUP,
             lease=self.lease,
+            on_scan=self.on_scan,
         )
         failure: str | None = None
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -42,6 +43,19 @@ class SessionStatistics:
     recent: tuple[SubscriberStatistics, ...]  #: finished scans, newest last
 
 
+@dataclass(frozen=True)
+class ScanEvent:
+    """A scan writer started or ended (for ``on_scan``: the device's scan lists)."""
+
+    kind: str  #: "started" or "ended"
+    key: str
+    number: int | None  #: the scan number of its announcement (None at "ended")
+    state: str  #: the writer's state: RUNNING at "started", OFF or FAULT at "ended"
+    reason: str | None  #: why it failed, at "ended"
+    url: str | None  #: ``file::/entry`` once known (at "ended"; None if never created)
+    duration: float  #: seconds written, at "ended"
+
+
 class NexusSessionWriter(Subscriber):
     """Writes every scan announced in ``session`` from now on (``since="$"``), or from an
     earlier position."""
@@ -58,8 +72,12 @@ class NexusSessionWriter(Subscriber):
         keep_finished: int = 100,
         group: str | None = None,
         lease: SessionLease | None = None,
+        on_scan: Callable[[ScanEvent], None] | None = None,
     ) -> None:
-        """``group``: keep the read position in Redis, in this consumer group of the
+        """``on_scan``: called as each scan writer starts (in the session writer's hub) and
+        ends (in its consumer's thread); it must not block.
+
+        ``group``: keep the read position in Redis, in this consumer group of the
         session's stream (see :class:`~nexus_writer.protocol.SessionReader`): a scan is
         acknowledged once it is written (or failed for good), never when the writer stops
         first, so that the next writer of the group writes the scans this one did not
@@ -90,6 +108,7 @@ class NexusSessionWriter(Subscriber):
         self._group = group
         self._lease = lease
         self._announced: dict[str, str] = {}  # scan key -> its announcement's stream id
+        self._on_scan = on_scan
         #: Set once the writer follows the session from a fixed position: every scan
         #: announced after that is written (see :attr:`position`).
         self.following = Event()
@@ -199,6 +218,12 @@ class NexusSessionWriter(Subscriber):
             self._active[announcement.key] = writer
             self._announced[announcement.key] = announcement.stream_id
             self._started += 1
+            if self._on_scan is not None:
+                self._on_scan(
+                    ScanEvent(
+                        "started", writer.key, announcement.number, "RUNNING", None, None, 0.0
+                    )
+                )
             writer.start()
             _log.info(
                 "session %s: scan %d (%s) started",
@@ -210,7 +235,15 @@ class NexusSessionWriter(Subscriber):
     def _scan_finished(self, writer: Subscriber) -> None:
         """A scan writer has ended (called in its consumer's thread: the shared consumer
         thread, or the start hub, the only writers of these counters)."""
-        self._recent.append(writer.statistics())
+        stats = writer.statistics()
+        self._recent.append(stats)
+        if self._on_scan is not None:
+            url = writer.url if isinstance(writer, NexusScanWriter) else None
+            self._on_scan(
+                ScanEvent(
+                    "ended", writer.name, None, stats.state, stats.reason, url, stats.duration
+                )
+            )
         if writer.state is State.OFF:
             self._succeeded += 1
         else:

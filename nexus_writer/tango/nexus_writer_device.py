@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import deque
 from dataclasses import asdict
 from pathlib import Path
 
@@ -32,13 +33,18 @@ from nexus_writer.lease import DEFAULT_TTL
 from nexus_writer.nexus.options import Compression, WriterOptions
 from nexus_writer.protocol import DEFAULT_PREFIX
 from nexus_writer.redis_client import connect
+from nexus_writer.scan_writer import NexusScanWriter
 from nexus_writer.service import Role, ServiceStatistics, WriterService
+from nexus_writer.session_writer import ScanEvent
 from nexus_writer.subscriber import State
+from sync_primitives import Queue
 
 _log = logging.getLogger(__name__)
 
 #: Seconds between two looks of the watcher at the service.
 WATCH_PERIOD = 0.1
+#: Finished scans kept for recent_scans, scan_state and scan_url.
+RECENT_SCANS = 100
 
 
 class ConfigurationError(ValueError):
@@ -134,13 +140,20 @@ class NexusWriter(Device):
         self._client: redis.Redis | None = None
         self._problem: str | None = None
         self._snapshot: ServiceStatistics | None = None
-        for name in ("State", "Status"):
+        # Scan events: put by the session writer (its hub, or its consumer thread), taken
+        # in this hub by the relay, the only one to change the lists and push their events.
+        self._scan_events: Queue[ScanEvent] = Queue()
+        self._running_scans: dict[str, ScanEvent] = {}
+        self._recent_scans: deque[ScanEvent] = deque(maxlen=RECENT_SCANS)
+        for name in ("State", "Status", "scans_running", "recent_scans"):
             self.set_change_event(name, True, False)
         self._start_service()
         self._watcher = gevent.spawn(self._watch)
+        self._relay = gevent.spawn(self._relay_scans)
 
     def delete_device(self) -> None:
         self._watcher.kill()
+        self._relay.kill()
         self._stop_service()
         if self._runner is not None:
             self._runner.join()  # the service closes its scans (bounded: STOP_TIMEOUT)
@@ -162,6 +175,7 @@ class NexusWriter(Device):
                 prefix=self.prefix,
                 since="0-0",
                 lease_ttl=self.lease_ttl,
+                on_scan=self._scan_events.put,
             )
         except (ConfigurationError, ValueError) as exc:
             self._problem = f"Bad property: {exc}"
@@ -194,7 +208,51 @@ class NexusWriter(Device):
                 self.push_change_event("Status")
             gevent.sleep(WATCH_PERIOD)
 
+    def _relay_scans(self) -> None:
+        """Every scan start and end, in order, to the scan lists and their change events."""
+        while True:
+            event = self._scan_events.get()  # waits cooperatively in this hub
+            if event.kind == "started":
+                self._running_scans[event.key] = event
+            else:
+                self._running_scans.pop(event.key, None)
+                self._recent_scans.append(event)
+                self.push_change_event("recent_scans", self._recent_json())
+            self.push_change_event("scans_running", list(self._running_scans))
+
+    def _recent_json(self) -> str:
+        return json.dumps([asdict(e) for e in self._recent_scans])
+
+    def _scan_writer(self, key: str) -> NexusScanWriter | None:
+        writer = self._service.writer() if self._service is not None else None
+        if writer is None:
+            return None
+        return next((w for w in writer.scans() if w.key == key and not w.done()), None)
+
+    def _known(self, key: str) -> tuple[NexusScanWriter | None, ScanEvent | None]:
+        """The running writer of scan ``key``, or its last end.
+
+        Raises:
+            KeyError: no such scan, running or recent (the message lists what to use).
+        """
+        running = self._scan_writer(key)
+        ended = next((e for e in reversed(self._recent_scans) if e.key == key), None)
+        if running is None and ended is None:
+            raise KeyError(
+                f"no scan {key!r} is running or among the last {RECENT_SCANS} finished: "
+                "see scans_running and recent_scans"
+            )
+        return running, ended
+
     # -- attributes: snapshots only -----------------------------------------------------
+
+    @attribute(dtype=(str,), max_dim_x=100_000, doc="keys of the scans being written")
+    def scans_running(self) -> list[str]:
+        return list(self._running_scans)
+
+    @attribute(dtype=str, doc="JSON: the last finished scans, oldest first")
+    def recent_scans(self) -> str:
+        return self._recent_json()
 
     @attribute(dtype=str, access=AttrWriteType.READ, doc="active, standby, starting, stopped")
     def role(self) -> str:
@@ -227,6 +285,46 @@ class NexusWriter(Device):
         """Stop writing: running scans close with what they received; a standby of the
         pair takes over. Stopping a stopped writer changes nothing."""
         self._stop_service()
+
+    @command(dtype_in=str, dtype_out=str)
+    def scan_state(self, key: str) -> str:
+        """The state of scan ``key``: RUNNING, or how it ended (OFF: written, FAULT)."""
+        running, ended = self._known(key)
+        if running is not None:
+            return "RUNNING"
+        assert ended is not None  # _known found one of them
+        return ended.state
+
+    @command(dtype_in=str, dtype_out=str)
+    def scan_url(self, key: str) -> str:
+        """``file::/entry`` of scan ``key`` (DevFailed until its entry exists)."""
+        running, ended = self._known(key)
+        url = running.url if running is not None else ended.url if ended is not None else None
+        if url is None:
+            raise KeyError(f"scan {key!r} has no entry yet")
+        return url
+
+    @command(dtype_in=str)
+    def stop_scan(self, key: str) -> None:
+        """Close scan ``key`` with what was received (DevFailed if it is not running)."""
+        self._running_writer(key).stop()
+
+    @command(dtype_in=str)
+    def kill_scan(self, key: str) -> None:
+        """Abandon scan ``key`` at once (DevFailed if it is not running)."""
+        self._running_writer(key).kill()
+
+    @command
+    def purge_scans(self) -> None:
+        """Forget the finished scans (recent_scans becomes empty)."""
+        self._recent_scans.clear()
+        self.push_change_event("recent_scans", self._recent_json())
+
+    def _running_writer(self, key: str) -> NexusScanWriter:
+        running, _ = self._known(key)
+        if running is None:
+            raise KeyError(f"scan {key!r} is not running (it has ended)")
+        return running
 
     @command(dtype_out=str)
     def statistics(self) -> str:

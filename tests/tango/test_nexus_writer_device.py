@@ -3,6 +3,7 @@ embedded database, writing scans that the simulator publishes into a real Redis.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from nexus_writer.protocol import SessionPublisher
 from nexus_writer.redis_client import connect
 from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.simulator import Beamline, Detectors
+from nexus_writer.tango import CallbackScheduler
 from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
 from tests.conftest import wait_until
 from tests.tango.conftest import server_env
@@ -66,14 +68,14 @@ def writer(
         yield tango.DeviceProxy(device), session
 
 
-def publish(redis_url: str, session: str, root: Path, *commands: str) -> None:
+def publish(redis_url: str, session: str, root: Path, *commands: str) -> list[str]:
+    """Run the scans; their keys, in order."""
     client = connect(redis_url)
     try:
         beamline = Beamline(
             SessionPublisher(client, session), root=str(root), detectors=Detectors(counters=2)
         )
-        for command in commands:
-            beamline.run(command)
+        return [beamline.run(command).key for command in commands]
     finally:
         client.close()
 
@@ -143,3 +145,66 @@ def test_a_root_that_is_not_a_directory_is_a_fault_naming_it(
         proxy = tango.DeviceProxy("test/nexuswriter/badroot")
         status = wait_for_state(proxy, tango.DevState.FAULT)
         assert f"root {missing} is not a writable directory" in status
+
+
+SCANS = 200
+
+
+@pytest.mark.timeout(180)
+def test_a_client_sees_every_scan_start_and_end_in_order(
+    writer: tuple[tango.DeviceProxy, str], redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    proxy, session = writer
+    wait_for_state(proxy, tango.DevState.ON)
+    seen: list[tuple[str, ...]] = []
+    client = CallbackScheduler()
+    try:
+        client.subscribe(
+            proxy.name(),
+            "scans_running",
+            tango.EventType.CHANGE_EVENT,
+            lambda event: None if event.err else seen.append(tuple(event.attr_value.value or ())),
+        ).wait(STARTED)
+        keys = publish(redis_server.url, session, tmp_path, *(["loopscan 2 0.0001"] * SCANS))
+        wait_until(
+            lambda: (statistics(proxy)["writer"] or {}).get("scans_succeeded") == SCANS,
+            f"{SCANS} scans written",
+            120,
+            0.1,
+        )
+        wait_until(lambda: bool(seen) and seen[-1] == (), "the last end seen", STARTED)
+    finally:
+        client.shutdown()
+    started: dict[str, int] = {}  # key -> the event that showed it running first
+    ended: dict[str, int] = {}
+    for position, (before, after) in enumerate(itertools.pairwise(seen)):
+        for key in set(after) - set(before):
+            assert key not in started, f"{key} started twice"
+            started[key] = position
+        for key in set(before) - set(after):
+            assert key not in ended, f"{key} ended twice"
+            ended[key] = position
+    assert len(started) == SCANS  # every start seen
+    assert set(ended) == set(started)  # every end seen
+    assert all(started[key] < ended[key] for key in started)  # each end after its start
+    assert sorted(started, key=lambda k: started[k]) == keys  # in the order published
+    recent = json.loads(proxy.recent_scans)
+    assert [e["key"] for e in recent] == sorted(ended, key=lambda k: ended[k])[-len(recent) :]
+    assert {e["state"] for e in recent} == {"OFF"}
+    last = recent[-1]
+    assert proxy.scan_state(last["key"]) == "OFF"
+    url = proxy.scan_url(last["key"])
+    assert url == last["url"] and "::/" in url
+
+
+def test_scan_commands_name_what_is_wrong(writer: tuple[tango.DeviceProxy, str]) -> None:
+    proxy, _ = writer
+    wait_for_state(proxy, tango.DevState.ON)
+    for command in (proxy.scan_state, proxy.scan_url, proxy.stop_scan, proxy.kill_scan):
+        with pytest.raises(tango.DevFailed, match="no scan 'nothing:1' is running"):
+            command("nothing:1")
+    with pytest.raises(tango.DevFailed):
+        proxy.command_inout("scan_state")  # no argument
+    assert proxy.state() == tango.DevState.ON  # as it was
+    proxy.purge_scans()
+    assert json.loads(proxy.recent_scans) == []
