@@ -3,10 +3,13 @@ embedded database, writing scans that the simulator publishes into a real Redis.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from tests.conftest import wait_until
 from tests.tango.conftest import server_env
 
 SERVICE = Path(sys.executable).with_name("NexusWriterService")
+_writers = itertools.count(1)
 #: Launch to ON is under 2 s here; a loaded 2-core machine and first imports take longer.
 STARTED = 30.0
 
@@ -59,10 +63,9 @@ def writer(
     tango_database: EmbeddedTangoDatabase,
     redis_server: EmbeddedRedis,
     tmp_path: Path,
-    request: pytest.FixtureRequest,
 ) -> Iterator[tuple[tango.DeviceProxy, str]]:
-    device = f"test/nexuswriter/{request.node.name[-20:].replace('[', '_').strip(']')}"
-    session = request.node.name[-30:]
+    number = next(_writers)
+    device, session = f"test/nexuswriter/{number}", f"session{number}"
     define(tango_database, device, session, redis_url=redis_server.url, roots=str(tmp_path))
     with start_service(tango_database, device):
         yield tango.DeviceProxy(device), session
@@ -150,21 +153,42 @@ def test_a_root_that_is_not_a_directory_is_a_fault_naming_it(
 SCANS = 200
 
 
+@contextlib.contextmanager
+def subscribed(kind: str, device: str, record: Callable[[Any], None]) -> Iterator[None]:
+    """``record`` gets every change event of ``scans_running``: through a CallbackScheduler
+    (threads), or a plain gevent green-mode proxy (callbacks in this thread's hub)."""
+    if kind == "scheduler":
+        client = CallbackScheduler()
+        try:
+            client.subscribe(device, "scans_running", tango.EventType.CHANGE_EVENT, record).wait(
+                STARTED
+            )
+            yield
+        finally:
+            client.shutdown()
+    else:
+        proxy = tango.DeviceProxy(device, green_mode=tango.GreenMode.Gevent)
+        event_id = proxy.subscribe_event("scans_running", tango.EventType.CHANGE_EVENT, record)
+        try:
+            yield
+        finally:
+            proxy.unsubscribe_event(event_id)
+
+
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["scheduler", "gevent"])
 def test_a_client_sees_every_scan_start_and_end_in_order(
-    writer: tuple[tango.DeviceProxy, str], redis_server: EmbeddedRedis, tmp_path: Path
+    writer: tuple[tango.DeviceProxy, str], redis_server: EmbeddedRedis, tmp_path: Path, kind: str
 ) -> None:
     proxy, session = writer
     wait_for_state(proxy, tango.DevState.ON)
     seen: list[tuple[str, ...]] = []
-    client = CallbackScheduler()
-    try:
-        client.subscribe(
-            proxy.name(),
-            "scans_running",
-            tango.EventType.CHANGE_EVENT,
-            lambda event: None if event.err else seen.append(tuple(event.attr_value.value or ())),
-        ).wait(STARTED)
+
+    def record(event: Any) -> None:
+        if not event.err:
+            seen.append(tuple(event.attr_value.value or ()))
+
+    with subscribed(kind, proxy.name(), record):
         keys = publish(redis_server.url, session, tmp_path, *(["loopscan 2 0.0001"] * SCANS))
         wait_until(
             lambda: (statistics(proxy)["writer"] or {}).get("scans_succeeded") == SCANS,
@@ -173,8 +197,6 @@ def test_a_client_sees_every_scan_start_and_end_in_order(
             0.1,
         )
         wait_until(lambda: bool(seen) and seen[-1] == (), "the last end seen", STARTED)
-    finally:
-        client.shutdown()
     started: dict[str, int] = {}  # key -> the event that showed it running first
     ended: dict[str, int] = {}
     for position, (before, after) in enumerate(itertools.pairwise(seen)):
@@ -208,3 +230,27 @@ def test_scan_commands_name_what_is_wrong(writer: tuple[tango.DeviceProxy, str])
     assert proxy.state() == tango.DevState.ON  # as it was
     proxy.purge_scans()
     assert json.loads(proxy.recent_scans) == []
+
+
+def test_a_writer_pair_shows_on_and_standby_and_swaps_when_the_active_dies(
+    tango_database: EmbeddedTangoDatabase, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    devices = ["test/nexuswriter/pair1", "test/nexuswriter/pair2"]
+    for device in devices:
+        define(tango_database, device, "pair", redis_url=redis_server.url, lease_ttl="1")
+    with start_service(tango_database, devices[0]) as first:
+        proxies = [tango.DeviceProxy(d) for d in devices]
+        wait_for_state(proxies[0], tango.DevState.ON)
+        with start_service(tango_database, devices[1]):
+            status = wait_for_state(proxies[1], tango.DevState.STANDBY)
+            assert "is written by" in status
+            assert first.pid is not None
+            os.kill(first.pid, signal.SIGKILL)  # no goodbye: its lease runs out
+            wait_for_state(proxies[1], tango.DevState.ON)
+            publish(redis_server.url, "pair", tmp_path, "loopscan 3 0.001")
+            wait_until(
+                lambda: (statistics(proxies[1])["writer"] or {}).get("scans_succeeded") == 1,
+                "the scan written by the one left",
+                STARTED,
+                0.05,
+            )
