@@ -1,27 +1,29 @@
-"""``make demo``: an embedded Redis, the session writer and the simulator, in one process.
+"""``make demo``: the whole stack on this machine. An embedded Redis, an embedded Tango
+database, ``NexusWriterService`` as a process of its own with a NexusWriter device for the
+session, and the simulator; what was written is read back through a ``DeviceProxy``.
 
 .. important::
-   Runs in the main thread, whose hub runs the session writer; the simulator runs in a
-   plain thread of its own (it paces points with ``time.sleep``).
+   Runs in the main thread of the ``nexus-writer demo`` process; the servers are child
+   processes, stopped when the demo ends, also when it fails.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
+import tango
 
 from nexus_writer.nexus.master import entry_of_scan
-from nexus_writer.nexus.options import WriterOptions
 from nexus_writer.nexus.validation import nxcheck_errors
 from nexus_writer.protocol import SessionPublisher
 from nexus_writer.redis_client import connect
 from nexus_writer.redis_server import EmbeddedRedis
-from nexus_writer.session_writer import NexusSessionWriter
 from nexus_writer.simulator import Beamline, Detectors, PublishedScan
-from sync_primitives import AsyncResult
 
 #: The demo's scans: every type, with an MCA and frames in detector files.
 DEMO_SCANS = (
@@ -31,61 +33,97 @@ DEMO_SCANS = (
     "loopscan 30 0.01",
     "timescan 0.01 25",
 )
+DEVICE = "demo/nexus/writer"
 
 
 def run_demo(root: Path, session: str = "demo", timeout: float = 120.0) -> int:
-    """Publish the demo scans, write them, and print what was written. Returns an exit code."""
+    """Publish the demo scans, have the NexusWriter device write them, and print what was
+    written. Returns an exit code."""
+    from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase  # noqa: PLC0415
+    from nexus_writer.tango.server import register  # noqa: PLC0415
+
     root = root.resolve()
-    with EmbeddedRedis() as server:
-        client = connect(server.url)
-        writer = NexusSessionWriter(client, session, WriterOptions(roots=(root,)))
-        writer.start()
-        published: AsyncResult[list[PublishedScan]] = AsyncResult()
-        beamline = Beamline(
-            SessionPublisher(client, session),
-            root=str(root),
-            detectors=Detectors(counters=3, mca=True, image="file", image_shape=(64, 80)),
-        )
-
-        def simulate() -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    with EmbeddedRedis() as redis_server, EmbeddedTangoDatabase() as database:
+        os.environ["TANGO_HOST"] = database.tango_host  # before this process's first proxy
+        register("demo", session, DEVICE, [("redis_url", redis_server.url), ("roots", str(root))])
+        started = time.monotonic()
+        with DeviceServer(
+            [sys.executable, "-m", "nexus_writer.tango.server", "demo"],
+            tango_host=database.tango_host,
+        ):
+            device = tango.DeviceProxy(DEVICE)
+            _wait(lambda: device.state() == tango.DevState.ON, "the device is ON", timeout)
+            print(
+                f"NexusWriterService demo: {DEVICE} is {device.state()} "
+                f"({time.monotonic() - started:.1f} s after launch): {device.status()}"
+            )
+            client = connect(redis_server.url)
+            beamline = Beamline(
+                SessionPublisher(client, session),
+                root=str(root),
+                detectors=Detectors(counters=3, mca=True, image="file", image_shape=(64, 80)),
+            )
+            scans = [beamline.run(c, comments=("demo scan",)) for c in DEMO_SCANS]
+            scans.append(beamline.run("ascan robz 1 2 40 0.005", abort_after=15))
+            client.close()
             try:
-                scans = [beamline.run(c, comments=("demo scan",)) for c in DEMO_SCANS]
-                scans.append(beamline.run("ascan robz 1 2 40 0.005", abort_after=15))
-                published.set(scans)
-            except Exception as exc:
-                published.set(exc)
-
-        threading.Thread(target=simulate, name="simulator", daemon=True).start()
-        scans = published.get(timeout)  # yields to the hub: the writer runs meanwhile
-        complete = writer.wait_for_scans([s.key for s in scans], timeout)
-        writer.stop(wait=True, timeout=60)
-    if not complete:
-        print(f"demo: not every scan was written within {timeout} s", file=sys.stderr)
-        return 1
-    return _report(scans, writer)
+                _wait(
+                    lambda: all(device.scan_state(s.key) != "RUNNING" for s in scans),
+                    "every scan written",
+                    timeout,
+                )
+            except TimeoutError as exc:
+                print(f"demo: {exc}", file=sys.stderr)
+                return 1
+            states = {s.key: (device.scan_state(s.key), device.scan_url(s.key)) for s in scans}
+    return _report(scans, states)
 
 
-def _report(scans: list[PublishedScan], writer: NexusSessionWriter) -> int:
-    stats = writer.session_statistics()
-    failed = [s for s in stats.recent if s.state != "OFF"]
-    entries = {scan.key: _entry_name(scan) for scan in scans}
+def _wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
+    """Look until ``condition`` holds (another process makes it so; the demo has no event
+    to wait on), within ``timeout`` seconds.
+
+    Raises:
+        TimeoutError: it did not hold in time; the message says what.
+    """
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        try:
+            if condition():
+                return
+            last = None
+        except tango.DevFailed as exc:  # a scan not known to the device yet, say
+            last = exc
+        if time.monotonic() > deadline:
+            because = f" ({last.args[0].desc})" if isinstance(last, tango.DevFailed) else ""
+            raise TimeoutError(f"not done within {timeout} s: {what}{because}")
+        time.sleep(0.05)
+
+
+def _report(scans: list[PublishedScan], states: dict[str, tuple[str, str]]) -> int:
+    """What the device says of each scan, the first entry's tree, nxcheck's verdict."""
+    failed = [key for key, (state, _) in states.items() if state != "OFF"]
     for scan in scans:
+        state, url = states[scan.key]
         print(
-            f"{entries[scan.key] or '(none)':<12} {scan.document.title:<38} "
-            f"{scan.npoints:4d} points  {scan.end_reason.value:<10} -> {scan.document.file}"
+            f"{scan.document.title:<38} {scan.npoints:4d} points  {scan.end_reason.value:<10} "
+            f"{state:<5} {url}"
         )
     files = sorted({s.document.file for s in scans})
     print(
         f"\n{len(scans)} scans in {len(files)} file(s); "
-        f"{stats.scans_succeeded} written, {stats.scans_failed} failed"
+        f"{len(scans) - len(failed)} written, {len(failed)} failed"
     )
-    for problem in failed:
-        print(f"  FAULT {problem.name}: {problem.reason}")
+    for key in failed:
+        print(f"  {states[key][0]} {key}")
     first = scans[0]
-    if entries[first.key] is not None:
-        print(f"\n{first.document.file}:/{entries[first.key]}")
+    entry = _entry_name(first)
+    if entry is not None:
+        print(f"\n{first.document.file}:/{entry}")
         with h5py.File(first.document.file, "r", locking=False) as handle:
-            _tree(handle[entries[first.key]], depth=0)
+            _tree(handle[entry], depth=0)
     errors = [nxcheck_errors(f) for f in files]
     print(f"\nnxcheck: {sum(errors)} error(s)")
     return 0 if not failed and not any(errors) else 1
