@@ -254,3 +254,25 @@ def test_a_writer_pair_shows_on_and_standby_and_swaps_when_the_active_dies(
                 STARTED,
                 0.05,
             )
+
+
+def test_a_failed_scan_is_an_alarm_until_one_is_written(
+    writer: tuple[tango.DeviceProxy, str], redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    proxy, session = writer
+    wait_for_state(proxy, tango.DevState.ON)
+    client = connect(redis_server.url)
+    try:
+        outside = SessionPublisher(client, session).new_scan(
+            name="ct", title="ct", file="/outside/the/roots.h5", channels=[]
+        )
+        outside.prepare()
+        outside.start()
+        outside.close()
+    finally:
+        client.close()
+    status = wait_for_state(proxy, tango.DevState.ALARM)
+    assert outside.key in status and "failed" in status
+    assert proxy.scan_state(outside.key) == "FAULT"
+    publish(redis_server.url, session, tmp_path, "loopscan 2 0.001")
+    wait_for_state(proxy, tango.DevState.ON)
