@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,6 +31,7 @@ from nexus_writer.lease import SessionLease
 from nexus_writer.nexus.datasets import FrameSource, PointTooLargeError
 from nexus_writer.nexus.master import EntryExistsError, ScanAlreadyWritten
 from nexus_writer.nexus.options import PathRefusedError, WriterOptions
+from nexus_writer.nexus.readings import Reading
 from nexus_writer.nexus.scan_file import DiskFullError, ScanFile
 from nexus_writer.protocol import (
     ChannelEndEvent,
@@ -87,12 +88,17 @@ class NexusScanWriter(Subscriber):
         consumer_thread: Thread | None = None,
         on_finish: Callable[[Subscriber], None] | None = None,
         lease: SessionLease | None = None,
+        readings: Callable[[], Mapping[str, Mapping[str, Reading]]] | None = None,
     ) -> None:
-        """``lease``: write only while it is held (checked before every write, and in
+        """``readings``: called (in the consumer) as the entry is made, for the values to
+        store in it (see nexus/readings.py); it must not block.
+
+        ``lease``: write only while it is held (checked before every write, and in
         Redis before the session's file is changed); once it is lost, nothing more is
         written: the file is left for the lease's new holder, which writes the scan again."""
         super().__init__(key, mode, consumer_thread, on_finish)
         self._lease = lease
+        self._readings = readings
         self._lease_lost: str | None = None
         self._unfinished: str | None = None
         self._nothing_to_do = False  # its entry was finished before
@@ -325,13 +331,24 @@ class NexusScanWriter(Subscriber):
         elif isinstance(event, Abandoned):
             self._abandoned = event.reason
 
+    def _read(self) -> Mapping[str, Mapping[str, Reading]] | None:
+        """The readings to store in the entry; none if the provider fails (a reading is
+        never worth a scan)."""
+        if self._readings is None:
+            return None
+        try:
+            return self._readings()
+        except Exception:
+            _log.exception("scan %s: the readings could not be taken: none stored", self.key)
+            return None
+
     def _open_file(self, document: ScanDocument) -> None:
         """Make the scan's entry (or learn that it is written already)."""
         self._document = document
         if self._lease is not None:
             self._lease.confirm()  # in Redis: the session's file is about to change
         try:
-            self._file = ScanFile(document, self.options)
+            self._file = ScanFile(document, self.options, self._read())
         except ScanAlreadyWritten as exc:
             _log.info("scan %s: nothing to do: %s", self.key, exc)
             self._nothing_to_do = True

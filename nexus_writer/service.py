@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +34,7 @@ import redis
 from nexus_writer import atomic
 from nexus_writer.lease import DEFAULT_TTL, Holder, LeaseStatistics, SessionLease
 from nexus_writer.nexus.options import WriterOptions
+from nexus_writer.nexus.readings import Reading
 from nexus_writer.protocol import DEFAULT_PREFIX, ProtocolError, SessionReader
 from nexus_writer.session_writer import NexusSessionWriter, ScanEvent, SessionStatistics
 from nexus_writer.subscriber import Mode, State
@@ -87,10 +88,11 @@ class WriterService:
         lease_ttl: float = DEFAULT_TTL,
         ready_file: Path | None = None,
         on_scan: Callable[[ScanEvent], None] | None = None,
+        readings: Callable[[], Mapping[str, Mapping[str, Reading]]] | None = None,
     ) -> None:
         """``since``: where the session is followed from the first time ("$": now; "0-0":
         every announcement still in Redis); ``ready_file``: see docs/operations.md;
-        ``on_scan``: given to each session writer (see NexusSessionWriter).
+        ``on_scan``, ``readings``: given to each session writer (see NexusSessionWriter).
 
         Raises:
             ValueError: a bad session name, prefix or lease ttl.
@@ -103,6 +105,7 @@ class WriterService:
         self.scan_mode = scan_mode
         self.ready_file = ready_file
         self.on_scan = on_scan
+        self.readings = readings
         self.lease = SessionLease(client, session, prefix, ttl=lease_ttl)
         self._role = Role.STARTING
         self._writer: NexusSessionWriter | None = None
@@ -241,6 +244,7 @@ class WriterService:
             group=WRITER_GROUP,
             lease=self.lease,
             on_scan=self.on_scan,
+            readings=self.readings,
         )
         failure: str | None = None
         try:

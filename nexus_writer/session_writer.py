@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import redis
 
 from nexus_writer.lease import SessionLease
 from nexus_writer.nexus.options import WriterOptions
+from nexus_writer.nexus.readings import Reading
 from nexus_writer.protocol import DEFAULT_PREFIX, LeaseLost, ScanAnnouncement, SessionReader
 from sync_primitives import Event, Thread
 
@@ -73,9 +74,11 @@ class NexusSessionWriter(Subscriber):
         group: str | None = None,
         lease: SessionLease | None = None,
         on_scan: Callable[[ScanEvent], None] | None = None,
+        readings: Callable[[], Mapping[str, Mapping[str, Reading]]] | None = None,
     ) -> None:
         """``on_scan``: called as each scan writer starts (in the session writer's hub) and
-        ends (in its consumer's thread); it must not block.
+        ends (in its consumer's thread); it must not block. ``readings``: given to each
+        scan writer (see NexusScanWriter).
 
         ``group``: keep the read position in Redis, in this consumer group of the
         session's stream (see :class:`~nexus_writer.protocol.SessionReader`): a scan is
@@ -109,6 +112,7 @@ class NexusSessionWriter(Subscriber):
         self._lease = lease
         self._announced: dict[str, str] = {}  # scan key -> its announcement's stream id
         self._on_scan = on_scan
+        self._readings = readings
         #: Set once the writer follows the session from a fixed position: every scan
         #: announced after that is written (see :attr:`position`).
         self.following = Event()
@@ -214,6 +218,7 @@ class NexusSessionWriter(Subscriber):
                 consumer_thread=self._thread,
                 on_finish=self._scan_finished,
                 lease=self._lease,
+                readings=self._readings,
             )
             self._active[announcement.key] = writer
             self._announced[announcement.key] = announcement.stream_id

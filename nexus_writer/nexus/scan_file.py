@@ -30,7 +30,7 @@ import errno
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from . import files, master
 from .datasets import FrameSource, GrowingDataset, write_frame_references
 from .names import short_names, valid_name
 from .options import MiB, WriterOptions
+from .readings import Reading, write_readings
 
 _CLASS_OF_ROLE = {Role.POSITIONER: "NXpositioner"}
 _STRINGS = h5py.string_dtype()
@@ -78,8 +79,16 @@ def _text(group: h5py.Group, name: str, value: object) -> h5py.Dataset:
 class ScanFile:
     """Creates, grows and finishes the entry of one scan."""
 
-    def __init__(self, document: ScanDocument, options: WriterOptions) -> None:
-        """Raises:
+    def __init__(
+        self,
+        document: ScanDocument,
+        options: WriterOptions,
+        readings: Mapping[str, Mapping[str, Reading]] | None = None,
+    ) -> None:
+        """``readings``: group name -> (source -> reading), stored under
+        ``instrument/<group>`` (see readings.py).
+
+        Raises:
         PathRefusedError: the file is not absolute, or outside the roots (links resolved).
         PermissionError: the file cannot be written there.
         master.ScanAlreadyWritten: this scan's entry is finished already.
@@ -88,6 +97,7 @@ class ScanFile:
         """
         self.document = document
         self.options = options
+        self._readings = readings or {}
         #: The session's file: it links this scan's entry (see master.py).
         self.path: Path = options.check_path(document.file)
         # Where the scan files go, checked too: a link there must not lead out of the roots.
@@ -151,6 +161,9 @@ class ScanFile:
                 "(--max-channels) are not written"
             )
         self._positioners("positioners_start", doc.positioners_start)
+        for name, group_readings in self._readings.items():
+            readings_group = _group(self.instrument, valid_name(name), "NXcollection")
+            self.notes.extend(write_readings(readings_group, group_readings))
         self._create_plots()
         self._set_default_plot()
         parameters = _group(entry, "scan_parameters", "NXparameters")

@@ -23,20 +23,23 @@ import os
 from collections import deque
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import gevent
 import redis
-from tango import AttrWriteType, DevState, GreenMode
+from tango import AttrWriteType, DevState, EventType, GreenMode
 from tango.server import Device, attribute, command, device_property
 
 from nexus_writer.lease import DEFAULT_TTL
 from nexus_writer.nexus.options import Compression, WriterOptions
+from nexus_writer.nexus.readings import NO_VALUE, Reading
 from nexus_writer.protocol import DEFAULT_PREFIX
 from nexus_writer.redis_client import connect
 from nexus_writer.scan_writer import NexusScanWriter
 from nexus_writer.service import Role, ServiceStatistics, WriterService
 from nexus_writer.session_writer import ScanEvent
 from nexus_writer.subscriber import State
+from nexus_writer.tango.callback_scheduler import CallbackScheduler
 from sync_primitives import Queue
 
 _log = logging.getLogger(__name__)
@@ -130,6 +133,12 @@ class NexusWriter(Device):
     lease_ttl = device_property(
         dtype=float, default_value=DEFAULT_TTL, doc="seconds a dead writer keeps the session"
     )
+    attributes = device_property(
+        dtype=(str,),
+        default_value=[],
+        doc="Tango attributes (device/attribute) whose latest change event is stored in "
+        "each scan's entry, under instrument/tango",
+    )
 
     # -- life cycle (the hub) -----------------------------------------------------------
 
@@ -147,6 +156,7 @@ class NexusWriter(Device):
         self._recent_scans: deque[ScanEvent] = deque(maxlen=RECENT_SCANS)
         for name in ("State", "Status", "scans_running", "recent_scans"):
             self.set_change_event(name, True, False)
+        self._follow_attributes()
         self._start_service()
         self._watcher = gevent.spawn(self._watch)
         self._relay = gevent.spawn(self._relay_scans)
@@ -154,6 +164,8 @@ class NexusWriter(Device):
     def delete_device(self) -> None:
         self._watcher.kill()
         self._relay.kill()
+        if self._scheduler is not None:
+            self._scheduler.shutdown()
         self._stop_service()
         if self._runner is not None:
             self._runner.join()  # the service closes its scans (bounded: STOP_TIMEOUT)
@@ -176,6 +188,7 @@ class NexusWriter(Device):
                 since="0-0",
                 lease_ttl=self.lease_ttl,
                 on_scan=self._scan_events.put,
+                readings=self._take_readings if self._readings else None,
             )
         except (ConfigurationError, ValueError) as exc:
             self._problem = f"Bad property: {exc}"
@@ -183,6 +196,42 @@ class NexusWriter(Device):
             return
         self._problem = None
         self._runner = gevent.spawn(self._service.run)
+
+    def _follow_attributes(self) -> None:
+        """Subscribe to the ``attributes`` property's change events, through a scheduler
+        whose callbacks run in this hub: a missing or failing device costs its reading,
+        never a scan (it is stored with quality NO_VALUE and the error)."""
+        self._readings: dict[str, Reading] = {}
+        self._scheduler: CallbackScheduler | None = None
+        names = [str(n).strip() for n in self.attributes or [] if str(n).strip()]
+        if not names:
+            return
+        self._scheduler = CallbackScheduler(in_hub=True)
+        for name in names:
+            device, _, attribute_name = name.rpartition("/")
+            self._readings[name] = Reading(None, NO_VALUE, None, "no event received yet")
+            if not device:
+                self._readings[name] = Reading(None, NO_VALUE, None, "not device/attribute")
+                continue
+            self._scheduler.subscribe(
+                device, attribute_name, EventType.CHANGE_EVENT, self._on_reading, name
+            )
+
+    def _on_reading(self, event: Any, name: str) -> None:
+        """A change event of one of the ``attributes`` (in this hub)."""
+        if event.err:
+            first = event.errors[0]
+            why = f"{first.reason}: {str(first.desc).strip()}"
+            self._readings[name] = Reading(None, NO_VALUE, None, why)
+            return
+        value = event.attr_value
+        quality = str(value.quality).rsplit(".", 1)[-1].removeprefix("ATTR_")
+        self._readings[name] = Reading(value.value, quality, value.time.totime())
+
+    def _take_readings(self) -> dict[str, dict[str, Reading]]:
+        """The readings as they are now (called from the scans' consumer thread: a copy,
+        made under the GIL, of a dict only this hub changes)."""
+        return {"tango": dict(self._readings)}
 
     def _stop_service(self) -> None:
         """Ask the service to stop; it closes its scans in its own greenlet."""
@@ -257,6 +306,10 @@ class NexusWriter(Device):
     @attribute(dtype=str, access=AttrWriteType.READ, doc="active, standby, starting, stopped")
     def role(self) -> str:
         return self._snapshot.role if self._snapshot is not None else Role.STOPPED.value
+
+    @attribute(dtype=str, doc="JSON: the attributes property's latest readings, by name")
+    def readings(self) -> str:
+        return json.dumps({name: asdict(r) for name, r in self._readings.items()}, default=repr)
 
     @attribute(dtype=str, doc="the service's statistics as JSON")
     def statistics_json(self) -> str:

@@ -13,10 +13,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import h5py
 import pytest
 import tango
 
 from nexus_writer.cli import main as cli
+from nexus_writer.nexus.validation import nxcheck_errors
 from nexus_writer.protocol import SessionPublisher
 from nexus_writer.redis_client import connect
 from nexus_writer.redis_server import EmbeddedRedis
@@ -276,3 +278,42 @@ def test_a_failed_scan_is_an_alarm_until_one_is_written(
     assert proxy.scan_state(outside.key) == "FAULT"
     publish(redis_server.url, session, tmp_path, "loopscan 2 0.001")
     wait_for_state(proxy, tango.DevState.ON)
+
+
+def test_tango_attributes_are_stored_in_each_entry_and_a_missing_one_costs_nothing(
+    tango_database: EmbeddedTangoDatabase,
+    redis_server: EmbeddedRedis,
+    hw_server: DeviceServer,
+    tmp_path: Path,
+) -> None:
+    device = "test/nexuswriter/readings"
+    argv = ["register", "--server", "readings", "--session", "readings", "--device", device]
+    argv += ["--property", f"redis_url={redis_server.url}", "--property", f"roots={tmp_path}"]
+    argv += ["--property", "attributes=test/hw/1/position"]
+    argv += ["--property", "attributes=test/nobody/1/current"]
+    assert cli(argv) == 0
+    with DeviceServer(
+        [str(SERVICE), "readings"], tango_host=tango_database.tango_host, env=server_env()
+    ).start():
+        proxy = tango.DeviceProxy(device)
+        wait_for_state(proxy, tango.DevState.ON)
+        wait_until(
+            lambda: json.loads(proxy.readings)["test/hw/1/position"]["quality"] == "VALID",
+            "a position read",
+            STARTED,
+            0.05,
+        )
+        (key,) = publish(redis_server.url, "readings", tmp_path, "loopscan 2 0.001")
+        wait_until(lambda: proxy.scan_state(key) == "OFF", "the scan written", STARTED, 0.05)
+        path, entry = proxy.scan_url(key).split("::")
+    with h5py.File(path, "r", locking=False) as handle:
+        tango_group = handle[entry]["instrument/tango"]
+        assert tango_group.attrs["NX_class"] == "NXcollection"
+        position = tango_group["test_hw_1_position"]
+        assert position.attrs["source"] == "test/hw/1/position"
+        assert position.attrs["quality"] == "VALID"
+        assert position[()] > 0 and "time" in position.attrs
+        missing = tango_group["test_nobody_1_current"]
+        assert missing.attrs["quality"] == "NO_VALUE"
+        assert "error" in missing.attrs
+    assert nxcheck_errors(path) == 0
