@@ -113,6 +113,9 @@ class LeaseStatistics:
     held: bool  #: the term is not over (it may be in doubt: see valid_for)
     valid_for: float  #: seconds the lease can still be trusted without Redis
     lost: str | None  #: why the term is over
+    #: why the last renewal failed (Redis unreachable) while the term goes on; None once
+    #: a renewal succeeds
+    unreachable: str | None = None
 
 
 class SessionLease:
@@ -142,10 +145,11 @@ class SessionLease:
         self.owner = f"{socket.gethostname()} {os.getpid()} {uuid.uuid4().hex[:12]}"
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
-        self._lock = Lock()  # guards the four fields below, across threads
+        self._lock = Lock()  # guards the five fields below, across threads
         self._term: int | None = None
         self._valid_until = 0.0
         self._lost: str | None = None  # why this term is over
+        self._unreachable: str | None = None  # why the last renewal failed
         self._settled = Event()  # set when the lease is renewed or lost; cleared by fence
         self._keeper: Thread | None = None
         self._stop_keeping = Event()
@@ -170,7 +174,7 @@ class SessionLease:
         if status == 0:
             return False
         with self._lock:
-            self._term, self._lost = int(term), None
+            self._term, self._lost, self._unreachable = int(term), None, None
             self._valid_until = sent + TRUSTED * self.ttl
         self.lost.clear()
         self._settled.set()
@@ -241,6 +245,8 @@ class SessionLease:
                         exc,
                     )
                 unreachable = True
+                with self._lock:
+                    self._unreachable = str(exc) or type(exc).__name__
                 continue
             except redis.RedisError as exc:  # the key made something else by hand...
                 self._end(f"the lease cannot be renewed: {exc}")
@@ -268,6 +274,7 @@ class SessionLease:
                 )
             unreachable = False
             with self._lock:
+                self._unreachable = None
                 self._term = int(new)
                 self._valid_until = sent + TRUSTED * self.ttl
             self._settled.set()
@@ -371,4 +378,5 @@ class SessionLease:
                 held=self._lost is None and self._term is not None,
                 valid_for=max(0.0, self._valid_until - time.monotonic()),
                 lost=self._lost,
+                unreachable=self._unreachable if self._lost is None else None,
             )

@@ -128,13 +128,17 @@ class WriterService:
 
     def statistics(self) -> ServiceStatistics:
         writer = self._writer
+        lease = self.lease.statistics()
+        problem = self._problem
+        if problem is None and self._role is Role.ACTIVE and lease.unreachable is not None:
+            problem = f"Redis unreachable: {lease.unreachable}: writing pauses until it answers"
         return ServiceStatistics(
             session=self.session,
             role=self._role.value,
-            lease=self.lease.statistics(),
+            lease=lease,
             errors=self._errors,
             last_error=self._last_error,
-            problem=self._problem,
+            problem=problem,
             stopping=self._stop.is_set(),
             holder=self._holder if self._role is Role.STANDBY else None,
             writer=writer.session_statistics() if writer is not None else None,

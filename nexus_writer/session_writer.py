@@ -51,8 +51,11 @@ class ScanEvent:
     kind: str  #: "started" or "ended"
     key: str
     number: int | None  #: the scan number of its announcement (None at "ended")
-    state: str  #: the writer's state: RUNNING at "started", OFF or FAULT at "ended"
-    reason: str | None  #: why it failed, at "ended"
+    #: RUNNING at "started"; at "ended": OFF (written), FAULT (failed for good), or
+    #: UNFINISHED (stopped before its end: left pending, written again from its start when
+    #: a service next takes the session)
+    state: str
+    reason: str | None  #: why it failed or is unfinished, at "ended"
     url: str | None  #: ``file::/entry`` once known (at "ended"; None if never created)
     duration: float  #: seconds written, at "ended"
 
@@ -242,13 +245,12 @@ class NexusSessionWriter(Subscriber):
         thread, or the start hub, the only writers of these counters)."""
         stats = writer.statistics()
         self._recent.append(stats)
+        unfinished = writer.unfinished if isinstance(writer, NexusScanWriter) else None
         if self._on_scan is not None:
             url = writer.url if isinstance(writer, NexusScanWriter) else None
-            self._on_scan(
-                ScanEvent(
-                    "ended", writer.name, None, stats.state, stats.reason, url, stats.duration
-                )
-            )
+            state = "UNFINISHED" if unfinished is not None else stats.state
+            why = unfinished if unfinished is not None else stats.reason
+            self._on_scan(ScanEvent("ended", writer.name, None, state, why, url, stats.duration))
         if writer.state is State.OFF:
             self._succeeded += 1
         else:
@@ -257,7 +259,6 @@ class NexusSessionWriter(Subscriber):
         while len(self._finished_keys) > self._keep_keys:
             self._finished_keys.popitem(last=False)
         stream_id = self._announced.pop(writer.name, None)
-        unfinished = writer.unfinished if isinstance(writer, NexusScanWriter) else None
         if stream_id is not None and unfinished is not None:
             # Pending in the group: the next service to take the session writes it again.
             _log.warning(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import deque
 from dataclasses import asdict
@@ -54,6 +55,21 @@ class ConfigurationError(ValueError):
     """A device property is unusable; the message names it."""
 
 
+def seconds(name: str, text: str) -> float:
+    """A property in seconds.
+
+    Raises:
+        ConfigurationError: not a positive, finite number (the message names it).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigurationError(f"{name} {text!r} is not a number of seconds") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigurationError(f"{name} {text!r} is not a positive, finite number of seconds")
+    return value
+
+
 def writer_options(roots: list[str], compression: str, inactivity_timeout: float) -> WriterOptions:
     """The writer's options from the device's properties.
 
@@ -74,16 +90,17 @@ def writer_options(roots: list[str], compression: str, inactivity_timeout: float
     except ValueError:
         known = ", ".join(c.value for c in Compression)
         raise ConfigurationError(f"compression {compression!r} is not one of {known}") from None
-    if not inactivity_timeout > 0:
-        raise ConfigurationError(f"inactivity_timeout {inactivity_timeout} is not positive")
     return WriterOptions(
         roots=tuple(checked), compression=kind, inactivity_timeout=inactivity_timeout
     )
 
 
-def state_of(stats: ServiceStatistics | None, problem: str | None) -> tuple[DevState, str]:
-    """The device's state and status from the service's statistics (None: not running)
-    and the device's own problem (a bad property), if any."""
+def state_of(
+    stats: ServiceStatistics | None, problem: str | None, running: int = 0
+) -> tuple[DevState, str]:
+    """The device's state and status from the service's statistics (None: not running),
+    the device's own problem (a bad property), if any, and the number of scans running
+    (as ``scans_running`` shows them)."""
     if problem is not None:
         return DevState.FAULT, problem
     if stats is None or stats.role == Role.STOPPED.value:
@@ -94,15 +111,14 @@ def state_of(stats: ServiceStatistics | None, problem: str | None) -> tuple[DevS
         return DevState.FAULT, stats.problem
     if stats.role == Role.STARTING.value:
         return DevState.INIT, f"Starting: reaching Redis for session {stats.session}."
-    return _standby_or_active(stats)
+    return _standby_or_active(stats, running)
 
 
-def _standby_or_active(stats: ServiceStatistics) -> tuple[DevState, str]:
+def _standby_or_active(stats: ServiceStatistics, running: int) -> tuple[DevState, str]:
     if stats.role == Role.STANDBY.value:
         holder = stats.holder or "another service"
         return DevState.STANDBY, f"Standby: session {stats.session} is written by {holder}."
     writer = stats.writer
-    running = writer.scans_active if writer is not None else 0
     if writer is not None and writer.recent and writer.recent[-1].state == State.FAULT.value:
         last = writer.recent[-1]
         return DevState.ALARM, (
@@ -116,9 +132,12 @@ class NexusWriter(Device):
 
     green_mode = GreenMode.Gevent
 
-    session = device_property(dtype=str, mandatory=True, doc="the session to write")
+    # Every property is text or a list of text, checked by the device itself: a missing
+    # or malformed one makes this device FAULT with the reason. (Tango's own checks,
+    # mandatory=True or a numeric dtype, raise before init_device: the whole server exits.)
+    session = device_property(dtype=str, default_value="", doc="the session to write")
     redis_url = device_property(
-        dtype=str, mandatory=True, doc="redis://, rediss:// or unix:// URL of the scans' Redis"
+        dtype=str, default_value="", doc="redis://, rediss:// or unix:// URL of the scans' Redis"
     )
     prefix = device_property(dtype=str, default_value=DEFAULT_PREFIX, doc="Redis key prefix")
     roots = device_property(
@@ -128,10 +147,10 @@ class NexusWriter(Device):
         dtype=str, default_value=Compression.BITSHUFFLE_LZ4.value, doc="compression of datasets"
     )
     inactivity_timeout = device_property(
-        dtype=float, default_value=600.0, doc="close a scan whose publisher is silent this long"
+        dtype=str, default_value="600", doc="seconds: close a scan whose publisher is silent"
     )
     lease_ttl = device_property(
-        dtype=float, default_value=DEFAULT_TTL, doc="seconds a dead writer keeps the session"
+        dtype=str, default_value=str(DEFAULT_TTL), doc="seconds a dead writer keeps the session"
     )
     attributes = device_property(
         dtype=(str,),
@@ -176,9 +195,15 @@ class NexusWriter(Device):
 
     def _start_service(self) -> None:
         try:
+            for name in ("session", "redis_url"):
+                if not str(getattr(self, name) or "").strip():
+                    raise ConfigurationError(f"{name} is not set")
             options = writer_options(
-                list(self.roots or []), self.compression, self.inactivity_timeout
+                list(self.roots or []),
+                self.compression,
+                seconds("inactivity_timeout", self.inactivity_timeout),
             )
+            lease_ttl = seconds("lease_ttl", self.lease_ttl)
             self._client = connect(self.redis_url)
             self._service = WriterService(
                 self._client,
@@ -186,7 +211,7 @@ class NexusWriter(Device):
                 options,
                 prefix=self.prefix,
                 since="0-0",
-                lease_ttl=self.lease_ttl,
+                lease_ttl=lease_ttl,
                 on_scan=self._scan_events.put,
                 readings=self._take_readings if self._readings else None,
             )
@@ -248,7 +273,7 @@ class NexusWriter(Device):
             service = self._service
             running = service is not None and self._running()
             self._snapshot = service.statistics() if service is not None and running else None
-            now = state_of(self._snapshot, self._problem)
+            now = state_of(self._snapshot, self._problem, len(self._running_scans))
             if now != shown:
                 shown = now
                 self.set_state(now[0])

@@ -25,7 +25,7 @@ from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.simulator import Beamline, Detectors
 from nexus_writer.tango import CallbackScheduler
 from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
-from tests.conftest import wait_until
+from tests.conftest import in_plain_thread, wait_until
 from tests.tango.conftest import server_env
 
 SERVICE = Path(sys.executable).with_name("NexusWriterService")
@@ -317,3 +317,67 @@ def test_tango_attributes_are_stored_in_each_entry_and_a_missing_one_costs_nothi
         assert missing.attrs["quality"] == "NO_VALUE"
         assert "error" in missing.attrs
     assert nxcheck_errors(path) == 0
+
+
+def test_a_scan_stopped_before_its_end_is_unfinished_then_written_again(
+    writer: tuple[tango.DeviceProxy, str], redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    proxy, session = writer
+    wait_for_state(proxy, tango.DevState.ON)
+    published = in_plain_thread(publish, redis_server.url, session, tmp_path, "loopscan 60 0.05")
+    wait_until(lambda: len(proxy.scans_running) == 1, "the scan running", STARTED, 0.02)
+    (key,) = proxy.scans_running
+    proxy.stop()  # three seconds before the scan's end
+    wait_for_state(proxy, tango.DevState.OFF)
+    assert proxy.scan_state(key) == "UNFINISHED"
+    (ended,) = [e for e in json.loads(proxy.recent_scans) if e["key"] == key]
+    assert ended["reason"]  # why it is unfinished
+    assert published.result(60) == [key]
+    proxy.start()  # takes the session again: the scan is written again, whole
+    wait_until(lambda: proxy.scan_state(key) == "OFF", "the scan written", STARTED, 0.05)
+
+
+def test_redis_away_while_writing_is_a_fault_until_it_answers(
+    tango_database: EmbeddedTangoDatabase,
+) -> None:
+    with EmbeddedRedis(persistent=True) as redis_server:
+        device = "test/nexuswriter/redisaway"
+        define(tango_database, device, "away", redis_url=redis_server.url, lease_ttl="1")
+        with start_service(tango_database, device):
+            proxy = tango.DeviceProxy(device)
+            wait_for_state(proxy, tango.DevState.ON)
+            redis_server.halt()
+            assert "Redis unreachable" in wait_for_state(proxy, tango.DevState.FAULT)
+            redis_server.resume()
+            wait_for_state(proxy, tango.DevState.ON)
+
+
+@pytest.mark.parametrize(
+    ("properties", "reason"),
+    [
+        ({"session": ""}, "session is not set"),
+        ({"inactivity_timeout": "soon"}, "inactivity_timeout 'soon' is not a number"),
+        ({"lease_ttl": "inf"}, "lease_ttl 'inf' is not a positive, finite number"),
+        ({"compression": "lzma"}, "compression 'lzma' is not one of bitshuffle, gzip, none"),
+    ],
+)
+def test_a_bad_property_faults_its_device_and_spares_the_server(
+    tango_database: EmbeddedTangoDatabase,
+    redis_server: EmbeddedRedis,
+    properties: dict[str, str],
+    reason: str,
+) -> None:
+    number = next(_writers)
+    server, bad, good = f"bad{number}", f"test/bad/{number}", f"test/good/{number}"
+    for device, extra in ((bad, properties), (good, {})):
+        argv = ["register", "--server", server, "--session", f"s{number}", "--device", device]
+        for name, value in {"redis_url": redis_server.url, **extra}.items():
+            argv += ["--property", f"{name}={value}"]
+        assert cli(argv) == 0
+    if properties.get("session") == "":
+        tango_database.database().put_device_property(bad, {"session": [""]})
+    with DeviceServer(
+        [str(SERVICE), server], tango_host=tango_database.tango_host, env=server_env()
+    ).start():
+        assert reason in wait_for_state(tango.DeviceProxy(bad), tango.DevState.FAULT)
+        wait_for_state(tango.DeviceProxy(good), tango.DevState.ON)  # same server: unharmed
