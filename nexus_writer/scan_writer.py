@@ -122,6 +122,13 @@ class NexusScanWriter(Subscriber):
         """The file being written, once the scan's document is known."""
         return self._document.file if self._document else None
 
+    def progress(self) -> tuple[int, int | None]:
+        """Points written so far (the most of any channel) and the points announced (None
+        if unknown); read from any thread."""
+        written = max(list(self._written.values()), default=0)
+        document = self._document
+        return written, document.npoints if document is not None else None
+
     @property
     def url(self) -> str | None:
         """``<scan file>::/<entry>``, once the entry exists (read from any thread)."""

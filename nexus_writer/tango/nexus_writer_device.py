@@ -324,6 +324,26 @@ class NexusWriter(Device):
     def scans_running(self) -> list[str]:
         return list(self._running_scans)
 
+    @attribute(dtype=str, doc="JSON: the scans being written, with their progress and URL")
+    def scans_running_json(self) -> str:
+        return json.dumps([self._running_info(key) for key in self._running_scans])
+
+    def _running_info(self, key: str) -> dict[str, object]:
+        writer = self._scan_writer(key)
+        if writer is None:  # ended a moment ago: its end is on its way to the relay
+            return {"key": key, "state": "RUNNING", "points": None, "npoints": None, "url": None}
+        points, npoints = writer.progress()
+        stats = writer.statistics()
+        return {
+            "key": key,
+            "state": stats.state,
+            "points": points,
+            "npoints": npoints,
+            "url": writer.url,
+            "latency_p99": stats.latency_p99,
+            "queue_depth": stats.queue_depth,
+        }
+
     @attribute(dtype=str, doc="JSON: the last finished scans, oldest first")
     def recent_scans(self) -> str:
         return self._recent_json()

@@ -10,8 +10,9 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h5py
 import pytest
@@ -381,3 +382,46 @@ def test_a_bad_property_faults_its_device_and_spares_the_server(
     ).start():
         assert reason in wait_for_state(tango.DeviceProxy(bad), tango.DevState.FAULT)
         wait_for_state(tango.DeviceProxy(good), tango.DevState.ON)  # same server: unharmed
+
+
+def test_a_running_scan_shows_its_progress_and_url(
+    writer: tuple[tango.DeviceProxy, str], redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    proxy, session = writer
+    wait_for_state(proxy, tango.DevState.ON)
+    published = in_plain_thread(publish, redis_server.url, session, tmp_path, "loopscan 40 0.05")
+
+    def running() -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], json.loads(proxy.scans_running_json))
+
+    wait_until(
+        lambda: any(s["points"] and s["url"] for s in running()),
+        "some points written",
+        STARTED,
+        0.02,
+    )
+    (scan,) = running()
+    assert scan["npoints"] == 40 and 0 < scan["points"] <= 40
+    assert scan["url"].endswith("::/scan_0001")
+    published.result(60)
+    wait_until(lambda: running() == [], "the scan ended", STARTED, 0.05)
+
+
+def written(proxy: tango.DeviceProxy, key: str) -> bool:
+    return bool(proxy.scan_state(key) == "OFF")
+
+
+def test_the_service_restarted_goes_on_writing_its_session(
+    tango_database: EmbeddedTangoDatabase, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    device = "test/nexuswriter/restarted"
+    define(tango_database, device, "restarted", redis_url=redis_server.url, roots=str(tmp_path))
+    keys = []
+    for _ in range(2):
+        with start_service(tango_database, device):  # stopped by SIGTERM at the end
+            proxy = tango.DeviceProxy(device)
+            wait_for_state(proxy, tango.DevState.ON)
+            (key,) = publish(redis_server.url, "restarted", tmp_path, "loopscan 3 0.001")
+            wait_until(partial(written, proxy, key), "the scan written", STARTED, 0.05)
+            keys.append(key)
+    assert keys[0] != keys[1]
