@@ -116,6 +116,8 @@ class NexusScanWriter(Subscriber):
         self._closed: StateEvent | None = None
         self._abandoned: str | None = None
         self._written: dict[str, int] = defaultdict(int)
+        #: The scan's end reason as written in its entry (SUCCESS, USER_ABORT, FAILURE...)
+        self.end_reason: str | None = None
 
     @property
     def file(self) -> str | None:
@@ -443,6 +445,7 @@ class NexusScanWriter(Subscriber):
         if self._unfinished is not None:
             status = "STOPPED"  # not complete: to be written again
         end_time = document.end_time or datetime.now().astimezone().isoformat()
+        self.end_reason = end_reason
         file.finish(document, status, end_reason, message, end_time)
 
 

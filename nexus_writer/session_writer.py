@@ -58,6 +58,8 @@ class ScanEvent:
     reason: str | None  #: why it failed or is unfinished, at "ended"
     url: str | None  #: ``file::/entry`` once known (at "ended"; None if never created)
     duration: float  #: seconds written, at "ended"
+    points: int | None = None  #: points written (the most of any channel), at "ended"
+    end_reason: str | None = None  #: as written in the entry (SUCCESS...), at "ended"
 
 
 class NexusSessionWriter(Subscriber):
@@ -246,11 +248,20 @@ class NexusSessionWriter(Subscriber):
         stats = writer.statistics()
         self._recent.append(stats)
         unfinished = writer.unfinished if isinstance(writer, NexusScanWriter) else None
-        if self._on_scan is not None:
-            url = writer.url if isinstance(writer, NexusScanWriter) else None
-            state = "UNFINISHED" if unfinished is not None else stats.state
-            why = unfinished if unfinished is not None else stats.reason
-            self._on_scan(ScanEvent("ended", writer.name, None, state, why, url, stats.duration))
+        if self._on_scan is not None and isinstance(writer, NexusScanWriter):
+            self._on_scan(
+                ScanEvent(
+                    "ended",
+                    writer.name,
+                    None,
+                    "UNFINISHED" if unfinished is not None else stats.state,
+                    unfinished if unfinished is not None else stats.reason,
+                    writer.url,
+                    stats.duration,
+                    writer.progress()[0],
+                    writer.end_reason,
+                )
+            )
         if writer.state is State.OFF:
             self._succeeded += 1
         else:

@@ -216,6 +216,8 @@ def test_a_client_sees_every_scan_start_and_end_in_order(
     recent = json.loads(proxy.recent_scans)
     assert [e["key"] for e in recent] == sorted(ended, key=lambda k: ended[k])[-len(recent) :]
     assert {e["state"] for e in recent} == {"OFF"}
+    assert {e["end_reason"] for e in recent} == {"SUCCESS"}
+    assert {e["points"] for e in recent} == {2}
     last = recent[-1]
     assert proxy.scan_state(last["key"]) == "OFF"
     url = proxy.scan_url(last["key"])
