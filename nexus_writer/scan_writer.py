@@ -357,7 +357,8 @@ class NexusScanWriter(Subscriber):
         if self._lease is not None:
             self._lease.confirm()  # in Redis: the session's file is about to change
         try:
-            self._file = ScanFile(document, self.options, self._read())
+            guard = self._lease.fence if self._lease is not None else None
+            self._file = ScanFile(document, self.options, self._read(), guard)
         except ScanAlreadyWritten as exc:
             _log.info("scan %s: nothing to do: %s", self.key, exc)
             self._nothing_to_do = True

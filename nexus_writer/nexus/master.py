@@ -34,7 +34,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -61,14 +61,21 @@ _lock = Lock()
 
 
 @contextlib.contextmanager
-def _session_locked(master: Path) -> Iterator[None]:
+def _session_locked(master: Path, guard: Callable[[], None] | None) -> Iterator[None]:
     """Hold the session's file for a change: this process's lock, then an advisory lock
     (``flock``) on ``<stem>_scans/.lock``, so that two processes writing scans of one
     session's file (two sessions naming one file; a writer whose lease has just run out)
-    never change it, or claim an entry name, at the same time.
+    never change it, or claim an entry name, at the same time; then ``guard()``, which
+    raises if this process may no longer change it.
+
+    ``guard`` runs with the flock held, so that no other process can change the file
+    between the check and the change: a writer frozen (SIGSTOP, a stalled VM) after its
+    last check and woken after another took the session over must find out before it
+    touches the file, not after (its lease's fence says so from its clock alone).
 
     Raises:
         OSError: the lock file cannot be made, or another process held it for LOCK_TIMEOUT s.
+        Exception: whatever ``guard`` raised (the lock is released).
     """
     with _lock:
         directory = scans_directory(master)
@@ -87,6 +94,8 @@ def _session_locked(master: Path) -> Iterator[None]:
                             f"({directory / '.lock'}) for {LOCK_TIMEOUT:g} s"
                         ) from None
                     pause(0.005)  # no notification exists for a lock of another process
+            if guard is not None:
+                guard()
             yield
         finally:
             os.close(descriptor)  # releases the flock
@@ -127,14 +136,16 @@ class Claim:
     resumed: bool = False
 
 
-def claim_entry(master: Path, document: ScanDocument) -> Claim:
+def claim_entry(
+    master: Path, document: ScanDocument, guard: Callable[[], None] | None = None
+) -> Claim:
     """Choose the entry name of a scan and create its (empty) scan file.
 
     A scan is known by its key, recorded in ``<name>.key`` beside its scan file before the
     file is made (so that a crash cannot leave a file nobody can attribute). A new scan
     gets the first name that no scan holds; the scan file is created exclusively: two
     scans can never claim one name. A scan seen again whose entry is unfinished is written
-    again from its start under its own name.
+    again from its start under its own name. ``guard``: see _session_locked.
 
     Raises:
         ScanAlreadyWritten: this scan has a finished entry already.
@@ -143,7 +154,7 @@ def claim_entry(master: Path, document: ScanDocument) -> Claim:
     """
     directory = scans_directory(master)
     first = entry_name(document.number)
-    with _session_locked(master):
+    with _session_locked(master, guard):
         handle = _open_master(master, "r") if master.exists() else None
         try:
             for occurrence in range(1, MAX_OCCURRENCES + 1):
@@ -267,11 +278,13 @@ def _finished(path: Path, name: str) -> bool:
         return False
 
 
-def link_entry(master: Path, name: str, scan_file: Path) -> None:
+def link_entry(
+    master: Path, name: str, scan_file: Path, guard: Callable[[], None] | None = None
+) -> None:
     """Add the external link ``name`` -> ``scan_file:/name`` to ``master`` (created if
     needed, never truncated; nothing to do if the link is there), and make it the master's
-    default if it is the newest."""
-    with _session_locked(master):
+    default if it is the newest. ``guard``: see _session_locked."""
+    with _session_locked(master, guard):
         if not master.exists():
             _create_master(master)
         handle = _open_master(master, "a")

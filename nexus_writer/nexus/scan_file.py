@@ -84,9 +84,12 @@ class ScanFile:
         document: ScanDocument,
         options: WriterOptions,
         readings: Mapping[str, Mapping[str, Reading]] | None = None,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         """``readings``: group name -> (source -> reading), stored under
-        ``instrument/<group>`` (see readings.py).
+        ``instrument/<group>`` (see readings.py); ``guard``: called with the session's file
+        locked, before each change of it, to raise if this process may no longer change it
+        (a lease's fence; see master.py).
 
         Raises:
         PathRefusedError: the file is not absolute, or outside the roots (links resolved).
@@ -102,7 +105,7 @@ class ScanFile:
         self.path: Path = options.check_path(document.file)
         # Where the scan files go, checked too: a link there must not lead out of the roots.
         options.check_path(str(master.scans_directory(self.path) / "scan.h5"))
-        claim = master.claim_entry(self.path, document)
+        claim = master.claim_entry(self.path, document, guard)
         self.entry_name, self.scan_path, renamed = claim.name, claim.path, claim.renamed
         #: Written again from its start: its earlier, unfinished entry is kept beside.
         self.resumed = claim.resumed
@@ -120,7 +123,7 @@ class ScanFile:
             raise
         try:
             self._create()
-            master.link_entry(self.path, self.entry_name, self.scan_path)
+            master.link_entry(self.path, self.entry_name, self.scan_path, guard)
         except BaseException:
             self.broken = True  # whatever failed, this file is not to be flushed again
             self.close()

@@ -7,11 +7,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from nexus_writer.lease import SessionLease
+from nexus_writer.nexus import master
 from nexus_writer.protocol import LeaseLost, SessionPublisher, SessionReader
 from nexus_writer.redis_server import EmbeddedRedis
 from sync_primitives import Thread
@@ -182,3 +184,25 @@ def test_confirm_waits_while_redis_is_away() -> None:
             thread.stop()
             lease.release()
             client.close()
+
+
+def test_a_holder_woken_between_its_check_and_a_change_leaves_the_session_file_alone(
+    leases: list[SessionLease], tmp_path: Path
+) -> None:
+    # The race the failover test hit about once in twenty: the active writer checked its
+    # lease, was frozen, a standby took over; woken, it must not link its entry.
+    session_file = tmp_path / "session.h5"
+    master.link_entry(session_file, "scan_0001", tmp_path / "session_scans" / "scan_0001.h5")
+    before = session_file.stat()
+    first, second = leases
+    assert first.acquire()
+    first.confirm()  # its last check before the change ... then it is frozen
+    wait_until(lambda: not first.held(), "the frozen holder's lease to run out", 5)
+    wait_until(second.acquire, "the standby to take the lease over", 5)
+    first.keep()  # woken: its renewal finds the new term
+    with pytest.raises(LeaseLost):
+        master.link_entry(
+            session_file, "scan_0002", tmp_path / "session_scans" / "scan_0002.h5", first.fence
+        )
+    after = session_file.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
