@@ -342,6 +342,22 @@ class SessionLease:
                     return
             self._settled.wait(self.interval)
 
+    def trusted(self) -> bool:
+        """Whether writing is allowed at this instant, without waiting (False: in doubt, see
+        :meth:`fence`).
+
+        Raises:
+            LeaseLost: this process no longer holds the lease.
+        """
+        if time.monotonic() < self._valid_until and self._lost is None:
+            return True
+        with self._lock:
+            if self._lost is not None or self._term is None:
+                raise LeaseLost(
+                    f"session {self.session}: {self._lost or 'the writer lease is not held'}"
+                )
+            return time.monotonic() < self._valid_until
+
     def confirm(self) -> None:
         """Return once Redis says that this process holds the lease with time left (before
         the session's file is changed); wait while Redis cannot say, or while the lease

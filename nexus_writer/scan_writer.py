@@ -357,8 +357,7 @@ class NexusScanWriter(Subscriber):
         if self._lease is not None:
             self._lease.confirm()  # in Redis: the session's file is about to change
         try:
-            guard = self._lease.fence if self._lease is not None else None
-            self._file = ScanFile(document, self.options, self._read(), guard)
+            self._file = ScanFile(document, self.options, self._read(), self._lease)
         except ScanAlreadyWritten as exc:
             _log.info("scan %s: nothing to do: %s", self.key, exc)
             self._nothing_to_do = True

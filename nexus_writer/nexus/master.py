@@ -34,10 +34,11 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import h5py
 
@@ -60,45 +61,72 @@ LOCK_TIMEOUT = 30.0
 _lock = Lock()
 
 
+class Guard(Protocol):
+    """What may forbid this process to change a session's file (a SessionLease)."""
+
+    def fence(self) -> None:
+        """Return when changes are allowed, waiting while that is in doubt; raise when they
+        are not (LeaseLost)."""
+
+    def trusted(self) -> bool:
+        """Whether changes are allowed at this instant, without waiting; raise when they
+        are not (LeaseLost)."""
+
+
 @contextlib.contextmanager
-def _session_locked(master: Path, guard: Callable[[], None] | None) -> Iterator[None]:
+def _session_locked(master: Path, guard: Guard | None) -> Iterator[None]:
     """Hold the session's file for a change: this process's lock, then an advisory lock
     (``flock``) on ``<stem>_scans/.lock``, so that two processes writing scans of one
     session's file (two sessions naming one file; a writer whose lease has just run out)
-    never change it, or claim an entry name, at the same time; then ``guard()``, which
-    raises if this process may no longer change it.
+    never change it, or claim an entry name, at the same time.
 
-    ``guard`` runs with the flock held, so that no other process can change the file
-    between the check and the change: a writer frozen (SIGSTOP, a stalled VM) after its
-    last check and woken after another took the session over must find out before it
-    touches the file, not after (its lease's fence says so from its clock alone).
+    With a ``guard``, the lease is also checked with the flock held, so that no other
+    process can change the file between the check and the change: a writer frozen
+    (SIGSTOP, a stalled VM) after its last check and woken after another took the session
+    over finds out before it touches the file, not after (its lease says so from its
+    clock alone). That check never waits: a lease in doubt lets the flock go, waits for
+    the lease (``guard.fence()``), and tries again; a process frozen while it held the
+    flock would hold up every writer of the file.
 
     Raises:
         OSError: the lock file cannot be made, or another process held it for LOCK_TIMEOUT s.
-        Exception: whatever ``guard`` raised (the lock is released).
+        Exception: whatever ``guard`` raised (LeaseLost; the lock is released).
     """
     with _lock:
         directory = scans_directory(master)
         os.makedirs(directory, exist_ok=True)
         descriptor = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
-            deadline = time.monotonic() + LOCK_TIMEOUT
             while True:
-                try:
-                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if guard is not None:
+                    guard.fence()  # waits, if it must, without the flock
+                _flock(descriptor, master)
+                if guard is None or guard.trusted():
                     break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise OSError(
-                            f"{master}: another process has held its lock "
-                            f"({directory / '.lock'}) for {LOCK_TIMEOUT:g} s"
-                        ) from None
-                    pause(0.005)  # no notification exists for a lock of another process
-            if guard is not None:
-                guard()
+                fcntl.flock(descriptor, fcntl.LOCK_UN)  # in doubt meanwhile: not held
             yield
         finally:
             os.close(descriptor)  # releases the flock
+
+
+def _flock(descriptor: int, master: Path) -> None:
+    """Take the flock of ``descriptor``, waiting at most LOCK_TIMEOUT seconds.
+
+    Raises:
+        OSError: another process held it all that time.
+    """
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise OSError(
+                    f"{master}: another process has held its lock "
+                    f"({scans_directory(master) / '.lock'}) for {LOCK_TIMEOUT:g} s"
+                ) from None
+            pause(0.005)  # no notification exists for a lock of another process
 
 
 class EntryExistsError(FileExistsError):
@@ -136,9 +164,7 @@ class Claim:
     resumed: bool = False
 
 
-def claim_entry(
-    master: Path, document: ScanDocument, guard: Callable[[], None] | None = None
-) -> Claim:
+def claim_entry(master: Path, document: ScanDocument, guard: Guard | None = None) -> Claim:
     """Choose the entry name of a scan and create its (empty) scan file.
 
     A scan is known by its key, recorded in ``<name>.key`` beside its scan file before the
@@ -278,9 +304,7 @@ def _finished(path: Path, name: str) -> bool:
         return False
 
 
-def link_entry(
-    master: Path, name: str, scan_file: Path, guard: Callable[[], None] | None = None
-) -> None:
+def link_entry(master: Path, name: str, scan_file: Path, guard: Guard | None = None) -> None:
     """Add the external link ``name`` -> ``scan_file:/name`` to ``master`` (created if
     needed, never truncated; nothing to do if the link is there), and make it the master's
     default if it is the newest. ``guard``: see _session_locked."""

@@ -84,12 +84,11 @@ class ScanFile:
         document: ScanDocument,
         options: WriterOptions,
         readings: Mapping[str, Mapping[str, Reading]] | None = None,
-        guard: Callable[[], None] | None = None,
+        guard: master.Guard | None = None,
     ) -> None:
         """``readings``: group name -> (source -> reading), stored under
-        ``instrument/<group>`` (see readings.py); ``guard``: called with the session's file
-        locked, before each change of it, to raise if this process may no longer change it
-        (a lease's fence; see master.py).
+        ``instrument/<group>`` (see readings.py); ``guard``: checked with the session's file
+        locked, before each change of it (the writer's lease; see master.py).
 
         Raises:
         PathRefusedError: the file is not absolute, or outside the roots (links resolved).

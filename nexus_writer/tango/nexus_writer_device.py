@@ -216,6 +216,9 @@ class NexusWriter(Device):
                 readings=self._take_readings if self._readings else None,
             )
         except (ConfigurationError, ValueError) as exc:
+            if self._client is not None:  # made before WriterService refused the session
+                self._client.close()
+                self._client = None
             self._problem = f"Bad property: {exc}"
             _log.error("%s: %s", self.get_name(), self._problem)
             return

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import h5py
 import pytest
 import redis
 
@@ -202,7 +203,31 @@ def test_a_holder_woken_between_its_check_and_a_change_leaves_the_session_file_a
     first.keep()  # woken: its renewal finds the new term
     with pytest.raises(LeaseLost):
         master.link_entry(
-            session_file, "scan_0002", tmp_path / "session_scans" / "scan_0002.h5", first.fence
+            session_file, "scan_0002", tmp_path / "session_scans" / "scan_0002.h5", first
         )
     after = session_file.stat()
     assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+class _DoubtfulOnce:
+    """A guard in doubt at its first check under the lock (its lease ran out just then),
+    trusted from then on."""
+
+    def __init__(self) -> None:
+        self.fences = self.checks = 0
+
+    def fence(self) -> None:
+        self.fences += 1
+
+    def trusted(self) -> bool:
+        self.checks += 1
+        return self.checks > 1
+
+
+def test_a_lease_in_doubt_under_the_lock_lets_it_go_and_waits_outside(tmp_path: Path) -> None:
+    guard = _DoubtfulOnce()
+    session_file = tmp_path / "session.h5"
+    master.link_entry(session_file, "scan_0001", tmp_path / "session_scans" / "scan_0001.h5", guard)
+    assert (guard.fences, guard.checks) == (2, 2)  # waited (fence) without the flock, again
+    with h5py.File(session_file, "r") as handle:
+        assert "scan_0001" in handle
