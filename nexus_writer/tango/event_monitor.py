@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -401,6 +401,8 @@ class EventMonitor:
         self.perf = perf
         self.jsonl = jsonl
         self.console = console or wide_console()
+        #: Set to end :meth:`run` after the poll under way (Ctrl-C and SIGTERM, in main()).
+        self.stopping = threading.Event()
         self._servers: dict[str, _Server] = {}
         for device in devices:
             proxy = tango.DeviceProxy(device)
@@ -454,28 +456,29 @@ class EventMonitor:
         return reports
 
     def run(self, period: float, count: int | None = None) -> None:
-        """Poll every ``period`` seconds, ``count`` times (None: until interrupted); with
-        ``perf``, performance monitoring is on meanwhile and off afterwards, however the
-        run ends (see :func:`main` for the signals)."""
+        """Poll every ``period`` seconds, ``count`` times (None: until :attr:`stopping` is
+        set, which Ctrl-C and SIGTERM do in :func:`main`); with ``perf``, performance
+        monitoring is on meanwhile and off afterwards, however the run ends."""
         try:
             done = 0
             while count is None or done < count:
                 started = time.monotonic()
                 self.poll()
                 done += 1
-                if count is None or done < count:
-                    time.sleep(max(0.0, period - (time.monotonic() - started)))
+                if count is not None and done >= count:
+                    break
+                if self.stopping.wait(max(0.0, period - (time.monotonic() - started))):
+                    break
         finally:
             self.close()
 
     def close(self) -> None:
         """Turn performance monitoring off wherever this monitor tried to turn it on, on
-        all servers at once; Ctrl-C and SIGTERM wait meanwhile (a second Ctrl-C, pressed
-        because a stalled server makes this take its 3 s, must not leave it on)."""
+        all servers at once."""
         touched = [s for s in self._servers.values() if s.perf_touched and s.proxy is not None]
         if not touched:
             return
-        with _signals_held(), ThreadPoolExecutor(max_workers=len(touched)) as pool:
+        with ThreadPoolExecutor(max_workers=len(touched)) as pool:
             list(pool.map(_perf_off, touched))
 
     def _query(self, server: _Server) -> tuple[Reply | None, dict[str, dict[str, Any]], str | None]:
@@ -543,28 +546,6 @@ def _shows_scheduler(proxy: tango.DeviceProxy) -> bool | None:
     return STATISTICS_ATTRIBUTE.lower() in names
 
 
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM ignored meanwhile (in the main thread; elsewhere, nothing)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _first_interrupt(signum: int, frame: object) -> None:
-    """The first Ctrl-C or SIGTERM ends the monitor; later ones are ignored, so that it
-    can turn performance monitoring off (an impatient second Ctrl-C must not stop that)."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
 def main(
     devices: list[str],
     *,
@@ -576,10 +557,12 @@ def main(
 ) -> int:
     """``nexus-writer event-monitor``: 0 when it ran to its count or was interrupted
     (Ctrl-C, or SIGTERM, which it takes as Ctrl-C), 2 when a device is not defined or the
-    JSON lines file cannot be opened (the message, on stderr, says which)."""
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, _first_interrupt)
+    JSON lines file cannot be opened (the message, on stderr, says which).
+
+    Once the monitor runs, a signal only asks it to stop after the poll under way (at
+    most the 3 s query time-out): no exception is raised at an arbitrary point, where it
+    could leave a thread pool or a Tango call half done, and further signals change
+    nothing while monitoring is turned off."""
     try:
         with jsonl.open("a", encoding="utf-8") if jsonl else nullcontext() as out:
             try:
@@ -590,6 +573,9 @@ def main(
                     file=sys.stderr,
                 )
                 return 2
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, lambda signum, frame: monitor.stopping.set())
             monitor.run(period, count)
     except OSError as error:
         print(f"event-monitor: {error}", file=sys.stderr)
