@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
 
 import numpy as np
 import redis
@@ -33,11 +32,9 @@ import tango
 
 from benchmarks._report import markdown_table, report, verdict
 from nexus_writer.protocol import SessionPublisher
-from nexus_writer.protocol.keys import Keys
-from nexus_writer.protocol.keys import text as text_of
 from nexus_writer.redis_client import connect
 from nexus_writer.redis_server import EmbeddedRedis
-from nexus_writer.service import WRITER_GROUP
+from nexus_writer.service import all_acknowledged
 from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
 from nexus_writer.tango.server import register
 
@@ -61,19 +58,10 @@ def _is_on(proxy: tango.DeviceProxy) -> bool:
 
 
 def _acknowledged(client: redis.Redis, session: str) -> bool:
-    stream = Keys().session_scans(session)
     try:
-        groups = {text_of(g["name"]): g for g in client.xinfo_groups(stream)}
-    except redis.ResponseError:
+        return all_acknowledged(client, session)
+    except redis.ResponseError:  # no announcement or group yet
         return False
-    group = groups.get(WRITER_GROUP)
-    newest = cast(list[tuple[bytes, Any]], client.xrevrange(stream, count=1))
-    return (
-        group is not None
-        and group["pending"] == 0
-        and bool(newest)
-        and text_of(group["last-delivered-id"]) == text_of(newest[0][0])
-    )
 
 
 def _publish(client: redis.Redis, session: str, root: Path) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
 import gevent
 import redis
@@ -35,7 +36,8 @@ from nexus_writer import atomic
 from nexus_writer.lease import DEFAULT_TTL, Holder, LeaseStatistics, SessionLease
 from nexus_writer.nexus.options import WriterOptions
 from nexus_writer.nexus.readings import Reading
-from nexus_writer.protocol import DEFAULT_PREFIX, ProtocolError, SessionReader
+from nexus_writer.protocol import DEFAULT_PREFIX, Keys, ProtocolError, SessionReader
+from nexus_writer.protocol.keys import text
 from nexus_writer.session_writer import NexusSessionWriter, ScanEvent, SessionStatistics
 from nexus_writer.subscriber import Mode, State
 from sync_primitives import Event
@@ -71,6 +73,22 @@ class ServiceStatistics:
     stopping: bool  #: stop() was called; the role says "stopped" once it has
     holder: str | None  #: who writes the session, while this service stands by
     writer: SessionStatistics | None  #: while active
+
+
+def all_acknowledged(client: redis.Redis, session: str, prefix: str = DEFAULT_PREFIX) -> bool:
+    """Whether the writer group of ``session`` has been given every announcement and has
+    acknowledged each (every scan done with: written, or failed for good).
+
+    Raises:
+        redis.ResponseError: the session has no stream or no group yet.
+    """
+    stream = Keys(prefix).session_scans(session)
+    groups = {text(g["name"]): g for g in client.xinfo_groups(stream)}
+    group = groups.get(WRITER_GROUP)
+    if group is None or group["pending"] != 0:
+        return False
+    newest = cast(list[tuple[bytes, Any]], client.xrevrange(stream, count=1))
+    return bool(newest) and text(group["last-delivered-id"]) == text(newest[0][0])
 
 
 class WriterService:

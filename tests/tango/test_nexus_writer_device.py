@@ -35,17 +35,28 @@ _writers = itertools.count(1)
 STARTED = 30.0
 
 
-def define(database: EmbeddedTangoDatabase, device: str, session: str, **properties: str) -> None:
-    argv = ["register", "--server", device.replace("/", "_"), "--session", session]
+def define(
+    database: EmbeddedTangoDatabase,
+    device: str,
+    session: str,
+    server: str | None = None,
+    **properties: str | list[str],
+) -> None:
+    """``nexus-writer register`` the device, in server ``server`` (default: named after
+    the device); a property given as a list is given once per value."""
+    argv = ["register", "--server", server or device.replace("/", "_"), "--session", session]
     argv += ["--device", device]
-    for name, value in properties.items():
-        argv += ["--property", f"{name}={value}"]
+    for name, values in properties.items():
+        for value in [values] if isinstance(values, str) else values:
+            argv += ["--property", f"{name}={value}"]
     assert cli(argv) == 0
 
 
-def start_service(database: EmbeddedTangoDatabase, device: str) -> DeviceServer:
+def start_service(
+    database: EmbeddedTangoDatabase, device: str, server: str | None = None
+) -> DeviceServer:
     return DeviceServer(
-        [str(SERVICE), device.replace("/", "_")],
+        [str(SERVICE), server or device.replace("/", "_")],
         tango_host=database.tango_host,
         env=server_env(),
         startup_timeout=STARTED,
@@ -290,14 +301,15 @@ def test_tango_attributes_are_stored_in_each_entry_and_a_missing_one_costs_nothi
     tmp_path: Path,
 ) -> None:
     device = "test/nexuswriter/readings"
-    argv = ["register", "--server", "readings", "--session", "readings", "--device", device]
-    argv += ["--property", f"redis_url={redis_server.url}", "--property", f"roots={tmp_path}"]
-    argv += ["--property", "attributes=test/hw/1/position"]
-    argv += ["--property", "attributes=test/nobody/1/current"]
-    assert cli(argv) == 0
-    with DeviceServer(
-        [str(SERVICE), "readings"], tango_host=tango_database.tango_host, env=server_env()
-    ).start():
+    define(
+        tango_database,
+        device,
+        "readings",
+        redis_url=redis_server.url,
+        roots=str(tmp_path),
+        attributes=["test/hw/1/position", "test/nobody/1/current"],
+    )
+    with start_service(tango_database, device):
         proxy = tango.DeviceProxy(device)
         wait_for_state(proxy, tango.DevState.ON)
         wait_until(
@@ -372,16 +384,12 @@ def test_a_bad_property_faults_its_device_and_spares_the_server(
 ) -> None:
     number = next(_writers)
     server, bad, good = f"bad{number}", f"test/bad/{number}", f"test/good/{number}"
-    for device, extra in ((bad, properties), (good, {})):
-        argv = ["register", "--server", server, "--session", f"s{number}", "--device", device]
-        for name, value in {"redis_url": redis_server.url, **extra}.items():
-            argv += ["--property", f"{name}={value}"]
-        assert cli(argv) == 0
-    if properties.get("session") == "":
-        tango_database.database().put_device_property(bad, {"session": [""]})
-    with DeviceServer(
-        [str(SERVICE), server], tango_host=tango_database.tango_host, env=server_env()
-    ).start():
+    extra = {name: value for name, value in properties.items() if name != "session"}
+    define(tango_database, bad, f"s{number}", server, redis_url=redis_server.url, **extra)
+    define(tango_database, good, f"s{number}", server, redis_url=redis_server.url)
+    if "session" in properties:  # register always sets it: spoil it afterwards
+        tango_database.database().put_device_property(bad, {"session": [properties["session"]]})
+    with start_service(tango_database, bad, server):
         assert reason in wait_for_state(tango.DeviceProxy(bad), tango.DevState.FAULT)
         wait_for_state(tango.DeviceProxy(good), tango.DevState.ON)  # same server: unharmed
 

@@ -3,7 +3,7 @@ published, and ask nxcheck."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import h5py
 import numpy as np
@@ -13,9 +13,8 @@ from nexus_writer.nexus.master import entry_of_scan
 from nexus_writer.nexus.names import short_names
 from nexus_writer.nexus.options import WriterOptions
 from nexus_writer.protocol import Keys, ScanPublisher, SessionPublisher
-from nexus_writer.protocol.keys import text as text_of
 from nexus_writer.scan_writer import NexusScanWriter
-from nexus_writer.service import WRITER_GROUP
+from nexus_writer.service import all_acknowledged
 from nexus_writer.simulator import PublishedScan
 from nexus_writer.subscriber import Mode
 from tests.conftest import PROMPT, wait_until
@@ -62,18 +61,6 @@ def assert_file_has_every_value(published: PublishedScan) -> None:
 def text(dataset: h5py.Dataset) -> str:
     value = dataset[()]
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def all_acknowledged(client: redis.Redis, session: str) -> bool:
-    """Whether the writer service's consumer group has been given every announcement of
-    ``session`` and has acknowledged each (its scan done with)."""
-    stream = Keys().session_scans(session)
-    groups = {text_of(g["name"]): g for g in client.xinfo_groups(stream)}
-    group = groups.get(WRITER_GROUP)
-    if group is None or group["pending"] != 0:
-        return False
-    newest = cast(list[tuple[bytes, Any]], client.xrevrange(stream, count=1))
-    return bool(newest) and text_of(group["last-delivered-id"]) == text_of(newest[0][0])
 
 
 def wait_until_all_acknowledged(
