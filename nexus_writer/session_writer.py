@@ -13,7 +13,9 @@ the statistics of the last ``keep_finished`` are kept.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,6 +44,15 @@ class SessionStatistics:
     scans_succeeded: int
     scans_failed: int
     recent: tuple[SubscriberStatistics, ...]  #: finished scans, newest last
+    #: channel events received by the scan writers since the session writer started
+    events_received: int
+    #: of those, written (or given up with a failing channel)
+    events_processed: int
+    queue_depth: int  #: batches waiting for a consumer, all running scans together
+    #: seconds from publication to written: the largest p50 and p99 of the running scans
+    #: (None while no scan has written a batch)
+    latency_p50: float | None
+    latency_p99: float | None
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,13 @@ class NexusSessionWriter(Subscriber):
         self._active: dict[str, NexusScanWriter] = {}
         self._recent: deque[SubscriberStatistics] = deque(maxlen=keep_finished)
         self._started = self._succeeded = self._failed = 0
+        # Event counts of the scans that have ended, and which writers they include: changed
+        # in the consumers' thread, read with the running scans' counts from any thread. A
+        # native lock, held for a few statements and never across a yield.
+        self._totals_lock = threading.Lock()
+        self._ended_received = self._ended_processed = 0
+        # (weak: a writer leaves it when dropped, never while someone holds it)
+        self._counted: weakref.WeakSet[NexusScanWriter] = weakref.WeakSet()
         self._retry_delay = 0.1
         self._finished_keys: OrderedDict[str, None] = OrderedDict()
         self._keep_keys = 10 * keep_finished
@@ -247,6 +265,11 @@ class NexusSessionWriter(Subscriber):
         thread, or the start hub, the only writers of these counters)."""
         stats = writer.statistics()
         self._recent.append(stats)
+        if isinstance(writer, NexusScanWriter):
+            with self._totals_lock:
+                self._ended_received += stats.events_received
+                self._ended_processed += stats.events_processed
+                self._counted.add(writer)
         unfinished = writer.unfinished if isinstance(writer, NexusScanWriter) else None
         if self._on_scan is not None and isinstance(writer, NexusScanWriter):
             self._on_scan(
@@ -331,12 +354,25 @@ class NexusSessionWriter(Subscriber):
 
     def session_statistics(self) -> SessionStatistics:
         # list() copies atomically; only the listener greenlet changes the dict.
-        active = [w for w in list(self._active.values()) if not w.done()]
+        writers = list(self._active.values())
+        running = [(w, w.statistics()) for w in writers]
+        with self._totals_lock:
+            # A writer that ended since its statistics were taken is in the totals already:
+            # each scan's events are counted once, and the counts never go back.
+            received, processed = self._ended_received, self._ended_processed
+            live = [s for w, s in running if w not in self._counted]
+        p50 = [s.latency_p50 for s in live if s.latency_p50 is not None]
+        p99 = [s.latency_p99 for s in live if s.latency_p99 is not None]
         return SessionStatistics(
             writer=self.statistics(),
             scans_started=self._started,
-            scans_active=len(active),
+            scans_active=sum(1 for w in writers if not w.done()),
             scans_succeeded=self._succeeded,
             scans_failed=self._failed,
             recent=tuple(self._recent),
+            events_received=received + sum(s.events_received for s in live),
+            events_processed=processed + sum(s.events_processed for s in live),
+            queue_depth=sum(s.queue_depth for s in live),
+            latency_p50=max(p50, default=None),
+            latency_p99=max(p99, default=None),
         )

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections import deque
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 
 import gevent
 import redis
-from tango import AttrWriteType, DevState, EventType, GreenMode
+from tango import AttrQuality, AttrWriteType, DevState, EventType, GreenMode
 from tango.server import Device, attribute, command, device_property
 
 from nexus_writer.lease import DEFAULT_TTL
@@ -49,6 +50,10 @@ _log = logging.getLogger(__name__)
 WATCH_PERIOD = 0.1
 #: Finished scans kept for recent_scans, scan_state and scan_url.
 RECENT_SCANS = 100
+
+
+#: A number read from the snapshot: (value, time, quality), as Tango attributes return it.
+Figure = tuple[float, float, AttrQuality]
 
 
 class ConfigurationError(ValueError):
@@ -358,6 +363,47 @@ class NexusWriter(Device):
     @attribute(dtype=str, doc="JSON: the attributes property's latest readings, by name")
     def readings(self) -> str:
         return json.dumps({name: asdict(r) for name, r in self._readings.items()}, default=repr)
+
+    # The writer's figures, as numbers that Tango clients can plot and archive (INVALID
+    # while the device does not write its session).
+
+    @attribute(dtype="int64", doc="channel events received since the writer started")
+    def events_received(self) -> Figure:
+        return self._figure("events_received")
+
+    @attribute(dtype="int64", doc="of events_received, written (or given up with a channel)")
+    def events_processed(self) -> Figure:
+        return self._figure("events_processed")
+
+    @attribute(dtype="int64", doc="events received and not written yet")
+    def lag(self) -> Figure:
+        return self._figure("lag")
+
+    @attribute(dtype="int32", doc="batches waiting for a consumer, all running scans")
+    def queue_depth(self) -> Figure:
+        return self._figure("queue_depth")
+
+    @attribute(dtype=float, unit="s", format="%.4f", doc="latency p50, worst running scan")
+    def latency_p50(self) -> Figure:
+        return self._figure("latency_p50")
+
+    @attribute(dtype=float, unit="s", format="%.4f", doc="latency p99, worst running scan")
+    def latency_p99(self) -> Figure:
+        return self._figure("latency_p99")
+
+    def _figure(self, name: str) -> Figure:
+        """A figure of the session writer's snapshot, with its time, or INVALID."""
+        writer = self._snapshot.writer if self._snapshot is not None else None
+        value: float | None = None
+        if writer is not None:
+            value = (
+                writer.events_received - writer.events_processed
+                if name == "lag"
+                else getattr(writer, name)
+            )
+        if value is None:
+            return 0, time.time(), AttrQuality.ATTR_INVALID
+        return value, time.time(), AttrQuality.ATTR_VALID
 
     @attribute(dtype=str, doc="the service's statistics as JSON")
     def statistics_json(self) -> str:

@@ -127,6 +127,8 @@ def test_stop_and_start_and_a_start_while_running(
     assert proxy.state() == tango.DevState.ON  # as it was
     proxy.stop()
     assert "Stopped" in wait_for_state(proxy, tango.DevState.OFF)
+    reading = proxy.read_attribute("events_received")
+    assert reading.quality == tango.AttrQuality.ATTR_INVALID and reading.value is None
     proxy.stop()  # again: nothing changes
     assert proxy.state() == tango.DevState.OFF
     proxy.start()
@@ -413,8 +415,18 @@ def test_a_running_scan_shows_its_progress_and_url(
     (scan,) = running()
     assert scan["npoints"] == 40 and 0 < scan["points"] <= 40
     assert scan["url"].endswith("::/scan_0001")
+    wait_until(lambda: proxy.latency_p99 is not None, "a latency", STARTED, 0.02)
+    assert 0 < proxy.latency_p50 <= proxy.latency_p99 < 5
+    assert proxy.events_received >= proxy.events_processed > 0
     published.result(60)
     wait_until(lambda: running() == [], "the scan ended", STARTED, 0.05)
+    # The ended scan's events stay counted; nothing waits; no scan runs to have a latency.
+    # (Figures come from the snapshot, taken every 0.1 s: wait for the one with the end.)
+    wait_until(lambda: statistics(proxy)["writer"]["recent"], "the end seen", STARTED, 0.05)
+    (ended,) = statistics(proxy)["writer"]["recent"]
+    assert proxy.events_received == proxy.events_processed == ended["events_received"] > 40
+    assert proxy.queue_depth == 0
+    assert proxy.latency_p50 is None and proxy.latency_p99 is None  # quality INVALID
 
 
 def written(proxy: tango.DeviceProxy, key: str) -> bool:

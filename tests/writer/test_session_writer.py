@@ -54,6 +54,10 @@ def test_concurrent_scans_of_a_session_are_all_written(
         assert_file_has_every_value(scan)
     stats = writer.session_statistics()
     assert (stats.scans_started, stats.scans_succeeded, stats.scans_failed) == (6, 6, 0)
+    # The session's figures count each ended scan's events once, as its own figures did.
+    assert stats.events_received == sum(s.events_received for s in stats.recent) > 0
+    assert stats.events_processed == stats.events_received
+    assert stats.queue_depth == 0 and stats.latency_p99 is None  # no scan running
     writer.stop(wait=True, timeout=PROMPT)
     assert writer.state is State.OFF
 
@@ -110,6 +114,10 @@ def test_memory_stays_bounded_over_many_scans(redis_client: redis.Redis, tmp_pat
     assert stats.scans_started == 200 and stats.scans_failed == 0
     assert stats.scans_active == 0
     assert len(stats.recent) == 10  # only the newest statistics are kept
+    # Every scan is alike: the session counted each one's events once, also the forgotten.
+    per_scan = {s.events_received for s in stats.recent}
+    assert len(per_scan) == 1
+    assert stats.events_received == stats.events_processed == 200 * per_scan.pop() > 0
     writer.stop(wait=True, timeout=PROMPT)
     assert writer.scans() == [] and files.open_paths() == []
     with h5py.File(line.session_file, "r") as handle:
