@@ -56,6 +56,19 @@ RECENT_SCANS = 100
 Figure = tuple[float, float, AttrQuality]
 
 
+def tango_text(text: str) -> str:
+    """``text`` as a Tango string can carry it: Tango strings are Latin-1, so any other
+    character becomes a backslash escape (``Ω`` is ``\\u03a9``). Everything the device
+    shows that a publisher or a file system named (scan keys, file names, reasons) goes
+    through it: pushing a string Latin-1 cannot encode takes the whole server down."""
+    return text.encode("latin-1", "backslashreplace").decode("latin-1")
+
+
+def same_key(key: str, given: str) -> bool:
+    """Whether a client's ``given`` names scan ``key``: as it is, or as Tango shows it."""
+    return given == key or given == tango_text(key)
+
+
 class ConfigurationError(ValueError):
     """A device property is unusable; the message names it."""
 
@@ -277,30 +290,49 @@ class NexusWriter(Device):
     def _watch(self) -> None:
         """The one greenlet that sets the state and pushes its change events."""
         shown: tuple[DevState, str] | None = None
+        failure: str | None = None
         while True:
-            service = self._service
-            running = service is not None and self._running()
-            self._snapshot = service.statistics() if service is not None and running else None
-            now = state_of(self._snapshot, self._problem, len(self._running_scans))
-            if now != shown:
-                shown = now
-                self.set_state(now[0])
-                self.set_status(now[1])
-                self.push_change_event("State")
-                self.push_change_event("Status")
+            try:
+                shown = self._look(shown)
+                failure = None
+            except Exception as exc:  # never silent, never the end of the state's events
+                if repr(exc) != failure:  # once per failure, not ten times a second
+                    failure = repr(exc)
+                    _log.exception("%s: cannot show the state", self.get_name())
             gevent.sleep(WATCH_PERIOD)
+
+    def _look(self, shown: tuple[DevState, str] | None) -> tuple[DevState, str]:
+        service = self._service
+        running = service is not None and self._running()
+        self._snapshot = service.statistics() if service is not None and running else None
+        now = state_of(self._snapshot, self._problem, len(self._running_scans))
+        if now != shown:
+            self.set_state(now[0])
+            self.set_status(tango_text(now[1]))
+            self.push_change_event("State")
+            self.push_change_event("Status")
+        return now
 
     def _relay_scans(self) -> None:
         """Every scan start and end, in order, to the scan lists and their change events."""
         while True:
             event = self._scan_events.get()  # waits cooperatively in this hub
-            if event.kind == "started":
-                self._running_scans[event.key] = event
-            else:
-                self._running_scans.pop(event.key, None)
-                self._recent_scans.append(event)
-                self.push_change_event("recent_scans", self._recent_json())
-            self.push_change_event("scans_running", list(self._running_scans))
+            try:
+                self._show_scan(event)
+            except Exception:  # the lists are right; the next event pushes them again
+                _log.exception("%s: cannot push the scan lists", self.get_name())
+
+    def _show_scan(self, event: ScanEvent) -> None:
+        if event.kind == "started":
+            self._running_scans[event.key] = event
+        else:
+            self._running_scans.pop(event.key, None)
+            self._recent_scans.append(event)
+            self.push_change_event("recent_scans", self._recent_json())
+        self.push_change_event("scans_running", self._running_keys())
+
+    def _running_keys(self) -> list[str]:
+        return [tango_text(key) for key in self._running_scans]
 
     def _recent_json(self) -> str:
         return json.dumps([asdict(e) for e in self._recent_scans])
@@ -309,7 +341,7 @@ class NexusWriter(Device):
         writer = self._service.writer() if self._service is not None else None
         if writer is None:
             return None
-        return next((w for w in writer.scans() if w.key == key and not w.done()), None)
+        return next((w for w in writer.scans() if same_key(w.key, key) and not w.done()), None)
 
     def _known(self, key: str) -> tuple[NexusScanWriter | None, ScanEvent | None]:
         """The running writer of scan ``key``, or its last end.
@@ -318,7 +350,7 @@ class NexusWriter(Device):
             KeyError: no such scan, running or recent (the message lists what to use).
         """
         running = self._scan_writer(key)
-        ended = next((e for e in reversed(self._recent_scans) if e.key == key), None)
+        ended = next((e for e in reversed(self._recent_scans) if same_key(e.key, key)), None)
         if running is None and ended is None:
             raise KeyError(
                 f"no scan {key!r} is running or among the last {RECENT_SCANS} finished: "
@@ -330,7 +362,7 @@ class NexusWriter(Device):
 
     @attribute(dtype=(str,), max_dim_x=100_000, doc="keys of the scans being written")
     def scans_running(self) -> list[str]:
-        return list(self._running_scans)
+        return self._running_keys()
 
     @attribute(dtype=str, doc="JSON: the scans being written, with their progress and URL")
     def scans_running_json(self) -> str:
@@ -449,7 +481,7 @@ class NexusWriter(Device):
         url = running.url if running is not None else ended.url if ended is not None else None
         if url is None:
             raise KeyError(f"scan {key!r} has no entry yet")
-        return url
+        return tango_text(url)
 
     @command(dtype_in=str)
     def stop_scan(self, key: str) -> None:
