@@ -89,20 +89,22 @@ class Holder:
     term: int
     host: str
     pid: int
+    name: str | None = None  #: the holder's name for itself (a Tango device's), if any
 
     @classmethod
     def parse(cls, value: bytes | str) -> Holder | None:
         text = value.decode(errors="replace") if isinstance(value, bytes) else value
         parts = text.split(" ")
         try:
-            return cls(int(parts[0]), parts[1], int(parts[2]))
+            return cls(int(parts[0]), parts[1], int(parts[2]), " ".join(parts[4:]) or None)
         except (IndexError, ValueError):
             return None  # not written by us: still somebody's
 
     def __str__(self) -> str:
         if self.pid == 0:
             return "a holder unknown (the lease key holds no writer's value: set by hand?)"
-        return f"pid {self.pid} on {self.host} (term {self.term})"
+        where = f"pid {self.pid} on {self.host} (term {self.term})"
+        return f"{self.name}, {where}" if self.name else where
 
 
 @dataclass(frozen=True)
@@ -128,9 +130,13 @@ class SessionLease:
         prefix: str | None = None,
         *,
         ttl: float = DEFAULT_TTL,
+        name: str | None = None,
     ) -> None:
-        """Raises:
-        ValueError: ``ttl`` is not a number of seconds of at least 0.1.
+        """``name``: how the holder names itself to the others (a Tango device's name),
+        beside its host and process id.
+
+        Raises:
+            ValueError: ``ttl`` is not a number of seconds of at least 0.1.
         """
         if not isinstance(ttl, int | float) or not 0.1 <= ttl <= 3600:  # NaN fails too
             raise ValueError(f"lease ttl must be between 0.1 and 3600 seconds, not {ttl!r}")
@@ -143,6 +149,8 @@ class SessionLease:
         self.key = keys.session_writer(session)
         self._term_key = f"{self.key}:term"
         self.owner = f"{socket.gethostname()} {os.getpid()} {uuid.uuid4().hex[:12]}"
+        if name:
+            self.owner += f" {name}"
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
         self._lock = Lock()  # guards the five fields below, across threads

@@ -107,10 +107,13 @@ class WriterService:
         ready_file: Path | None = None,
         on_scan: Callable[[ScanEvent], None] | None = None,
         readings: Callable[[], Mapping[str, Mapping[str, Reading]]] | None = None,
+        name: str | None = None,
     ) -> None:
         """``since``: where the session is followed from the first time ("$": now; "0-0":
         every announcement still in Redis); ``ready_file``: see docs/operations.md;
-        ``on_scan``, ``readings``: given to each session writer (see NexusSessionWriter).
+        ``on_scan``, ``readings``: given to each session writer (see NexusSessionWriter);
+        ``name``: how this service names itself in the lease, to its standbys (see
+        SessionLease).
 
         Raises:
             ValueError: a bad session name, prefix or lease ttl.
@@ -124,7 +127,7 @@ class WriterService:
         self.ready_file = ready_file
         self.on_scan = on_scan
         self.readings = readings
-        self.lease = SessionLease(client, session, prefix, ttl=lease_ttl)
+        self.lease = SessionLease(client, session, prefix, ttl=lease_ttl, name=name)
         self._role = Role.STARTING
         self._writer: NexusSessionWriter | None = None
         self._stop = Event()

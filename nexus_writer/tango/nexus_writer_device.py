@@ -232,6 +232,7 @@ class NexusWriter(Device):
                 lease_ttl=lease_ttl,
                 on_scan=self._scan_events.put,
                 readings=self._take_readings if self._readings else None,
+                name=f"device {self.get_name()}",
             )
         except (ConfigurationError, ValueError) as exc:
             if self._client is not None:  # made before WriterService refused the session

@@ -261,7 +261,7 @@ def test_a_writer_pair_shows_on_and_standby_and_swaps_when_the_active_dies(
         wait_for_state(proxies[0], tango.DevState.ON)
         with start_service(tango_database, devices[1]):
             status = wait_for_state(proxies[1], tango.DevState.STANDBY)
-            assert "is written by" in status
+            assert f"is written by device {devices[0]}, pid {first.pid} on " in status
             assert first.pid is not None
             os.kill(first.pid, signal.SIGKILL)  # no goodbye: its lease runs out
             wait_for_state(proxies[1], tango.DevState.ON)

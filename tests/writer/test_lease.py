@@ -5,6 +5,8 @@ away and go on when it is back."""
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +47,25 @@ def test_one_holder_at_a_time(leases: list[SessionLease]) -> None:
     first.fence()
     with pytest.raises(LeaseLost):
         second.fence()
+
+
+def test_a_holder_names_itself_to_the_others(
+    redis_client: redis.Redis, leases: list[SessionLease]
+) -> None:
+    first, second = leases
+    named = SessionLease(redis_client, first.session, ttl=TTL, name="device id00/nexus/w 1")
+    assert named.acquire()
+    try:
+        holder = first.holder()
+        assert holder is not None and holder.name == "device id00/nexus/w 1"
+        assert str(holder).startswith(f"device id00/nexus/w 1, pid {os.getpid()} on ")
+        assert named.acquire()  # renewed: the name is part of its own value
+    finally:
+        named.release()
+    assert second.acquire()
+    holder = first.holder()
+    assert holder is not None and holder.name is None
+    assert str(holder) == f"pid {os.getpid()} on {socket.gethostname()} (term {holder.term})"
 
 
 def test_renewal_keeps_the_lease_beyond_its_ttl(leases: list[SessionLease]) -> None:
