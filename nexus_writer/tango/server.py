@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
 import tango
 from tango.server import run
 
 from nexus_writer.tango.nexus_writer_device import NexusWriter
+
+_log = logging.getLogger(__name__)
 
 #: The Tango server name: the executable of every NexusWriter server.
 SERVER = "NexusWriterService"
@@ -39,12 +42,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         filename=args.logfile,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    run(
-        (NexusWriter,),
-        args=[SERVER, args.instance, *tango_args],
-        green_mode=tango.GreenMode.Gevent,
-    )
+    try:
+        run(
+            (NexusWriter,),
+            args=[SERVER, args.instance, *tango_args],
+            green_mode=tango.GreenMode.Gevent,
+            raises=True,  # PyTango would print any failure and exit 0: we exit 1
+        )
+    except KeyboardInterrupt:
+        _log.info("%s %s: interrupted", SERVER, args.instance)
+    except tango.DevFailed as exc:
+        _log.error("%s %s: %s", SERVER, args.instance, exc.args[0].desc.strip())
+        return 1
+    except Exception as exc:
+        if not _failed_cleanup_after_stop(exc):
+            _log.exception("%s %s: stopped by an unexpected error", SERVER, args.instance)
+            return 1
+    _log.info("%s %s: stopped", SERVER, args.instance)
     return 0
+
+
+def _failed_cleanup_after_stop(exc: Exception) -> bool:
+    """Whether ``exc`` is what PyTango's gevent server loop raises after a clean stop.
+
+    A green-mode server stopped by SIGTERM, SIGINT or the admin device's Kill has run its
+    devices' delete_device and left its request loop; the ORB cleanup that follows then
+    raises ``RuntimeError: Caught an unknown exception!`` (any gevent device server, with
+    PyTango 10; a synchronous one does not), which PyTango would print as "Server exited
+    with unforseen exception". Only that failure, in that call, is taken as a clean stop."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return (
+        isinstance(exc, RuntimeError)
+        and bool(frames)
+        and "server_cleanup" in (frames[-1].line or "")
+    )
 
 
 def register(server: str, session: str, device: str, properties: Sequence[tuple[str, str]]) -> None:

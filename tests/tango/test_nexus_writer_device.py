@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -476,3 +477,44 @@ def test_a_key_tango_cannot_carry_is_shown_escaped_and_spares_the_others(
         wait_until(lambda: len(seen) >= 5, "every start and end pushed", STARTED, 0.05)
     lists = [list(e.attr_value.value or []) for e in seen if not e.err]
     assert [shown] in lists and [plain] in lists and lists[-1] == []
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "Kill"])
+def test_the_service_stops_cleanly_and_says_so(
+    tango_database: EmbeddedTangoDatabase, redis_server: EmbeddedRedis, how: str
+) -> None:
+    """Stopped as an operator stops it, the server exits 0 saying "stopped", without the
+    "unforseen exception" PyTango prints after any gevent server's stop."""
+    device = f"test/nexuswriter/stop{how.lower()}"
+    define(tango_database, device, device.replace("/", "-"), redis_url=redis_server.url)
+    instance = device.replace("/", "_")
+    process = subprocess.Popen(
+        [str(SERVICE), instance, "-ORBendPoint", "giop:tcp:127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **server_env(), "TANGO_HOST": tango_database.tango_host},
+    )
+    try:
+        proxy = tango.DeviceProxy(device)
+        wait_until(partial(answers, proxy), f"{device} answers", STARTED, 0.05)
+        wait_for_state(proxy, tango.DevState.ON)
+        if how == "Kill":
+            tango.DeviceProxy(f"dserver/NexusWriterService/{instance}").kill()
+        else:
+            process.send_signal(getattr(signal, how))
+        output = process.communicate(timeout=STARTED)[0].decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, output
+    assert f"NexusWriterService {instance}: stopped" in output
+    assert "Exiting" not in output and "exception" not in output.lower(), output
+
+
+def answers(proxy: tango.DeviceProxy) -> bool:
+    try:
+        proxy.ping()
+    except tango.DevFailed:
+        return False
+    return True
