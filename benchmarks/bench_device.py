@@ -40,8 +40,8 @@ from nexus_writer.tango.server import register
 
 LAUNCHES = 5
 ROUNDS = 3
+IDLE_READS = 20
 CHANNELS, POINTS, BATCH = 10, 100_000, 100
-ATTRIBUTES = ("State", "Status", "role", "scans_running", "recent_scans", "statistics_json")
 _sessions = iter(range(1, 1_000_000))
 
 
@@ -130,8 +130,18 @@ def launch_to_on(database: EmbeddedTangoDatabase, url: str, root: Path) -> list[
 
 
 def write_seconds(
-    kind: str, database: EmbeddedTangoDatabase, client: redis.Redis, url: str, root: Path
+    kind: str,
+    database: EmbeddedTangoDatabase,
+    client: redis.Redis,
+    url: str,
+    root: Path,
+    *,
+    reads: list[float],
+    idle: list[float],
 ) -> float:
+    """Seconds to publish and write the scan; ``reads`` gets the seconds of each read of
+    every attribute by the polling client ("polled") while it writes, ``idle`` those of
+    IDLE_READS reads before the scan."""
     session = f"write{next(_sessions)}"
     service = _run(url, root, session) if kind == "run" else _device(database, url, root, session)
     with service as name:
@@ -141,11 +151,21 @@ def write_seconds(
 
             def poll() -> None:
                 proxy = tango.DeviceProxy(name)
+                every = list(proxy.get_attribute_list())
+                for _ in range(IDLE_READS):
+                    began = time.perf_counter()
+                    proxy.read_attributes(every)
+                    idle.append(time.perf_counter() - began)
+                polling.set()
                 while not stop.wait(0.1):
-                    proxy.read_attributes(list(ATTRIBUTES))
+                    began = time.perf_counter()
+                    proxy.read_attributes(every)
+                    reads.append(time.perf_counter() - began)
 
+            polling = threading.Event()
             poller = threading.Thread(target=poll, daemon=True)
             poller.start()
+            polling.wait(60)
         started = time.perf_counter()
         _publish(client, session, root)
         _wait(lambda: _acknowledged(client, session), f"{session} written", 600)
@@ -167,9 +187,15 @@ def measure() -> str:
         launches = launch_to_on(database, redis_server.url, root)
         client = connect(redis_server.url)
         seconds: dict[str, list[float]] = {"run": [], "device": [], "polled": []}
+        reads: list[float] = []
+        idle: list[float] = []
         for _ in range(ROUNDS):
             for kind, values in seconds.items():
-                values.append(write_seconds(kind, database, client, redis_server.url, root))
+                values.append(
+                    write_seconds(
+                        kind, database, client, redis_server.url, root, reads=reads, idle=idle
+                    )
+                )
         client.close()
     median = {kind: statistics.median(values) for kind, values in seconds.items()}
     launch = statistics.median(launches)
@@ -209,9 +235,27 @@ def measure() -> str:
                     ">= 0.9x",
                     verdict(ratio >= 0.9),
                 ],
+                [
+                    f"that client's reads of every attribute, idle ({len(idle)} reads; p50; p99)",
+                    _milliseconds(idle),
+                    "",
+                    "",
+                    "",
+                ],
+                [
+                    f"the same while writing ({len(reads)} reads; p50; p99)",
+                    _milliseconds(reads),
+                    f"{np.percentile(reads, 50) / np.percentile(idle, 50):.1f}x idle (p50)",
+                    "",
+                    "",
+                ],
             ],
         )
     )
+
+
+def _milliseconds(seconds: list[float]) -> str:
+    return f"{np.percentile(seconds, 50) * 1e3:.1f} ms; {np.percentile(seconds, 99) * 1e3:.1f} ms"
 
 
 if __name__ == "__main__":

@@ -69,6 +69,10 @@ def same_key(key: str, given: str) -> bool:
     return given == key or given == tango_text(key)
 
 
+class UnknownScan(LookupError):
+    """A command names no scan it can apply to; the message says why."""
+
+
 class ConfigurationError(ValueError):
     """A device property is unusable; the message names it."""
 
@@ -82,9 +86,9 @@ def seconds(name: str, text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ConfigurationError(f"{name} {text!r} is not a number of seconds") from None
+        raise ConfigurationError(f"{name} {text!a} is not a number of seconds") from None
     if not (value > 0 and math.isfinite(value)):
-        raise ConfigurationError(f"{name} {text!r} is not a positive, finite number of seconds")
+        raise ConfigurationError(f"{name} {text!a} is not a positive, finite number of seconds")
     return value
 
 
@@ -99,7 +103,7 @@ def writer_options(roots: list[str], compression: str, inactivity_timeout: float
     for root in roots:
         path = Path(root)
         if not path.is_absolute():
-            raise ConfigurationError(f"root {root!r} is not an absolute path")
+            raise ConfigurationError(f"root {root!a} is not an absolute path")
         if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
             raise ConfigurationError(f"root {root} is not a writable directory")
         checked.append(path.resolve())
@@ -107,18 +111,21 @@ def writer_options(roots: list[str], compression: str, inactivity_timeout: float
         kind = Compression(compression)
     except ValueError:
         known = ", ".join(c.value for c in Compression)
-        raise ConfigurationError(f"compression {compression!r} is not one of {known}") from None
+        raise ConfigurationError(f"compression {compression!a} is not one of {known}") from None
     return WriterOptions(
         roots=tuple(checked), compression=kind, inactivity_timeout=inactivity_timeout
     )
 
 
 def state_of(
-    stats: ServiceStatistics | None, problem: str | None, running: int = 0
+    stats: ServiceStatistics | None,
+    problem: str | None,
+    running: int = 0,
+    last_end: ScanEvent | None = None,
 ) -> tuple[DevState, str]:
     """The device's state and status from the service's statistics (None: not running),
-    the device's own problem (a bad property), if any, and the number of scans running
-    (as ``scans_running`` shows them)."""
+    the device's own problem (a bad property), if any, the number of scans running and
+    the last scan end (as ``scans_running`` and ``recent_scans`` show them)."""
     if problem is not None:
         return DevState.FAULT, problem
     if stats is None or stats.role == Role.STOPPED.value:
@@ -129,18 +136,21 @@ def state_of(
         return DevState.FAULT, stats.problem
     if stats.role == Role.STARTING.value:
         return DevState.INIT, f"Starting: reaching Redis for session {stats.session}."
-    return _standby_or_active(stats, running)
+    return _standby_or_active(stats, running, last_end)
 
 
-def _standby_or_active(stats: ServiceStatistics, running: int) -> tuple[DevState, str]:
+def _standby_or_active(
+    stats: ServiceStatistics, running: int, last_end: ScanEvent | None
+) -> tuple[DevState, str]:
     if stats.role == Role.STANDBY.value:
         holder = stats.holder or "another service"
         return DevState.STANDBY, f"Standby: session {stats.session} is written by {holder}."
-    writer = stats.writer
-    if writer is not None and writer.recent and writer.recent[-1].state == State.FAULT.value:
-        last = writer.recent[-1]
+    # A scan that failed for good, not one left UNFINISHED (stop_scan, kill_scan, stop):
+    # that one is written again when a service next takes the session.
+    if last_end is not None and last_end.state == State.FAULT.value:
         return DevState.ALARM, (
-            f"Writing session {stats.session}; the last scan, {last.name}, failed: {last.reason}"
+            f"Writing session {stats.session}; the last scan, {last_end.key}, failed: "
+            f"{last_end.reason}"
         )
     return DevState.ON, f"Writing session {stats.session}: {running} scan(s) running."
 
@@ -306,7 +316,8 @@ class NexusWriter(Device):
         service = self._service
         running = service is not None and self._running()
         self._snapshot = service.statistics() if service is not None and running else None
-        now = state_of(self._snapshot, self._problem, len(self._running_scans))
+        last_end = self._recent_scans[-1] if self._recent_scans else None
+        now = state_of(self._snapshot, self._problem, len(self._running_scans), last_end)
         if now != shown:
             self.set_state(now[0])
             self.set_status(tango_text(now[1]))
@@ -348,13 +359,13 @@ class NexusWriter(Device):
         """The running writer of scan ``key``, or its last end.
 
         Raises:
-            KeyError: no such scan, running or recent (the message lists what to use).
+            UnknownScan: no such scan, running or recent (the message lists what to use).
         """
         running = self._scan_writer(key)
         ended = next((e for e in reversed(self._recent_scans) if same_key(e.key, key)), None)
         if running is None and ended is None:
-            raise KeyError(
-                f"no scan {key!r} is running or among the last {RECENT_SCANS} finished: "
+            raise UnknownScan(
+                f"no scan {key!a} is running or among the last {RECENT_SCANS} finished: "
                 "see scans_running and recent_scans"
             )
         return running, ended
@@ -449,7 +460,10 @@ class NexusWriter(Device):
 
     @command
     def start(self) -> None:
-        """Write the session again after ``stop`` (DevFailed while it runs or stops)."""
+        """Write the session again after ``stop`` (DevFailed while it runs or stops, or
+        while a property is bad)."""
+        if self._problem is not None:
+            raise RuntimeError(f"{self._problem}: correct it, then run Init")
         if self._running():
             stopping = self._service is not None and self._service.statistics().stopping
             raise RuntimeError(
@@ -480,8 +494,10 @@ class NexusWriter(Device):
         """``file::/entry`` of scan ``key`` (DevFailed until its entry exists)."""
         running, ended = self._known(key)
         url = running.url if running is not None else ended.url if ended is not None else None
+        if url is None and ended is not None:
+            raise UnknownScan(f"scan {key!a} ended ({ended.state}) without an entry")
         if url is None:
-            raise KeyError(f"scan {key!r} has no entry yet")
+            raise UnknownScan(f"scan {key!a} has no entry yet")
         return tango_text(url)
 
     @command(dtype_in=str)
@@ -503,7 +519,7 @@ class NexusWriter(Device):
     def _running_writer(self, key: str) -> NexusScanWriter:
         running, _ = self._known(key)
         if running is None:
-            raise KeyError(f"scan {key!r} is not running (it has ended)")
+            raise UnknownScan(f"scan {key!a} is not running (it has ended)")
         return running
 
     @command(dtype_out=str)

@@ -246,6 +246,10 @@ def test_scan_commands_name_what_is_wrong(writer: tuple[tango.DeviceProxy, str])
             command("nothing:1")
     with pytest.raises(tango.DevFailed):
         proxy.command_inout("scan_state")  # no argument
+    # Tango carries the argument as Latin-1; the message names it in ASCII, as a client
+    # of any encoding reads it back.
+    with pytest.raises(tango.DevFailed, match=r"no scan 'caf\\xe9' is running"):
+        proxy.scan_state("café")
     assert proxy.state() == tango.DevState.ON  # as it was
     proxy.purge_scans()
     assert json.loads(proxy.recent_scans) == []
@@ -291,6 +295,8 @@ def test_a_failed_scan_is_an_alarm_until_one_is_written(
     finally:
         client.close()
     status = wait_for_state(proxy, tango.DevState.ALARM)
+    with pytest.raises(tango.DevFailed, match=r"ended \(FAULT\) without an entry"):
+        proxy.scan_url(outside.key)
     assert outside.key in status and "failed" in status and "/outside/the/roots\\u03a9.h5" in status
     assert proxy.scan_state(outside.key) == "FAULT"
     publish(redis_server.url, session, tmp_path, "loopscan 2 0.001")
@@ -355,6 +361,28 @@ def test_a_scan_stopped_before_its_end_is_unfinished_then_written_again(
     wait_until(lambda: proxy.scan_state(key) == "OFF", "the scan written", STARTED, 0.05)
 
 
+def test_a_killed_scan_is_unfinished_not_an_alarm(
+    writer: tuple[tango.DeviceProxy, str], redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    proxy, session = writer
+    wait_for_state(proxy, tango.DevState.ON)
+    published = in_plain_thread(publish, redis_server.url, session, tmp_path, "loopscan 60 0.05")
+    wait_until(
+        lambda: any(s["points"] for s in json.loads(proxy.scans_running_json)),
+        "the scan writing",
+        STARTED,
+        0.02,
+    )
+    (key,) = proxy.scans_running
+    proxy.kill_scan(key)
+    wait_until(lambda: proxy.scan_state(key) != "RUNNING", "the scan ended", STARTED, 0.02)
+    assert proxy.scan_state(key) == "UNFINISHED"
+    # The watcher looks every 0.1 s: a state it would show is shown by then.
+    wait_until(lambda: "0 scan(s) running" in proxy.status(), "the end seen", STARTED, 0.05)
+    assert proxy.state() == tango.DevState.ON
+    published.result(60)
+
+
 def test_redis_away_while_writing_is_a_fault_until_it_answers(
     tango_database: EmbeddedTangoDatabase,
 ) -> None:
@@ -395,6 +423,9 @@ def test_a_bad_property_faults_its_device_and_spares_the_server(
     with start_service(tango_database, bad, server):
         assert reason in wait_for_state(tango.DeviceProxy(bad), tango.DevState.FAULT)
         wait_for_state(tango.DeviceProxy(good), tango.DevState.ON)  # same server: unharmed
+        with pytest.raises(tango.DevFailed, match="correct it, then run Init"):
+            tango.DeviceProxy(bad).start()
+        assert tango.DeviceProxy(bad).state() == tango.DevState.FAULT
 
 
 def test_a_running_scan_shows_its_progress_and_url(
