@@ -2,7 +2,9 @@
 
 .. important::
    A client (and its connection pool) may be shared by threads; each blocking read takes a
-   connection of its own from the pool.
+   connection of its own from the pool. In a greenlet of any thread's gevent hub, a
+   command waits for Redis's answer cooperatively (without monkey-patching): the hub's
+   other greenlets, a Tango device's requests among them, run on meanwhile.
 
 User and password go in the URL (``redis://user:password@host:6379/0``,
 ``unix://user:password@/path/redis.sock?db=0``); TLS options as query parameters
@@ -11,22 +13,82 @@ User and password go in the URL (``redis://user:password@host:6379/0``,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import gevent.socket
 import redis
+
+from nexus_writer.green import in_greenlet
+
+#: Seconds Redis may take to answer a command (or to accept a connection) before it
+#: counts as unreachable (redis.TimeoutError); a URL's ``?socket_timeout=`` overrides it.
+#: Blocking reads (XREAD ... BLOCK) wait their BLOCK time beyond it.
+SOCKET_TIMEOUT = 10.0
+
+
+class _Cooperative:
+    """A connection that, in a greenlet, waits for the answer by yielding to its hub.
+
+    redis-py's sockets block the whole thread while Redis is slow or frozen (SIGSTOP, a
+    stalled VM, a full network buffer); a hub blocked that way serves nothing else."""
+
+    _sock: Any
+    socket_timeout: float | None
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        sock = self._sock
+        if sock is not None and in_greenlet() and not self.can_read(timeout=0):
+            timeout = kwargs.get("timeout")
+            if not isinstance(timeout, int | float):  # redis-py's "not given"
+                timeout = self.socket_timeout
+            try:
+                gevent.socket.wait_read(sock.fileno(), timeout=timeout)
+            except TimeoutError:
+                self.disconnect()  # an answer may still come: the connection is spoilt
+                raise redis.TimeoutError(f"Redis did not answer within {timeout} s") from None
+        return super().read_response(*args, **kwargs)  # type: ignore[misc]
+
+    if TYPE_CHECKING:  # redis-py's, beside this class in the connection classes below
+
+        def can_read(self, timeout: float = 0) -> bool: ...
+
+        def disconnect(self, *args: Any) -> None: ...
+
+
+class CooperativeConnection(_Cooperative, redis.Connection):
+    """TCP (``redis://``)."""
+
+
+class CooperativeSSLConnection(_Cooperative, redis.SSLConnection):
+    """TLS (``rediss://``)."""
+
+
+class CooperativeUnixConnection(_Cooperative, redis.UnixDomainSocketConnection):
+    """A Unix socket (``unix://``)."""
+
+
+_CONNECTIONS: dict[str, type[redis.Connection] | type[redis.UnixDomainSocketConnection]] = {
+    "redis": CooperativeConnection,
+    "rediss": CooperativeSSLConnection,
+    "unix": CooperativeUnixConnection,
+}
 
 
 def connect(url: str, **options: Any) -> redis.Redis:
-    """A client for ``url`` that returns bytes, as the protocol's readers need.
+    """A client for ``url`` that returns bytes, as the protocol's readers need, and whose
+    commands wait cooperatively in greenlets (see the module's note).
 
     Raises:
         ValueError: the URL's scheme is not redis, rediss or unix.
     """
     scheme = url.split("://", 1)[0] if "://" in url else ""
-    if scheme not in ("redis", "rediss", "unix"):
+    if scheme not in _CONNECTIONS:
         raise ValueError(f"Redis URL {url!r}: the scheme must be redis://, rediss:// or unix://")
     options.setdefault("health_check_interval", 30)
+    options.setdefault("socket_timeout", SOCKET_TIMEOUT)
+    options.setdefault("socket_connect_timeout", SOCKET_TIMEOUT)
     if scheme != "unix":  # keep-alive is a TCP option
         options.setdefault("socket_keepalive", True)
     options["decode_responses"] = False
+    options["connection_class"] = _CONNECTIONS[scheme]
     return redis.Redis.from_url(url, **options)

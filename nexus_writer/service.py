@@ -153,6 +153,13 @@ class WriterService:
         problem = self._problem
         if problem is None and self._role is Role.ACTIVE and lease.unreachable is not None:
             problem = f"Redis unreachable: {lease.unreachable}: writing pauses until it answers"
+        elif problem is None and self._role is Role.ACTIVE and lease.held and not lease.valid_for:
+            # A renewal is still waiting for Redis's answer (slow, frozen): the lease can no
+            # longer be trusted, and every write waits for it (SessionLease.fence).
+            problem = (
+                "Redis has not renewed the writer lease in time (slow or not answering): "
+                "writing pauses until it answers"
+            )
         return ServiceStatistics(
             session=self.session,
             role=self._role.value,

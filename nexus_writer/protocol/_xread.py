@@ -61,15 +61,22 @@ def xread(
     connection = pool.get_connection()
     try:
         connection.send_command(*args)  # type: ignore[no-untyped-call]
-        if block and in_greenlet():
-            try:
-                # send_command connected it; redis-py has no public accessor for the socket
-                sock = cast(socket.socket, connection._sock)
-                gevent.socket.wait_read(sock.fileno(), timeout=block + GRACE)
-            except TimeoutError as exc:
-                raise redis.TimeoutError(
-                    f"Redis did not answer XREAD within {block + GRACE} s"
-                ) from exc
+        if block:
+            # Wait for the answer beyond the client's socket timeout (the BLOCK time, and
+            # some grace), then read it.
+            if in_greenlet():
+                try:
+                    # send_command connected it; redis-py has no public accessor for it
+                    sock = cast(socket.socket, connection._sock)
+                    gevent.socket.wait_read(sock.fileno(), timeout=block + GRACE)
+                except TimeoutError:
+                    answered = False
+                else:
+                    answered = True
+            else:
+                answered = connection.can_read(timeout=block + GRACE)
+            if not answered:
+                raise redis.TimeoutError(f"Redis did not answer XREAD within {block + GRACE} s")
         response = connection.read_response()
     except BaseException:
         # An answer may still be on its way: this connection can no longer be trusted.

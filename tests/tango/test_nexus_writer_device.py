@@ -10,11 +10,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
+import gevent
 import h5py
 import pytest
 import tango
@@ -549,3 +551,35 @@ def answers(proxy: tango.DeviceProxy) -> bool:
     except tango.DevFailed:
         return False
     return True
+
+
+def test_a_frozen_redis_is_a_fault_and_the_device_answers_meanwhile(
+    tango_database: EmbeddedTangoDatabase, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """Redis stopped (SIGSTOP: connections open, no answer) for longer than a blocking
+    read's grace: every read of the device is answered at once from its snapshots, the
+    state says FAULT, and the device writes again once Redis answers."""
+    device = "test/nexuswriter/frozenredis"
+    define(tango_database, device, "frozen", redis_url=redis_server.url, lease_ttl="1")
+    assert redis_server.pid is not None
+    with start_service(tango_database, device):
+        proxy = tango.DeviceProxy(device)
+        wait_for_state(proxy, tango.DevState.ON)
+        every = list(proxy.get_attribute_list())
+        os.kill(redis_server.pid, signal.SIGSTOP)
+        try:
+            began, slowest, states = time.monotonic(), 0.0, set()
+            while time.monotonic() - began < 8:  # beyond XREAD's 5 s of grace
+                asked = time.monotonic()
+                proxy.read_attributes(every)  # a DevFailed (3 s client timeout) fails it
+                states.add(proxy.state())
+                slowest = max(slowest, time.monotonic() - asked)
+                gevent.sleep(0.1)
+            status = proxy.status()
+        finally:
+            os.kill(redis_server.pid, signal.SIGCONT)
+        assert slowest < 1.0
+        assert tango.DevState.FAULT in states and "writing pauses" in status
+        wait_for_state(proxy, tango.DevState.ON)
+        (key,) = publish(redis_server.url, "frozen", tmp_path, "loopscan 3 0.001")
+        wait_until(partial(written, proxy, key), "a scan written after", STARTED, 0.05)

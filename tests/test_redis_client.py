@@ -1,0 +1,100 @@
+"""connect(): in a greenlet a command waits for Redis cooperatively, a Redis that stops
+answering is a redis.TimeoutError after the socket timeout, and a blocking XREAD waits its
+BLOCK time beyond that timeout, in a greenlet or a plain thread."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import gevent
+import pytest
+import redis
+
+from nexus_writer.protocol._xread import xread
+from nexus_writer.redis_client import connect
+from nexus_writer.redis_server import EmbeddedRedis
+
+
+@contextlib.contextmanager
+def frozen(server: EmbeddedRedis) -> Iterator[None]:
+    """Redis stopped (SIGSTOP): connections stay open, nothing answers."""
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+
+
+def test_a_frozen_redis_keeps_the_hub_running_and_times_out(redis_server: EmbeddedRedis) -> None:
+    client = connect(redis_server.url, socket_timeout=1.0)
+    client.ping()
+    ticks: list[float] = []
+
+    def tick() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            gevent.sleep(0.02)
+
+    ticker = gevent.spawn(tick)
+    try:
+        with frozen(redis_server):
+            began = time.monotonic()
+            with pytest.raises(redis.TimeoutError, match=r"did not answer within 1\.0 s"):
+                gevent.spawn(client.get, "anything").get(timeout=10)
+            elapsed = time.monotonic() - began
+    finally:
+        ticker.kill()
+    assert 0.9 < elapsed < 5
+    during = [t for t in ticks if began <= t <= began + elapsed]
+    assert len(during) > 10 and max(b - a for a, b in itertools.pairwise(during)) < 0.5
+    assert client.ping()  # a fresh connection: the spoilt one was dropped
+    client.close()
+
+
+def test_a_frozen_redis_times_out_in_a_plain_thread(redis_server: EmbeddedRedis) -> None:
+    client = connect(redis_server.url, socket_timeout=0.5)
+    client.ping()
+    outcome: list[BaseException] = []
+
+    def get() -> None:
+        try:
+            client.get("anything")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with frozen(redis_server):
+        worker = threading.Thread(target=get)
+        worker.start()
+        worker.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], redis.TimeoutError)
+    client.close()
+
+
+@pytest.mark.parametrize("where", ["greenlet", "thread"])
+def test_a_blocking_read_waits_its_block_time_beyond_the_socket_timeout(
+    redis_client: redis.Redis, redis_server: EmbeddedRedis, where: str
+) -> None:
+    client = connect(redis_server.url, socket_timeout=0.2)
+    result: list[object] = []
+
+    def read() -> None:
+        began = time.monotonic()
+        result.append(xread(client, {"nothing-comes": "$"}, 1, 0.6))
+        result.append(time.monotonic() - began)
+
+    if where == "greenlet":
+        gevent.spawn(read).get(timeout=10)
+    else:
+        worker = threading.Thread(target=read)
+        worker.start()
+        worker.join(10)
+    assert result[0] == {}
+    assert 0.55 < result[1] < 3  # type: ignore[operator]
+    client.close()
