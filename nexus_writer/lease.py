@@ -27,7 +27,10 @@ Why it is safe (the invariants):
   (Redis unreachable: nobody can take over either). When the holder reaches Redis again
   and nobody took the lease meanwhile, it takes it again with the very next term
   (``term + 1``: no other term happened in between) and its writes go on where they
-  paused; any other term means somebody else wrote, and this holder's term is over.
+  paused; any other term means somebody else wrote, and this holder's term is over. A
+  renewal whose answer the holder stopped waiting for may still be run by Redis (frozen,
+  then resumed after the lease ran out): it takes the lease anew in the holder's name,
+  and the holder adopts that term on the same condition (the very next one).
 * Redis-side state (the session's consumer group) is only changed by Lua scripts that
   check the lease value first (:attr:`token`), so an old holder cannot take announcements
   or acknowledge scans even if its process was frozen for a minute.
@@ -57,17 +60,24 @@ DEFAULT_TTL = 5.0
 TRUSTED = 0.8
 
 # KEYS: lease, term counter. ARGV: owner, ttl ms, the term the caller holds ("" if none).
-# Returns {status, term}: 1 renewed (same term), 2 taken anew with this new term, 0 held by
-# somebody else (term of the holder's value, for the log).
+# Returns {status, term}: 1 renewed (same term), 2 taken anew with this new term, 3 this
+# owner's value with a term the caller does not know (renewed with it), 0 held by somebody
+# else (term of the holder's value, for the log).
+#
+# Status 3: a claim of this process that Redis ran after the process had stopped waiting
+# for its answer (Redis frozen, then resumed with the lease run out: the late claim took it
+# anew). Only this process writes its owner string, so the term is its own; the caller
+# adopts it if it is the very next one (nobody held the lease in between), as for status 2.
 _CLAIM = """
 local current = redis.call('GET', KEYS[1])
 if current then
   local space = string.find(current, ' ', 1, true)
   if not space then return {0, 0} end  -- not a writer's value: somebody else's all the same
   local term = tonumber(string.sub(current, 1, space - 1)) or 0
-  if string.sub(current, space + 1) == ARGV[1] and tostring(term) == ARGV[3] then
+  if string.sub(current, space + 1) == ARGV[1] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return {1, term}
+    if tostring(term) == ARGV[3] then return {1, term} end
+    return {3, term}
   end
   return {0, term}
 end
@@ -259,7 +269,7 @@ class SessionLease:
             except redis.RedisError as exc:  # the key made something else by hand...
                 self._end(f"the lease cannot be renewed: {exc}")
                 return
-            if status == 2 and int(new) != term + 1:
+            if status in (2, 3) and int(new) != term + 1:
                 # Taken anew, but not with the very next term: another service held it in
                 # between, or Redis lost the count (restarted without its data). Either
                 # way nobody can say that nothing was written meanwhile: ours is over.
@@ -274,7 +284,7 @@ class SessionLease:
             if status == 0:
                 self._end(f"another service took the writer lease (term {int(new)})")
                 return
-            if unreachable or status == 2:
+            if unreachable or status in (2, 3):
                 _log.warning(
                     "session %s: writer lease kept (term %d): writing goes on",
                     self.session,
@@ -387,8 +397,10 @@ class SessionLease:
             if found == token and left >= (1 - TRUSTED) * self.ttl * 1000:
                 self.fence()
                 return
-            if found is not None and found != token and self.token == token:
-                raise LeaseLost(f"session {self.session}: another service holds the lease")
+            if found is not None and found.partition(" ")[2] != self.owner:
+                if self.token == token:  # not just renewed by this process meanwhile
+                    raise LeaseLost(f"session {self.session}: another service holds the lease")
+            # Ours with another term: taken again by the keeper, whose answer is on its way.
             # Ran out in Redis, or about to: the keeper renews it, takes it again, or ends
             # the term; look again then (at the latest one renewal interval later).
             self._settled.clear()

@@ -430,6 +430,14 @@ class Guard(Protocol):
         """The lease value while held. Raises LeaseLost when it is not."""
         ...
 
+    def confirm(self) -> None:
+        """Return once Redis holds ``token`` with time left, waiting while that is in doubt
+        (the lease ran out in Redis and is being renewed). Raises LeaseLost when another
+        holds the lease, or this process gave it up."""
+
+
+#: Times a guarded script is tried, the lease confirmed in between (see SessionReader._guarded).
+GUARD_ATTEMPTS = 3
 
 # Guarded group commands: the check and the change in one atomic script, so that a
 # process whose lease ran out (frozen, cut off) cannot take or acknowledge announcements.
@@ -594,14 +602,7 @@ class SessionReader:
 
     def _take(self, after: str) -> Entries:
         assert self._guard is not None and self._group is not None
-        try:
-            response: Any = self._guarded_read(
-                keys=[self._guard.key, self._stream],
-                args=[self._guard.token, *self._group, 100, after],
-            )
-        except redis.ResponseError as exc:
-            _check_guard(exc, self.session)
-            raise
+        response: Any = self._guarded(self._guarded_read, [*self._group, 100, after])
         entries: Entries = response[0][1] if response else []
         if entries and after == ">":
             self._tail = entries[-1][0].decode()
@@ -638,14 +639,32 @@ class SessionReader:
         if self._guard is None:
             self.client.xack(self._stream, self._group[0], stream_id)
             return
-        try:
-            self._guarded_ack(
-                keys=[self._guard.key, self._stream],
-                args=[self._guard.token, self._group[0], stream_id],
-            )
-        except redis.ResponseError as exc:
-            _check_guard(exc, self.session)
-            raise
+        self._guarded(self._guarded_ack, [self._group[0], stream_id])
+
+    def _guarded(self, script: Any, args: list[Any]) -> Any:
+        """Run a guarded script with the lease's token (KEYS: lease, stream).
+
+        Redis refusing the token does not by itself mean the lease is lost: the lease may
+        have run out in Redis (the process or Redis was frozen) and been taken again by
+        this process, with a new term, since the token was read; or be about to. Then the
+        lease confirms it (or says that another service holds it) and the script runs
+        again with the token of now.
+
+        Raises:
+            LeaseLost: another service holds the lease, or this process gave it up.
+        """
+        assert self._guard is not None
+        for _ in range(GUARD_ATTEMPTS):
+            try:
+                return script(keys=[self._guard.key, self._stream], args=[self._guard.token, *args])
+            except redis.ResponseError as exc:
+                if not str(exc).startswith("LEASELOST"):
+                    raise
+            self._guard.confirm()
+        raise LeaseLost(
+            f"session {self.session}: Redis refused the writer lease {GUARD_ATTEMPTS} times "
+            "in a row although it was confirmed each time"
+        )
 
 
 def _id_key(stream_id: bytes | str) -> tuple[int, int]:
@@ -670,11 +689,3 @@ def _tail(channel: Channel, decoded: Decoded, skip: int) -> Decoded:
     assert decoded.ref is not None
     ref = FrameRef(decoded.ref.file, decoded.ref.dataset, decoded.ref.frame + skip)
     return decoded._replace(first=decoded.first + skip, points=decoded.points - skip, ref=ref)
-
-
-def _check_guard(exc: redis.ResponseError, session: str) -> None:
-    """Raises LeaseLost if a guarded script refused for want of the lease."""
-    if str(exc).startswith("LEASELOST"):
-        raise LeaseLost(
-            f"session {session}: the writer lease is no longer this process's (checked in Redis)"
-        ) from None

@@ -110,6 +110,48 @@ def test_a_holder_frozen_past_its_lease_is_fenced_off(leases: list[SessionLease]
     second.fence()
 
 
+def late_claim(client: redis.Redis, lease: SessionLease, terms_between: int = 0) -> int:
+    """What Redis does with a renewal of ``lease`` that it runs after the lease ran out
+    and after the holder stopped waiting for the answer (Redis frozen, then resumed): it
+    takes the lease anew, with a new term, in the holder's name; ``terms_between``: other
+    services' terms taken before it. The term."""
+    term = 0
+    for _ in range(terms_between + 1):
+        term = int(client.incr(f"{lease.key}:term"))
+    client.set(lease.key, f"{term} {lease.owner}", px=int(lease.ttl * 1000))
+    return term
+
+
+def test_a_late_claim_of_the_holder_itself_keeps_its_lease(
+    redis_client: redis.Redis, leases: list[SessionLease]
+) -> None:
+    first, _ = leases
+    assert first.acquire()
+    reader = SessionReader(redis_client, first.session, since="0-0", group="late", guard=first)
+    publisher = SessionPublisher(redis_client, first.session)
+    publisher.new_scan(name="one", title="one", file="/tmp/x.h5", channels=[])
+    term = late_claim(redis_client, first)
+    assert term == first.statistics().term + 1
+    # Redis refuses the token the reader holds; the lease confirms that the value is this
+    # process's own, the keeper adopts the term, and the read goes on under it.
+    first.keep()
+    (announcement,) = reader.read(1.0)
+    reader.ack(announcement.stream_id)
+    assert first.statistics().term == term and first.held() and not first.lost.is_set()
+
+
+def test_a_late_claim_after_another_holder_ends_the_term(
+    redis_client: redis.Redis, leases: list[SessionLease]
+) -> None:
+    first, _ = leases
+    assert first.acquire()
+    late_claim(redis_client, first, terms_between=1)  # somebody held the term between
+    first.keep()
+    assert first.lost.wait(5)
+    with pytest.raises(LeaseLost, match="another service held the writer lease meanwhile"):
+        first.fence()
+
+
 def test_group_commands_are_guarded_by_the_lease_in_redis(
     redis_client: redis.Redis, leases: list[SessionLease]
 ) -> None:
