@@ -397,10 +397,11 @@ class SessionLease:
             if found == token and left >= (1 - TRUSTED) * self.ttl * 1000:
                 self.fence()
                 return
-            if found is not None and found.partition(" ")[2] != self.owner:
-                if self.token == token:  # not just renewed by this process meanwhile
-                    raise LeaseLost(f"session {self.session}: another service holds the lease")
-            # Ours with another term: taken again by the keeper, whose answer is on its way.
+            # (self.token differs if this process renewed it meanwhile; a value of ours with
+            # another term is a claim of the keeper, whose answer is on its way.)
+            someone_else = found is not None and found.partition(" ")[2] != self.owner
+            if someone_else and self.token == token:
+                raise LeaseLost(f"session {self.session}: another service holds the lease")
             # Ran out in Redis, or about to: the keeper renews it, takes it again, or ends
             # the term; look again then (at the latest one renewal interval later).
             self._settled.clear()

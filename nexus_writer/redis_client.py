@@ -43,9 +43,14 @@ class _Cooperative:
                 timeout = self.socket_timeout
             try:
                 gevent.socket.wait_read(sock.fileno(), timeout=timeout)
-            except TimeoutError:
-                self.disconnect()  # an answer may still come: the connection is spoilt
-                raise redis.TimeoutError(f"Redis did not answer within {timeout} s") from None
+            except BaseException as exc:
+                # The answer may still come; whoever takes this connection next would read
+                # it as the answer to its own command. A greenlet killed here, or a
+                # gevent.Timeout, must spoil the connection as much as our own timeout.
+                self.disconnect()
+                if isinstance(exc, TimeoutError):
+                    raise redis.TimeoutError(f"Redis did not answer within {timeout} s") from None
+                raise
         return super().read_response(*args, **kwargs)  # type: ignore[misc]
 
     if TYPE_CHECKING:  # redis-py's, beside this class in the connection classes below

@@ -98,3 +98,18 @@ def test_a_blocking_read_waits_its_block_time_beyond_the_socket_timeout(
     assert result[0] == {}
     assert 0.55 < result[1] < 3  # type: ignore[operator]
     client.close()
+
+
+def test_a_greenlet_killed_while_waiting_leaves_no_answer_for_the_next(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """The answer to a command whose greenlet was killed while it waited must not be
+    read as the answer to the next command on that connection."""
+    client = connect(redis_server.url, max_connections=1)
+    client.ping()
+    with frozen(redis_server):
+        waiting = gevent.spawn(client.echo, "first")
+        gevent.sleep(0)  # it runs until it waits for the answer
+        waiting.kill()
+    assert client.echo("second") == b"second"
+    client.close()

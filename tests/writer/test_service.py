@@ -50,7 +50,7 @@ def wait_for_line(lines: queue.Queue[str], needle: str, timeout: float = 30.0) -
             line = lines.get(timeout=timeout)
         except queue.Empty:
             raise AssertionError(
-                f"no line with {needle!r} within {timeout} s: {seen[-10:]}"
+                f"no line with {needle!r} within {timeout} s: {seen[-80:]}"
             ) from None
         seen.append(line)
         if needle in line:
