@@ -42,6 +42,7 @@ from nexus_writer.service import Role, ServiceStatistics, WriterService
 from nexus_writer.session_writer import ScanEvent
 from nexus_writer.subscriber import State
 from nexus_writer.tango.callback_scheduler import CallbackScheduler
+from nexus_writer.tango.subscription import Subscription
 from sync_primitives import Queue
 
 _log = logging.getLogger(__name__)
@@ -259,6 +260,7 @@ class NexusWriter(Device):
         whose callbacks run in this hub: a missing or failing device costs its reading,
         never a scan (it is stored with quality NO_VALUE and the error)."""
         self._readings: dict[str, Reading] = {}
+        self._subscriptions: dict[str, Subscription] = {}
         self._scheduler: CallbackScheduler | None = None
         names = [str(n).strip() for n in self.attributes or [] if str(n).strip()]
         if not names:
@@ -270,7 +272,7 @@ class NexusWriter(Device):
             if not device:
                 self._readings[name] = Reading(None, NO_VALUE, None, "not device/attribute")
                 continue
-            self._scheduler.subscribe(
+            self._subscriptions[name] = self._scheduler.subscribe(
                 device, attribute_name, EventType.CHANGE_EVENT, self._on_reading, name
             )
 
@@ -288,7 +290,17 @@ class NexusWriter(Device):
     def _take_readings(self) -> dict[str, dict[str, Reading]]:
         """The readings as they are now (called from the scans' consumer thread: a copy,
         made under the GIL, of a dict only this hub changes)."""
-        return {"tango": dict(self._readings)}
+        return {"tango": self._current_readings()}
+
+    def _current_readings(self) -> dict[str, Reading]:
+        """The readings, with the subscription's error for those that never had an event
+        (a device not defined, not running, a name Tango refuses...)."""
+        readings = dict(self._readings)
+        for name, subscription in list(self._subscriptions.items()):
+            error = subscription.error
+            if error is not None and readings[name].time is None and readings[name].value is None:
+                readings[name] = Reading(None, NO_VALUE, None, f"not subscribed: {error}")
+        return readings
 
     def _stop_service(self) -> None:
         """Ask the service to stop; it closes its scans in its own greenlet."""
@@ -406,7 +418,8 @@ class NexusWriter(Device):
 
     @attribute(dtype=str, doc="JSON: the attributes property's latest readings, by name")
     def readings(self) -> str:
-        return json.dumps({name: asdict(r) for name, r in self._readings.items()}, default=repr)
+        readings = self._current_readings()
+        return json.dumps({name: asdict(r) for name, r in readings.items()}, default=repr)
 
     # The writer's figures, as numbers that Tango clients can plot and archive (INVALID
     # while the device does not write its session).

@@ -318,14 +318,24 @@ def test_tango_attributes_are_stored_in_each_entry_and_a_missing_one_costs_nothi
         "readings",
         redis_url=redis_server.url,
         roots=str(tmp_path),
-        attributes=["test/hw/1/position", "test/nobody/1/current"],
+        attributes=["test/hw/1/position", "test/nobody/1/current", "////"],
     )
     with start_service(tango_database, device):
         proxy = tango.DeviceProxy(device)
         wait_for_state(proxy, tango.DevState.ON)
+
+        def errors() -> dict[str, str]:
+            readings = json.loads(proxy.readings)
+            assert readings["test/hw/1/position"]["error"] is None
+            return {name: r["error"] or "" for name, r in readings.items()}
+
         wait_until(
-            lambda: json.loads(proxy.readings)["test/hw/1/position"]["quality"] == "VALID",
-            "a position read",
+            lambda: (
+                "DB_DeviceNotDefined" in errors()["test/nobody/1/current"]
+                and "WrongDeviceNameSyntax" in errors()["////"]
+                and json.loads(proxy.readings)["test/hw/1/position"]["quality"] == "VALID"
+            ),
+            "a position read, and why the others cannot be",
             STARTED,
             0.05,
         )
@@ -341,7 +351,7 @@ def test_tango_attributes_are_stored_in_each_entry_and_a_missing_one_costs_nothi
         assert position[()] > 0 and "time" in position.attrs
         missing = tango_group["test_nobody_1_current"]
         assert missing.attrs["quality"] == "NO_VALUE"
-        assert "error" in missing.attrs
+        assert "not subscribed: DB_DeviceNotDefined" in missing.attrs["error"]
     assert nxcheck_errors(path) == 0
 
 
