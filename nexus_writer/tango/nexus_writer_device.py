@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.event
 import redis
 from tango import AttrQuality, AttrWriteType, DevState, EventType, GreenMode
 from tango.server import Device, attribute, command, device_property
@@ -201,6 +202,7 @@ class NexusWriter(Device):
         # in this hub by the relay, the only one to change the lists and push their events.
         self._scan_events: Queue[ScanEvent] = Queue()
         self._running_scans: dict[str, ScanEvent] = {}
+        self._look_now = gevent.event.Event()  # a scan started or ended: show it at once
         self._recent_scans: deque[ScanEvent] = deque(maxlen=RECENT_SCANS)
         for name in ("State", "Status", "scans_running", "recent_scans"):
             self.set_change_event(name, True, False)
@@ -322,7 +324,8 @@ class NexusWriter(Device):
                 if repr(exc) != failure:  # once per failure, not ten times a second
                     failure = repr(exc)
                     _log.exception("%s: cannot show the state", self.get_name())
-            gevent.sleep(WATCH_PERIOD)
+            self._look_now.wait(WATCH_PERIOD)
+            self._look_now.clear()
 
     def _look(self, shown: tuple[DevState, str] | None) -> tuple[DevState, str]:
         service = self._service
@@ -354,6 +357,7 @@ class NexusWriter(Device):
             self._recent_scans.append(event)
             self.push_change_event("recent_scans", self._recent_json())
         self.push_change_event("scans_running", self._running_keys())
+        self._look_now.set()
 
     def _running_keys(self) -> list[str]:
         return [tango_text(key) for key in self._running_scans]
