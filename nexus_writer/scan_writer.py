@@ -102,6 +102,7 @@ class NexusScanWriter(Subscriber):
         self._lease_lost: str | None = None
         self._unfinished: str | None = None
         self._nothing_to_do = False  # its entry was finished before
+        self._written_before: str | None = None  # and its URL
         self.client = client
         self.key = key
         self.options = options or WriterOptions()
@@ -135,7 +136,15 @@ class NexusScanWriter(Subscriber):
     def url(self) -> str | None:
         """``<scan file>::/<entry>``, once the entry exists (read from any thread)."""
         scan_file = self._file
-        return f"{scan_file.path}::/{scan_file.entry_name}" if scan_file is not None else None
+        if scan_file is None:
+            return self._written_before  # its entry, if it was finished before
+        return f"{scan_file.path}::/{scan_file.entry_name}"
+
+    @property
+    def written_before(self) -> bool:
+        """Whether the scan's entry was finished before this writer started (announced
+        again, or written by an earlier service): it had nothing to do."""
+        return self._nothing_to_do
 
     # -- listener ---------------------------------------------------------------------------
 
@@ -360,7 +369,7 @@ class NexusScanWriter(Subscriber):
             self._file = ScanFile(document, self.options, self._read(), self._lease)
         except ScanAlreadyWritten as exc:
             _log.info("scan %s: nothing to do: %s", self.key, exc)
-            self._nothing_to_do = True
+            self._nothing_to_do, self._written_before = True, exc.url
             return
         _log.info(
             "scan %s: writing %s in %s%s",

@@ -231,7 +231,9 @@ class NexusSessionWriter(Subscriber):
 
     def consume(self, events: list[ScanAnnouncement]) -> None:
         for announcement in events:
-            if announcement.key in self._active:
+            running = self._active.get(announcement.key)
+            if running is not None and not running.done():
+                self._drop_duplicate(announcement)
                 continue
             writer = NexusScanWriter(
                 self.client,
@@ -260,6 +262,24 @@ class NexusSessionWriter(Subscriber):
                 announcement.key,
             )
 
+    def _drop_duplicate(self, announcement: ScanAnnouncement) -> None:
+        """A scan announced again while its writer runs: the writer follows the first
+        announcement (acknowledged when the scan is done with); this one is acknowledged
+        now, or it would stay pending until the session is next taken."""
+        first = self._announced.get(announcement.key)
+        if self._reader is None or first in (None, announcement.stream_id):
+            return
+        _log.warning(
+            "session %s: scan %s announced again (%s) while it is written: ignored",
+            self.session,
+            announcement.key,
+            announcement.stream_id,
+        )
+        try:
+            self._reader.ack(announcement.stream_id)
+        except (redis.ConnectionError, redis.TimeoutError, LeaseLost) as exc:
+            _log.warning("session %s: cannot acknowledge it (%s)", self.session, exc)
+
     def _scan_finished(self, writer: Subscriber) -> None:
         """A scan writer has ended (called in its consumer's thread: the shared consumer
         thread, or the start hub, the only writers of these counters)."""
@@ -278,7 +298,11 @@ class NexusSessionWriter(Subscriber):
                     writer.name,
                     None,
                     "UNFINISHED" if unfinished is not None else stats.state,
-                    unfinished if unfinished is not None else stats.reason,
+                    unfinished
+                    if unfinished is not None
+                    else "written before: nothing to do"
+                    if writer.written_before
+                    else stats.reason,
                     writer.url,
                     stats.duration,
                     writer.progress()[0],

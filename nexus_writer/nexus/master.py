@@ -189,11 +189,11 @@ def claim_entry(master: Path, document: ScanDocument, guard: Guard | None = None
                 linked = handle is not None and name in handle
                 if key_file.exists():
                     if key_file.read_text() == document.key:
-                        return _again(name, path)
+                        return _again(master, name, path)
                     continue
                 if path.exists() and _key_in(path, name) == document.key:
                     atomic.write_text(key_file, document.key)  # its key file was deleted
-                    return _again(name, path)
+                    return _again(master, name, path)
                 if linked or path.exists():
                     continue  # another scan's (or nobody's that can be told): kept
                 atomic.write_text(key_file, document.key)
@@ -269,11 +269,17 @@ def _rebuild(master: Path, error: Exception) -> None:
 class ScanAlreadyWritten(Exception):
     """The scan's entry is finished already: there is nothing to do."""
 
+    def __init__(self, message: str, url: str) -> None:
+        super().__init__(message)
+        self.url = url  #: ``<session file>::/<entry>`` of the finished entry
 
-def _again(name: str, path: Path) -> Claim:
+
+def _again(master: Path, name: str, path: Path) -> Claim:
     """The scan was claimed before: finished (nothing to do) or not (start it again)."""
     if _finished(path, name):
-        raise ScanAlreadyWritten(f"{path} already holds the finished entry {name}")
+        raise ScanAlreadyWritten(
+            f"{path} already holds the finished entry {name}", f"{master}::/{name}"
+        )
     if path.exists():
         os.replace(path, path.with_name(f"{path.name}.partial"))
     created = h5py.File(path, "w-", locking=False)

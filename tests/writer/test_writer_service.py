@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import gevent
+import h5py
 import redis
 
 from nexus_writer.nexus.options import WriterOptions
 from nexus_writer.protocol import SessionPublisher
-from nexus_writer.service import Role, WriterService
+from nexus_writer.service import Role, WriterService, all_acknowledged
+from nexus_writer.session_writer import ScanEvent
 from nexus_writer.simulator import Beamline
 from tests.conftest import wait_until
 from tests.writer.helpers import assert_file_has_every_value
@@ -49,3 +52,45 @@ def test_errors_on_the_session_stream_are_counted_and_waited_out(
     assert running.value == 0
     assert service.statistics().role == "stopped"
     assert_file_has_every_value(scan)
+
+
+def test_a_scan_announced_again_is_written_once_and_each_announcement_acknowledged(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """A publisher that announces a scan twice (while it is written, and after): one
+    entry, and no announcement left pending for the next service."""
+    events: list[ScanEvent] = []
+    service = WriterService(
+        redis_client, "again", WriterOptions(roots=(tmp_path,)), on_scan=events.append
+    )
+    running = gevent.spawn(service.run)
+
+    def ended() -> list[ScanEvent]:
+        return [e for e in events if e.kind == "ended"]
+
+    try:
+        wait_until(
+            lambda: (w := service.writer()) is not None and w.following.is_set(), "following"
+        )
+        scan = SessionPublisher(redis_client, "again").new_scan(
+            name="ct", title="ct", file=str(tmp_path / "again.h5"), channels=[]
+        )
+        again: dict[Any, Any] = {"key": scan.key, "name": "ct", "number": 1}
+        wait_until(lambda: bool(events), "the scan started")
+        redis_client.xadd("nxw:session:again:scans", again)  # while it is written
+        scan.prepare()
+        scan.start()
+        scan.close()
+        wait_until(lambda: len(ended()) == 1, "the scan written")
+        redis_client.xadd("nxw:session:again:scans", again)  # after its end
+        wait_until(lambda: len(ended()) == 2, "the scan seen again")
+        wait_until(lambda: all_acknowledged(redis_client, "again"), "all acknowledged")
+    finally:
+        service.stop()
+        running.join(30)
+    first, second = ended()
+    assert (first.state, first.reason) == ("OFF", None)
+    assert (second.state, second.reason) == ("OFF", "written before: nothing to do")
+    assert second.url == first.url is not None
+    with h5py.File(tmp_path / "again.h5", "r") as handle:
+        assert list(handle) == ["scan_0001"]
