@@ -1,8 +1,9 @@
 """The session's master file and the scan files it links: where each scan's entry lives.
 
 .. important::
-   Any thread may call these functions; every access to master files of this process is
-   serialised by one lock, and a master file is open only for the moment of a call.
+   Any thread may call these functions; the accesses of this process to one session's
+   file are serialised by a lock of that file, and a master file is open only for the
+   moment of a call.
 
 Why a file per scan
 -------------------
@@ -33,6 +34,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,10 +57,20 @@ _log = logging.getLogger(__name__)
 #: How many scans of one number a session may hold (``scan_0007`` ... ``scan_0007_1000``).
 MAX_OCCURRENCES = 1000
 
-#: Seconds to wait for another process's lock on a session's file before the scan fails.
-LOCK_TIMEOUT = 30.0
+#: Seconds a scan waits for another process's lock on its session's file before the log
+#: says who holds it (and again every LOCK_REPEAT seconds, for as long as it waits).
+LOCK_WARN = 2.0
+LOCK_REPEAT = 30.0
 
-_lock = Lock()
+# One lock per session file (never dropped: a service writes few of them), so that a
+# session file waited for (another process holds its flock) holds up no other.
+_locks: dict[Path, Lock] = {}
+_locks_lock = threading.Lock()  # native, held for a dict lookup only
+
+
+def _lock_of(master: Path) -> Lock:
+    with _locks_lock:
+        return _locks.setdefault(master, Lock())
 
 
 class Guard(Protocol):
@@ -88,11 +100,17 @@ def _session_locked(master: Path, guard: Guard | None) -> Iterator[None]:
     the lease (``guard.fence()``), and tries again; a process frozen while it held the
     flock would hold up every writer of the file.
 
+    Another process holding the flock is waited for as long as it holds it, the log saying
+    who it is (a process frozen with it, SIGSTOP or a stalled VM, holds up this session's
+    file until it is woken or killed: whatever it was about to change, it had checked its
+    lease for, and nothing else can stop it changing it). Waiting ends if this process's
+    lease is lost meanwhile.
+
     Raises:
-        OSError: the lock file cannot be made, or another process held it for LOCK_TIMEOUT s.
+        OSError: the lock file cannot be made.
         Exception: whatever ``guard`` raised (LeaseLost; the lock is released).
     """
-    with _lock:
+    with _lock_of(master):
         directory = scans_directory(master)
         os.makedirs(directory, exist_ok=True)
         descriptor = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -100,7 +118,7 @@ def _session_locked(master: Path, guard: Guard | None) -> Iterator[None]:
             while True:
                 if guard is not None:
                     guard.fence()  # waits, if it must, without the flock
-                _flock(descriptor, master)
+                _flock(descriptor, master, guard)
                 if guard is None or guard.trusted():
                     break
                 fcntl.flock(descriptor, fcntl.LOCK_UN)  # in doubt meanwhile: not held
@@ -109,24 +127,57 @@ def _session_locked(master: Path, guard: Guard | None) -> Iterator[None]:
             os.close(descriptor)  # releases the flock
 
 
-def _flock(descriptor: int, master: Path) -> None:
-    """Take the flock of ``descriptor``, waiting at most LOCK_TIMEOUT seconds.
+def _flock(descriptor: int, master: Path, guard: Guard | None) -> None:
+    """Take the flock of ``descriptor``, as long as it takes (see _session_locked).
 
     Raises:
-        OSError: another process held it all that time.
+        LeaseLost: ``guard``'s lease was lost while another process held the flock.
     """
-    deadline = time.monotonic() + LOCK_TIMEOUT
+    began = time.monotonic()
+    warn = began + LOCK_WARN
     while True:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise OSError(
-                    f"{master}: another process has held its lock "
-                    f"({scans_directory(master) / '.lock'}) for {LOCK_TIMEOUT:g} s"
-                ) from None
-            pause(0.005)  # no notification exists for a lock of another process
+            pass
+        if guard is not None:
+            guard.trusted()  # raises LeaseLost; a lease in doubt is waited out with the rest
+        now = time.monotonic()
+        if now >= warn:
+            warn = now + LOCK_REPEAT
+            holders = ", ".join(_describe(pid) for pid in lock_holders(descriptor))
+            _log.warning(
+                "%s: its lock (%s) has been held by %s for %.0f s: the scan waits for it",
+                master,
+                scans_directory(master) / ".lock",
+                holders or "another process",
+                now - began,
+            )
+        pause(0.005)  # no notification exists for a lock of another process
+
+
+def lock_holders(lock: int | Path) -> list[int]:
+    """The processes that hold a flock on ``lock`` (an open descriptor or a path), as
+    Linux's /proc/locks says (empty elsewhere, or when nobody holds one)."""
+    stat = os.fstat(lock) if isinstance(lock, int) else os.stat(lock)
+    inode = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    try:
+        with open("/proc/locks") as table:
+            rows = [line.split() for line in table if "->" not in line]
+    except OSError:
+        return []
+    return [int(row[4]) for row in rows if len(row) > 5 and row[1] == "FLOCK" and row[5] == inode]
+
+
+def _describe(pid: int) -> str:
+    """``pid N`` and, if it is stopped (SIGSTOP, a debugger), so."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return f"pid {pid}"
+    return f"pid {pid} (stopped)" if state in ("T", "t") else f"pid {pid}"
 
 
 class EntryExistsError(FileExistsError):

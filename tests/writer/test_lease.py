@@ -4,6 +4,8 @@ away and go on when it is back."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
 import os
 import socket
@@ -11,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import gevent
 import h5py
 import pytest
 import redis
@@ -20,7 +23,7 @@ from nexus_writer.nexus import master
 from nexus_writer.protocol import LeaseLost, SessionPublisher, SessionReader
 from nexus_writer.redis_server import EmbeddedRedis
 from sync_primitives import Thread
-from tests.conftest import wait_until
+from tests.conftest import PROMPT, wait_until
 
 TTL = 0.5
 
@@ -295,3 +298,56 @@ def test_a_lease_in_doubt_under_the_lock_lets_it_go_and_waits_outside(tmp_path: 
     assert (guard.fences, guard.checks) == (2, 2)  # waited (fence) without the flock, again
     with h5py.File(session_file, "r") as handle:
         assert "scan_0001" in handle
+
+
+class _Lost:
+    """A guard whose lease is lost."""
+
+    def fence(self) -> None:
+        pass
+
+    def trusted(self) -> bool:
+        raise LeaseLost("session s: another service took the writer lease (term 2)")
+
+
+@contextlib.contextmanager
+def locked_by_another(session_file: Path) -> Iterator[Path]:
+    """The session file's flock held as another process would hold it (another open file
+    description: flock counts those, not processes)."""
+    lock = master.scans_directory(session_file) / ".lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    try:
+        yield lock
+    finally:
+        os.close(descriptor)
+
+
+def test_a_session_file_locked_by_another_is_waited_for_and_the_holder_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(master, "LOCK_WARN", 0.05)
+    session_file, other = tmp_path / "session.h5", tmp_path / "other.h5"
+    with locked_by_another(session_file) as lock:
+        assert master.lock_holders(lock) == [os.getpid()]
+        linking = gevent.spawn(
+            master.link_entry, session_file, "scan_0001", tmp_path / "session_scans/scan_0001.h5"
+        )
+        # Another session's file is not held up meanwhile.
+        master.link_entry(other, "scan_0001", tmp_path / "other_scans" / "scan_0001.h5")
+        wait_until(lambda: f"held by pid {os.getpid()} for" in caplog.text, "the holder named")
+        assert not linking.ready()
+    linking.get(timeout=PROMPT)  # the lock let go: the link is made
+    assert master.lock_holders(lock) == []
+    with h5py.File(session_file, "r") as handle:
+        assert "scan_0001" in handle
+
+
+def test_waiting_for_a_locked_session_file_ends_when_the_lease_is_lost(tmp_path: Path) -> None:
+    session_file = tmp_path / "session.h5"
+    with locked_by_another(session_file), pytest.raises(LeaseLost, match="term 2"):
+        master.link_entry(
+            session_file, "scan_0001", tmp_path / "session_scans/scan_0001.h5", _Lost()
+        )
+    assert not session_file.exists()

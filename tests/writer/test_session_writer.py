@@ -179,7 +179,7 @@ def test_while_a_scan_runs_only_its_own_file_is_open(
     def links() -> list[str]:
         # Under the writer's own lock of session files, and without HDF5 locking as the
         # writer opens files in this process: a reader in another process needs neither.
-        with master_files._lock:
+        with master_files._lock_of(master):
             if not master.exists():
                 return []
             with h5py.File(master, "r", locking=False) as handle:
