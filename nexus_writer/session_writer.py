@@ -133,7 +133,9 @@ class NexusSessionWriter(Subscriber):
         self._scan_ended = Event()
         self._group = group
         self._lease = lease
-        self._announced: dict[str, str] = {}  # scan key -> its announcement's stream id
+        # Each scan writer's announcement (by writer: a scan announced again after its end
+        # gets a writer of its own while the first may still be finishing).
+        self._announced: dict[Subscriber, str] = {}
         self._on_scan = on_scan
         self._readings = readings
         #: Set once the writer follows the session from a fixed position: every scan
@@ -233,7 +235,7 @@ class NexusSessionWriter(Subscriber):
         for announcement in events:
             running = self._active.get(announcement.key)
             if running is not None and not running.done():
-                self._drop_duplicate(announcement)
+                self._drop_duplicate(running, announcement)
                 continue
             writer = NexusScanWriter(
                 self.client,
@@ -246,7 +248,7 @@ class NexusSessionWriter(Subscriber):
                 readings=self._readings,
             )
             self._active[announcement.key] = writer
-            self._announced[announcement.key] = announcement.stream_id
+            self._announced[writer] = announcement.stream_id
             self._started += 1
             if self._on_scan is not None:
                 self._on_scan(
@@ -262,11 +264,11 @@ class NexusSessionWriter(Subscriber):
                 announcement.key,
             )
 
-    def _drop_duplicate(self, announcement: ScanAnnouncement) -> None:
+    def _drop_duplicate(self, running: NexusScanWriter, announcement: ScanAnnouncement) -> None:
         """A scan announced again while its writer runs: the writer follows the first
         announcement (acknowledged when the scan is done with); this one is acknowledged
         now, or it would stay pending until the session is next taken."""
-        first = self._announced.get(announcement.key)
+        first = self._announced.get(running)
         if self._reader is None or first in (None, announcement.stream_id):
             return
         _log.warning(
@@ -316,7 +318,7 @@ class NexusSessionWriter(Subscriber):
         self._finished_keys[writer.name] = None
         while len(self._finished_keys) > self._keep_keys:
             self._finished_keys.popitem(last=False)
-        stream_id = self._announced.pop(writer.name, None)
+        stream_id = self._announced.pop(writer, None)
         if stream_id is not None and unfinished is not None:
             # Pending in the group: the next service to take the session writes it again.
             _log.warning(
