@@ -39,7 +39,7 @@ from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
 from nexus_writer.tango.server import register
 
 LAUNCHES = 5
-ROUNDS = 3
+ROUNDS = 5
 IDLE_READS = 20
 CHANNELS, POINTS, BATCH = 10, 100_000, 100
 _sessions = iter(range(1, 1_000_000))

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -355,14 +356,29 @@ def test_tango_attributes_are_stored_in_each_entry_and_a_missing_one_costs_nothi
     assert nxcheck_errors(path) == 0
 
 
+def a_long_scan_writing(
+    writer: tuple[tango.DeviceProxy, str], redis_url: str, root: Path
+) -> tuple[Future[list[str]], str]:
+    """A scan of three seconds published, once the device has written some of it: the
+    publication under way, and the scan's key."""
+    proxy, session = writer
+    wait_for_state(proxy, tango.DevState.ON)
+    published = in_plain_thread(publish, redis_url, session, root, "loopscan 60 0.05")
+    wait_until(
+        lambda: any(s["points"] for s in json.loads(proxy.scans_running_json)),
+        "the scan writing",
+        STARTED,
+        0.02,
+    )
+    (key,) = proxy.scans_running
+    return published, key
+
+
 def test_a_scan_stopped_before_its_end_is_unfinished_then_written_again(
     writer: tuple[tango.DeviceProxy, str], redis_server: EmbeddedRedis, tmp_path: Path
 ) -> None:
-    proxy, session = writer
-    wait_for_state(proxy, tango.DevState.ON)
-    published = in_plain_thread(publish, redis_server.url, session, tmp_path, "loopscan 60 0.05")
-    wait_until(lambda: len(proxy.scans_running) == 1, "the scan running", STARTED, 0.02)
-    (key,) = proxy.scans_running
+    proxy, _ = writer
+    published, key = a_long_scan_writing(writer, redis_server.url, tmp_path)
     proxy.stop()  # three seconds before the scan's end
     wait_for_state(proxy, tango.DevState.OFF)
     assert proxy.scan_state(key) == "UNFINISHED"
@@ -376,16 +392,8 @@ def test_a_scan_stopped_before_its_end_is_unfinished_then_written_again(
 def test_a_killed_scan_is_unfinished_not_an_alarm(
     writer: tuple[tango.DeviceProxy, str], redis_server: EmbeddedRedis, tmp_path: Path
 ) -> None:
-    proxy, session = writer
-    wait_for_state(proxy, tango.DevState.ON)
-    published = in_plain_thread(publish, redis_server.url, session, tmp_path, "loopscan 60 0.05")
-    wait_until(
-        lambda: any(s["points"] for s in json.loads(proxy.scans_running_json)),
-        "the scan writing",
-        STARTED,
-        0.02,
-    )
-    (key,) = proxy.scans_running
+    proxy, _ = writer
+    published, key = a_long_scan_writing(writer, redis_server.url, tmp_path)
     proxy.kill_scan(key)
     wait_until(lambda: proxy.scan_state(key) != "RUNNING", "the scan ended", STARTED, 0.02)
     assert proxy.scan_state(key) == "UNFINISHED"
