@@ -440,6 +440,7 @@ class NexusScanWriter(Subscriber):
     def _write_end(self, file: ScanFile, state: State, reason: str | None) -> None:
         assert self._document is not None  # set with the file, by Opened
         document = self._document
+        end_reason: str | None
         if self._closed is not None:
             end_reason = (self._closed.reason or EndReason.SUCCESS).value
             message = self._closed.message
@@ -453,6 +454,12 @@ class NexusScanWriter(Subscriber):
             self._unfinished = "the writer stopped before the scan closed"
         if self._unfinished is not None:
             status = "STOPPED"  # not complete: to be written again
+            if self._closed is None and not self._abandoned:
+                # The scan itself has not ended: its end fields are not the writer's to
+                # fill (a reader must not take the writer's stop for the scan's failure).
+                end_reason = message = None
+                if not reason:
+                    file.add_message(self._unfinished)
         end_time = document.end_time or datetime.now().astimezone().isoformat()
         self.end_reason = end_reason
         file.finish(document, status, end_reason, message, end_time)

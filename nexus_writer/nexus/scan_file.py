@@ -385,7 +385,7 @@ class ScanFile:
         self,
         document: ScanDocument,
         status: str,
-        end_reason: str,
+        end_reason: str | None,
         message: str | None,
         end_time: str,
     ) -> None:
@@ -411,7 +411,8 @@ class ScanFile:
                 self.notes.append(f"{part} not written: {exc}")
         for note in self.notes[written:]:
             self.add_message(note)
-        _text(self.entry, "end_reason", str(end_reason))
+        if end_reason is not None:  # None: the scan had not ended (a STOPPED entry)
+            _text(self.entry, "end_reason", str(end_reason))
         if message:
             _text(self.entry, "end_message", str(message))
         _text(self.writer, "status", status)
