@@ -196,10 +196,12 @@ class WriterService:
                 except redis.RedisError as exc:
                     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
                         what, log = f"Redis unreachable: {exc}", _log.warning
+                        until = "it answers"
                     else:  # the lease's key made something else
                         what = f"cannot take the writer lease {self.lease.key}: {exc}"
-                        log = _log.error
+                        log, until = _log.error, "it is mended"
                     self._error(what)
+                    self._problem = f"{what}: retrying until {until}"
                     log("session %s: %s; retrying in %.1f s", self.session, what, unreachable_delay)
                     self._stop.wait(unreachable_delay)
                     unreachable_delay = min(2 * unreachable_delay, self.options.retry_max_delay)

@@ -62,6 +62,8 @@ class HwDevice(Device):
         self._mode = "IDLE"
         self.set_change_event("position", True, False)
         self.set_change_event("mode", True, False)
+        self.set_state(tango.DevState.ON)
+        self.set_change_event("State", True, False)  # a subscriber gets its state at once
         self._stop = threading.Event()
         threading.Thread(target=self._move, daemon=True).start()
 

@@ -25,12 +25,21 @@ import time
 from collections import deque
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import gevent
 import gevent.event
 import redis
-from tango import AttrQuality, AttrWriteType, DevState, EventType, GreenMode
+from tango import (
+    AttrQuality,
+    AttrWriteType,
+    DevError,
+    DevFailed,
+    DevState,
+    ErrSeverity,
+    EventType,
+    GreenMode,
+)
 from tango.server import Device, attribute, command, device_property
 
 from nexus_writer.lease import DEFAULT_TTL
@@ -67,12 +76,25 @@ def tango_text(text: str) -> str:
 
 
 def same_key(key: str, given: str) -> bool:
-    """Whether a client's ``given`` names scan ``key``: as it is, or as Tango shows it."""
-    return given == key or given == tango_text(key)
+    """Whether a client's ``given`` names scan ``key``: as it is, as Tango shows it, or as
+    the commands' messages name it (ASCII, with backslash escapes)."""
+    return given in (key, tango_text(key), key.encode("ascii", "backslashreplace").decode())
 
 
-class UnknownScan(LookupError):
-    """A command names no scan it can apply to; the message says why."""
+def refuse(reason: str, why: str) -> NoReturn:
+    """Raise the DevFailed of a command that cannot apply: ``reason`` one of the REASONS,
+    ``why`` the description (a client sees both as they are)."""
+    error = DevError()
+    error.reason, error.desc, error.origin = reason, why, "NexusWriter"
+    error.severity = ErrSeverity.ERR
+    raise DevFailed(error)
+
+
+#: The reasons of the DevFailed that the commands raise (docs/operations.md).
+UNKNOWN_SCAN = "NexusWriter_UnknownScan"  #: no such scan, running or among the recent
+SCAN_ENDED = "NexusWriter_ScanEnded"  #: stop_scan, kill_scan of a scan that has ended
+NO_ENTRY = "NexusWriter_NoEntry"  #: scan_url of a scan without an entry
+WRONG_STATE = "NexusWriter_WrongState"  #: start while running, stopping, or misconfigured
 
 
 class ConfigurationError(ValueError):
@@ -203,6 +225,7 @@ class NexusWriter(Device):
         self._scan_events: Queue[ScanEvent] = Queue()
         self._running_scans: dict[str, ScanEvent] = {}
         self._look_now = gevent.event.Event()  # a scan started or ended: show it at once
+        self._shown: tuple[DevState, str] | None = None  # the state and status set last
         self._recent_scans: deque[ScanEvent] = deque(maxlen=RECENT_SCANS)
         for name in ("State", "Status", "scans_running", "recent_scans"):
             self.set_change_event(name, True, False)
@@ -287,7 +310,10 @@ class NexusWriter(Device):
             return
         value = event.attr_value
         quality = str(value.quality).rsplit(".", 1)[-1].removeprefix("ATTR_")
-        self._readings[name] = Reading(value.value, quality, value.time.totime())
+        reading = value.value
+        if isinstance(reading, DevState):  # a State attribute: stored by name ("ON")
+            reading = str(reading)
+        self._readings[name] = Reading(reading, quality, value.time.totime())
 
     def _take_readings(self) -> dict[str, dict[str, Reading]]:
         """The readings as they are now (called from the scans' consumer thread: a copy,
@@ -313,12 +339,12 @@ class NexusWriter(Device):
         return self._runner is not None and not self._runner.dead
 
     def _watch(self) -> None:
-        """The one greenlet that sets the state and pushes its change events."""
-        shown: tuple[DevState, str] | None = None
+        """The one greenlet that looks at the service every WATCH_PERIOD (and at once at
+        each scan start and end)."""
         failure: str | None = None
         while True:
             try:
-                shown = self._look(shown)
+                self._look()
                 failure = None
             except Exception as exc:  # never silent, never the end of the state's events
                 if repr(exc) != failure:  # once per failure, not ten times a second
@@ -327,18 +353,21 @@ class NexusWriter(Device):
             self._look_now.wait(WATCH_PERIOD)
             self._look_now.clear()
 
-    def _look(self, shown: tuple[DevState, str] | None) -> tuple[DevState, str]:
+    def _look(self) -> None:
+        """Take the service's snapshot; set the state and push its change events if it
+        changed (in this hub: the watcher, and the commands that change the state, so
+        that it has changed when they return)."""
         service = self._service
         running = service is not None and self._running()
         self._snapshot = service.statistics() if service is not None and running else None
         last_end = self._recent_scans[-1] if self._recent_scans else None
         now = state_of(self._snapshot, self._problem, len(self._running_scans), last_end)
-        if now != shown:
+        if now != self._shown:
+            self._shown = now
             self.set_state(now[0])
             self.set_status(tango_text(now[1]))
             self.push_change_event("State")
             self.push_change_event("Status")
-        return now
 
     def _relay_scans(self) -> None:
         """Every scan start and end, in order, to the scan lists and their change events."""
@@ -375,14 +404,16 @@ class NexusWriter(Device):
         """The running writer of scan ``key``, or its last end.
 
         Raises:
-            UnknownScan: no such scan, running or recent (the message lists what to use).
+            DevFailed: UNKNOWN_SCAN, no such scan, running or recent (the message lists what
+                to use).
         """
         running = self._scan_writer(key)
         ended = next((e for e in reversed(self._recent_scans) if same_key(e.key, key)), None)
         if running is None and ended is None:
-            raise UnknownScan(
+            refuse(
+                UNKNOWN_SCAN,
                 f"no scan {key!a} is running or among the last {RECENT_SCANS} finished: "
-                "see scans_running and recent_scans"
+                "see scans_running and recent_scans",
             )
         return running, ended
 
@@ -480,22 +511,25 @@ class NexusWriter(Device):
         """Write the session again after ``stop`` (DevFailed while it runs or stops, or
         while a property is bad)."""
         if self._problem is not None:
-            raise RuntimeError(f"{self._problem}: correct it, then run Init")
+            refuse(WRONG_STATE, f"{self._problem}: correct it, then run Init")
         if self._running():
             stopping = self._service is not None and self._service.statistics().stopping
-            raise RuntimeError(
+            refuse(
+                WRONG_STATE,
                 f"the writer of session {self.session} is "
-                + ("still stopping: try again" if stopping else "already running")
+                + ("still stopping: try again" if stopping else "already running"),
             )
         if self._client is not None:
             self._client.close()
         self._start_service()
+        self._look()
 
     @command
     def stop(self) -> None:
         """Stop writing: running scans close with what they received; a standby of the
         pair takes over. Stopping a stopped writer changes nothing."""
         self._stop_service()
+        self._look()  # CLOSE (or OFF) when it returns
 
     @command(dtype_in=str, dtype_out=str)
     def scan_state(self, key: str) -> str:
@@ -512,9 +546,9 @@ class NexusWriter(Device):
         running, ended = self._known(key)
         url = running.url if running is not None else ended.url if ended is not None else None
         if url is None and ended is not None:
-            raise UnknownScan(f"scan {key!a} ended ({ended.state}) without an entry")
+            refuse(NO_ENTRY, f"scan {key!a} ended ({ended.state}) without an entry")
         if url is None:
-            raise UnknownScan(f"scan {key!a} has no entry yet")
+            refuse(NO_ENTRY, f"scan {key!a} has no entry yet")
         return tango_text(url)
 
     @command(dtype_in=str)
@@ -532,11 +566,12 @@ class NexusWriter(Device):
         """Forget the finished scans (recent_scans becomes empty)."""
         self._recent_scans.clear()
         self.push_change_event("recent_scans", self._recent_json())
+        self._look()  # an ALARM has ended when it returns
 
     def _running_writer(self, key: str) -> NexusScanWriter:
         running, _ = self._known(key)
         if running is None:
-            raise UnknownScan(f"scan {key!a} is not running (it has ended)")
+            refuse(SCAN_ENDED, f"scan {key!a} is not running (it has ended)")
         return running
 
     @command(dtype_out=str)

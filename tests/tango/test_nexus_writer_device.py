@@ -126,10 +126,12 @@ def test_stop_and_start_and_a_start_while_running(
 ) -> None:
     proxy, _ = writer
     wait_for_state(proxy, tango.DevState.ON)
-    with pytest.raises(tango.DevFailed, match="already running"):
+    with pytest.raises(tango.DevFailed, match="already running") as failed:
         proxy.start()
+    assert failed.value.args[0].reason == "NexusWriter_WrongState"
     assert proxy.state() == tango.DevState.ON  # as it was
     proxy.stop()
+    assert proxy.state() in (tango.DevState.CLOSE, tango.DevState.OFF)  # as it returns
     assert "Stopped" in wait_for_state(proxy, tango.DevState.OFF)
     reading = proxy.read_attribute("events_received")
     assert reading.quality == tango.AttrQuality.ATTR_INVALID and reading.value is None
@@ -148,7 +150,8 @@ def test_redis_down_at_start_is_a_fault_that_mends_itself(
         define(tango_database, "test/nexuswriter/noredis", "noredis", redis_url=url)
         with start_service(tango_database, "test/nexuswriter/noredis"):
             proxy = tango.DeviceProxy("test/nexuswriter/noredis")
-            assert "Redis unreachable" in wait_for_state(proxy, tango.DevState.FAULT)
+            status = wait_for_state(proxy, tango.DevState.FAULT)
+            assert "Redis unreachable" in status and status.endswith(": retrying until it answers")
             redis_server.resume()
             wait_for_state(proxy, tango.DevState.ON)
 
@@ -245,8 +248,14 @@ def test_scan_commands_name_what_is_wrong(writer: tuple[tango.DeviceProxy, str])
     proxy, _ = writer
     wait_for_state(proxy, tango.DevState.ON)
     for command in (proxy.scan_state, proxy.scan_url, proxy.stop_scan, proxy.kill_scan):
-        with pytest.raises(tango.DevFailed, match="no scan 'nothing:1' is running"):
+        with pytest.raises(tango.DevFailed) as failed:
             command("nothing:1")
+        error = failed.value.args[0]
+        assert error.reason == "NexusWriter_UnknownScan"
+        assert error.desc == (
+            "no scan 'nothing:1' is running or among the last 100 finished: "
+            "see scans_running and recent_scans"
+        )
     with pytest.raises(tango.DevFailed):
         proxy.command_inout("scan_state")  # no argument
     # Tango carries the argument as Latin-1; the message names it in ASCII, as a client
@@ -282,28 +291,40 @@ def test_a_writer_pair_shows_on_and_standby_and_swaps_when_the_active_dies(
             )
 
 
-def test_a_failed_scan_is_an_alarm_until_one_is_written(
-    writer: tuple[tango.DeviceProxy, str], redis_server: EmbeddedRedis, tmp_path: Path
-) -> None:
-    proxy, session = writer
-    wait_for_state(proxy, tango.DevState.ON)
-    client = connect(redis_server.url)
+def fail_a_scan(redis_url: str, session: str) -> str:
+    """Publish a scan whose file is outside the roots (a reason Tango cannot carry as it
+    is, Ω: the status shows it escaped); its key."""
+    client = connect(redis_url)
     try:
         outside = SessionPublisher(client, session).new_scan(
             name="ct", title="ct", file="/outside/the/rootsΩ.h5", channels=[]
-        )  # a reason Tango cannot carry as it is: the status shows it escaped
+        )
         outside.prepare()
         outside.start()
         outside.close()
     finally:
         client.close()
+    return outside.key
+
+
+def test_a_failed_scan_is_an_alarm_until_one_is_written_or_purged(
+    writer: tuple[tango.DeviceProxy, str], redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    proxy, session = writer
+    wait_for_state(proxy, tango.DevState.ON)
+    key = fail_a_scan(redis_server.url, session)
     status = wait_for_state(proxy, tango.DevState.ALARM)
-    with pytest.raises(tango.DevFailed, match=r"ended \(FAULT\) without an entry"):
-        proxy.scan_url(outside.key)
-    assert outside.key in status and "failed" in status and "/outside/the/roots\\u03a9.h5" in status
-    assert proxy.scan_state(outside.key) == "FAULT"
+    with pytest.raises(tango.DevFailed, match=r"ended \(FAULT\) without an entry") as failed:
+        proxy.scan_url(key)
+    assert failed.value.args[0].reason == "NexusWriter_NoEntry"
+    assert key in status and "failed" in status and "/outside/the/roots\\u03a9.h5" in status
+    assert proxy.scan_state(key) == "FAULT"
     publish(redis_server.url, session, tmp_path, "loopscan 2 0.001")
     wait_for_state(proxy, tango.DevState.ON)
+    fail_a_scan(redis_server.url, session)
+    wait_for_state(proxy, tango.DevState.ALARM)
+    proxy.purge_scans()
+    assert proxy.state() == tango.DevState.ON  # as it returns
 
 
 def test_tango_attributes_are_stored_in_each_entry_and_a_missing_one_costs_nothing(
@@ -319,27 +340,28 @@ def test_tango_attributes_are_stored_in_each_entry_and_a_missing_one_costs_nothi
         "readings",
         redis_url=redis_server.url,
         roots=str(tmp_path),
-        attributes=["test/hw/1/position", "test/nobody/1/current", "////"],
+        attributes=["test/hw/1/position", "test/hw/1/State", "test/nobody/1/current", "////"],
     )
     with start_service(tango_database, device):
         proxy = tango.DeviceProxy(device)
         wait_for_state(proxy, tango.DevState.ON)
 
-        def errors() -> dict[str, str]:
+        def seen() -> dict[str, str]:
+            """Each reading's quality, or its error."""
             readings = json.loads(proxy.readings)
-            assert readings["test/hw/1/position"]["error"] is None
-            return {name: r["error"] or "" for name, r in readings.items()}
+            return {name: r["error"] or r["quality"] for name, r in readings.items()}
 
         wait_until(
             lambda: (
-                "DB_DeviceNotDefined" in errors()["test/nobody/1/current"]
-                and "WrongDeviceNameSyntax" in errors()["////"]
-                and json.loads(proxy.readings)["test/hw/1/position"]["quality"] == "VALID"
+                (now := seen())["test/hw/1/position"] == now["test/hw/1/State"] == "VALID"
+                and "not subscribed: DB_DeviceNotDefined" in now["test/nobody/1/current"]
+                and "not subscribed: API_WrongDeviceNameSyntax" in now["////"]
             ),
-            "a position read, and why the others cannot be",
+            "the position and state read, and why the others cannot be",
             STARTED,
             0.05,
         )
+        assert json.loads(proxy.readings)["test/hw/1/State"]["value"] == "ON"
         (key,) = publish(redis_server.url, "readings", tmp_path, "loopscan 2 0.001")
         wait_until(lambda: proxy.scan_state(key) == "OFF", "the scan written", STARTED, 0.05)
         path, entry = proxy.scan_url(key).split("::")
@@ -350,6 +372,8 @@ def test_tango_attributes_are_stored_in_each_entry_and_a_missing_one_costs_nothi
         assert position.attrs["source"] == "test/hw/1/position"
         assert position.attrs["quality"] == "VALID"
         assert position[()] > 0 and "time" in position.attrs
+        state = tango_group["test_hw_1_State"]
+        assert state[()] == b"ON" and state.attrs["quality"] == "VALID"  # by name
         missing = tango_group["test_nobody_1_current"]
         assert missing.attrs["quality"] == "NO_VALUE"
         assert "not subscribed: DB_DeviceNotDefined" in missing.attrs["error"]
@@ -523,6 +547,7 @@ def test_a_key_tango_cannot_carry_is_shown_escaped_and_spares_the_others(
         assert shown.endswith("-\\u03a9-é")
         wait_until(partial(written, proxy, plain), "the next scan written", STARTED, 0.05)
         assert proxy.scan_state(shown) == "OFF"
+        assert proxy.scan_state(odd.encode("ascii", "backslashreplace").decode()) == "OFF"
         assert proxy.scan_url(shown).endswith("::/scan_0001")
         assert [e["key"] for e in json.loads(proxy.recent_scans)] == [odd, plain]
         wait_until(lambda: len(seen) >= 5, "every start and end pushed", STARTED, 0.05)
