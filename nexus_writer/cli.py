@@ -274,7 +274,7 @@ def redis_for(args: argparse.Namespace) -> Iterator[redis.Redis]:
     command's duration (--embedded).
 
     Raises:
-        UsageError: none of them was given.
+        UsageError: none of them was given, or the URL is not one (the message says why).
     """
     url = args.redis or os.environ.get(REDIS_URL_VARIABLE)
     if not url and not args.embedded:
@@ -283,7 +283,11 @@ def redis_for(args: argparse.Namespace) -> Iterator[redis.Redis]:
     try:
         if server is not None:
             print(f"embedded Redis at {server.url}", flush=True)
-        yield connect(server.url if server else str(url))
+        try:
+            client = connect(server.url if server else str(url))
+        except ValueError as exc:  # the message names the URL and what is wrong
+            raise UsageError(str(exc)) from None
+        yield client
     finally:
         if server is not None:
             server.stop()

@@ -13,6 +13,10 @@ User and password go in the URL (``redis://user:password@host:6379/0``,
 
 from __future__ import annotations
 
+import errno
+import math
+import os
+import socket
 from typing import TYPE_CHECKING, Any
 
 import gevent.socket
@@ -60,12 +64,48 @@ class _Cooperative:
         def disconnect(self, *args: Any) -> None: ...
 
 
-class CooperativeConnection(_Cooperative, redis.Connection):
+class _CooperativeTCP(redis.Connection):
+    """A TCP connection that, in a greenlet, connects by yielding to its hub (a server
+    that does not accept, a network that drops packets: up to the connect timeout)."""
+
+    def _connect(self) -> socket.socket:
+        if not in_greenlet():
+            return super()._connect()  # type: ignore[no-untyped-call,no-any-return]
+        error: OSError | None = None
+        for family, kind, proto, _, address in gevent.socket.getaddrinfo(
+            self.host, self.port, self.socket_type, socket.SOCK_STREAM
+        ):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.socket_keepalive:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                    for option, value in self.socket_keepalive_options.items():
+                        sock.setsockopt(socket.IPPROTO_TCP, option, value)
+                sock.setblocking(False)
+                code = sock.connect_ex(address)
+                if code in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+                    gevent.socket.wait_write(sock.fileno(), timeout=self.socket_connect_timeout)
+                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    raise OSError(code, os.strerror(code))
+                sock.settimeout(self.socket_timeout)
+                return sock
+            except OSError as exc:  # a timeout too: redis-py says which
+                sock.close()
+                error = exc
+            except BaseException:
+                sock.close()
+                raise
+        raise error or OSError(f"no address found for {self.host}")
+
+
+class CooperativeConnection(_Cooperative, _CooperativeTCP):
     """TCP (``redis://``)."""
 
 
-class CooperativeSSLConnection(_Cooperative, redis.SSLConnection):
-    """TLS (``rediss://``)."""
+class CooperativeSSLConnection(_Cooperative, redis.SSLConnection, _CooperativeTCP):
+    """TLS (``rediss://``): redis-py's TLS over the cooperative TCP connection."""
 
 
 class CooperativeUnixConnection(_Cooperative, redis.UnixDomainSocketConnection):
@@ -81,19 +121,35 @@ _CONNECTIONS: dict[str, type[redis.Connection] | type[redis.UnixDomainSocketConn
 
 def connect(url: str, **options: Any) -> redis.Redis:
     """A client for ``url`` that returns bytes, as the protocol's readers need, and whose
-    commands wait cooperatively in greenlets (see the module's note).
+    commands wait cooperatively in greenlets (see the module's note). Connecting waits
+    as long as a command's answer (the socket timeout) unless ``socket_connect_timeout``
+    (an option, or in the URL) says otherwise.
 
     Raises:
-        ValueError: the URL's scheme is not redis, rediss or unix.
+        ValueError: the URL's scheme is not redis, rediss or unix, or it is malformed, or
+            a timeout in it is not a positive, finite number of seconds (the message
+            names the URL and what is wrong).
     """
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme not in _CONNECTIONS:
         raise ValueError(f"Redis URL {url!r}: the scheme must be redis://, rediss:// or unix://")
     options.setdefault("health_check_interval", 30)
     options.setdefault("socket_timeout", SOCKET_TIMEOUT)
-    options.setdefault("socket_connect_timeout", SOCKET_TIMEOUT)
     if scheme != "unix":  # keep-alive is a TCP option
         options.setdefault("socket_keepalive", True)
     options["decode_responses"] = False
     options["connection_class"] = _CONNECTIONS[scheme]
-    return redis.Redis.from_url(url, **options)
+    try:
+        client = redis.Redis.from_url(url, **options)
+    except ValueError as exc:
+        raise ValueError(f"Redis URL {url!r}: {exc}") from None
+    settings = client.connection_pool.connection_kwargs
+    settings.setdefault("socket_connect_timeout", settings.get("socket_timeout"))
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        seconds = settings.get(name)
+        if not (isinstance(seconds, int | float) and 0 < seconds < math.inf):
+            client.close()
+            raise ValueError(
+                f"Redis URL {url!r}: {name} {seconds!r} is not a positive, finite number of seconds"
+            )
+    return client

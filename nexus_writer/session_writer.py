@@ -176,7 +176,7 @@ class NexusSessionWriter(Subscriber):
             reader = self._reader or self._follow()
             announcements = reader.read(timeout)
         except LeaseLost as exc:
-            _log.warning("session %s: %s: no more scans are taken", self.session, exc)
+            _log.warning("%s: no more scans are taken", exc)  # it names the session
             self._stop_requested.set()
             return []
         except (redis.ConnectionError, redis.TimeoutError) as exc:

@@ -20,6 +20,23 @@ def test_a_command_without_redis_says_how_to_give_one(
     )
 
 
+@pytest.mark.parametrize(
+    ("url", "what"),
+    [
+        ("http://host/0", "the scheme must be redis://, rediss:// or unix://"),
+        (
+            "redis://127.0.0.1:1/0?socket_timeout=-1",
+            "socket_timeout -1.0 is not a positive, finite number of seconds",
+        ),
+    ],
+)
+def test_a_bad_redis_url_is_named_without_a_traceback(
+    url: str, what: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--redis", url, "--session", "s"]) == 2
+    assert capsys.readouterr().err == f"nexus-writer run: Redis URL {url!r}: {what}\n"
+
+
 def test_a_bad_option_value_is_named(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["simulate", "--embedded", "--image-shape", "48by64", "loopscan 2 0"])

@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -113,3 +115,71 @@ def test_a_greenlet_killed_while_waiting_leaves_no_answer_for_the_next(
         waiting.kill()
     assert client.echo("second") == b"second"
     client.close()
+
+
+@contextlib.contextmanager
+def not_accepting() -> Iterator[int]:
+    """A port whose listener never accepts and whose queue of waiting connections is full:
+    a new connection hangs, as with a network that drops packets. The port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers: list[socket.socket] = []
+    try:
+        while True:  # until one connection is not taken into the queue any more
+            filler = socket.create_connection(("127.0.0.1", port), timeout=10)
+            fillers.append(filler)
+            probe = socket.socket()
+            probe.settimeout(0.2)
+            try:
+                probe.connect(("127.0.0.1", port))
+            except TimeoutError:
+                break  # full
+            finally:
+                probe.close()
+            fillers.append(probe)
+        yield port
+    finally:
+        for each in fillers:
+            each.close()
+        listener.close()
+
+
+def test_connecting_to_a_server_that_does_not_accept_keeps_the_hub_running() -> None:
+    with not_accepting() as port:
+        client = connect(f"redis://127.0.0.1:{port}/0?socket_timeout=0.5")
+        ticks: list[float] = []
+
+        def tick() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                gevent.sleep(0.02)
+
+        ticker = gevent.spawn(tick)
+        began = time.monotonic()
+        try:
+            with pytest.raises(redis.TimeoutError, match="Timeout connecting"):
+                gevent.spawn(client.ping).get(timeout=30)
+        finally:
+            ticker.kill()
+        elapsed = time.monotonic() - began
+    assert 0.4 < elapsed < 5  # the URL's socket timeout, not 10 s
+    during = [t for t in ticks if began <= t <= began + elapsed]
+    assert len(during) > 10 and max(b - a for a, b in itertools.pairwise(during)) < 0.3
+
+
+@pytest.mark.parametrize(
+    ("query", "what"),
+    [
+        ("socket_timeout=abc", "Invalid value for 'socket_timeout'"),
+        ("socket_timeout=-1", "socket_timeout -1.0 is not a positive, finite number"),
+        ("socket_timeout=nan", "socket_timeout nan is not a positive, finite number"),
+        ("socket_timeout=0", "socket_timeout 0.0 is not a positive, finite number"),
+        ("socket_connect_timeout=inf", "socket_connect_timeout inf is not a positive"),
+    ],
+)
+def test_a_bad_timeout_in_the_url_is_refused_naming_it(query: str, what: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(what)) as refused:
+        connect(f"redis://127.0.0.1:1/0?{query}")
+    assert f"Redis URL 'redis://127.0.0.1:1/0?{query}'" in str(refused.value)

@@ -538,7 +538,26 @@ class SessionReader:
         return "0-0"
 
     def read(self, timeout: float | None = 1.0) -> list[ScanAnnouncement]:
-        """Scans announced since the last read, waiting at most ``timeout`` seconds."""
+        """Scans announced since the last read, waiting at most ``timeout`` seconds.
+
+        With a group, after a read that failed (Redis unreachable, or slower than the
+        client's socket timeout), the next read starts again with this consumer's pending
+        announcements: Redis may have run the read after the client stopped waiting for
+        it, delivering announcements to the group whose answer nobody received (an
+        announcement read again whose scan is being written is the caller's to skip).
+
+        Raises:
+            redis.ConnectionError, redis.TimeoutError: Redis cannot be reached.
+            LeaseLost: with a guard, its lease is lost.
+        """
+        try:
+            return self._announcements(timeout)
+        except (redis.ConnectionError, redis.TimeoutError):
+            if self._group is not None:
+                self._pending, self.position = True, "0-0"
+            raise
+
+    def _announcements(self, timeout: float | None) -> list[ScanAnnouncement]:
         if self._pending:
             entries = self._read(self.position, None)
             if not entries:

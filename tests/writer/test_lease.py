@@ -21,9 +21,11 @@ import redis
 from nexus_writer.lease import SessionLease
 from nexus_writer.nexus import master
 from nexus_writer.protocol import LeaseLost, SessionPublisher, SessionReader
+from nexus_writer.redis_client import connect
 from nexus_writer.redis_server import EmbeddedRedis
 from sync_primitives import Thread
 from tests.conftest import PROMPT, wait_until
+from tests.test_redis_client import frozen
 
 TTL = 0.5
 
@@ -351,3 +353,30 @@ def test_waiting_for_a_locked_session_file_ends_when_the_lease_is_lost(tmp_path:
             session_file, "scan_0001", tmp_path / "session_scans/scan_0001.h5", _Lost()
         )
     assert not session_file.exists()
+
+
+def test_an_announcement_delivered_while_nobody_waited_for_the_answer_is_read_again(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """A guarded read that Redis ran after the reader stopped waiting for its answer
+    delivered an announcement to the reader's consumer: the reader reads its pending
+    announcements again after a failed read, or the scan would wait for another service."""
+    lease = SessionLease(redis_client, "unanswered", ttl=30)
+    assert lease.acquire()
+    client = connect(redis_server.url, socket_timeout=0.3)
+    try:
+        reader = SessionReader(client, "unanswered", since="0-0", group="g", guard=lease)
+        assert reader.read(0.1) == []
+        scan = SessionPublisher(redis_client, "unanswered").new_scan(
+            name="ct", title="ct", file="/tmp/x.h5", channels=[]
+        )
+        # What Redis did with the read it ran late: delivered, answered to nobody.
+        redis_client.xreadgroup("g", "writer", {"nxw:session:unanswered:scans": ">"})
+        with frozen(redis_server), pytest.raises(redis.TimeoutError):
+            reader.read(None)  # Redis does not answer: the reader gives up
+        (announcement,) = reader.read(0.1)
+        assert announcement.key == scan.key
+        assert reader.read(0.1) == []  # then the new ones, as before
+    finally:
+        lease.release()
+        client.close()
