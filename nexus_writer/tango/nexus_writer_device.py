@@ -179,6 +179,11 @@ def _standby_or_active(
     return DevState.ON, f"Writing session {stats.session}: {running} scan(s) running."
 
 
+def snapshot(**options: Any) -> Any:
+    """A read-only attribute read outside the hub (see NexusWriter's attributes)."""
+    return attribute(read_green_mode=False, **options)
+
+
 class NexusWriter(Device):
     """Writes the scans of one session as NeXus/HDF5 files."""
 
@@ -325,8 +330,9 @@ class NexusWriter(Device):
         (a device not defined, not running, a name Tango refuses...)."""
         readings = dict(self._readings)
         for name, subscription in list(self._subscriptions.items()):
-            error = subscription.error
-            if error is not None and readings[name].time is None and readings[name].value is None:
+            error, current = subscription.error, readings.get(name)  # (Init may run now)
+            never_read = current is not None and current.value is None and current.time is None
+            if error is not None and never_read:
                 readings[name] = Reading(None, NO_VALUE, None, f"not subscribed: {error}")
         return readings
 
@@ -389,10 +395,11 @@ class NexusWriter(Device):
         self._look_now.set()
 
     def _running_keys(self) -> list[str]:
-        return [tango_text(key) for key in self._running_scans]
+        # list(): one step under the GIL (attribute reads run in Tango's threads)
+        return [tango_text(key) for key in list(self._running_scans)]
 
     def _recent_json(self) -> str:
-        return json.dumps([asdict(e) for e in self._recent_scans])
+        return json.dumps([asdict(e) for e in list(self._recent_scans)])
 
     def _scan_writer(self, key: str) -> NexusScanWriter | None:
         writer = self._service.writer() if self._service is not None else None
@@ -418,14 +425,20 @@ class NexusWriter(Device):
         return running, ended
 
     # -- attributes: snapshots only -----------------------------------------------------
+    #
+    # Read in the Tango thread that serves the request (read_green_mode=False), not in the
+    # hub: a read then waits neither for the hub, busy with the scans' Redis listeners,
+    # nor for a hop into it and back per attribute. Each reads values that the hub or the
+    # consumer thread replace whole (the snapshot), or copies a container in one step
+    # under the GIL (list(), dict()) before it looks inside.
 
-    @attribute(dtype=(str,), max_dim_x=100_000, doc="keys of the scans being written")
+    @snapshot(dtype=(str,), max_dim_x=100_000, doc="keys of the scans being written")
     def scans_running(self) -> list[str]:
         return self._running_keys()
 
-    @attribute(dtype=str, doc="JSON: the scans being written, with their progress and URL")
+    @snapshot(dtype=str, doc="JSON: the scans being written, with their progress and URL")
     def scans_running_json(self) -> str:
-        return json.dumps([self._running_info(key) for key in self._running_scans])
+        return json.dumps([self._running_info(key) for key in list(self._running_scans)])
 
     def _running_info(self, key: str) -> dict[str, object]:
         writer = self._scan_writer(key)
@@ -443,15 +456,15 @@ class NexusWriter(Device):
             "queue_depth": stats.queue_depth,
         }
 
-    @attribute(dtype=str, doc="JSON: the last finished scans, oldest first")
+    @snapshot(dtype=str, doc="JSON: the last finished scans, oldest first")
     def recent_scans(self) -> str:
         return self._recent_json()
 
-    @attribute(dtype=str, access=AttrWriteType.READ, doc="active, standby, starting, stopped")
+    @snapshot(dtype=str, access=AttrWriteType.READ, doc="active, standby, starting, stopped")
     def role(self) -> str:
         return self._snapshot.role if self._snapshot is not None else Role.STOPPED.value
 
-    @attribute(dtype=str, doc="JSON: the attributes property's latest readings, by name")
+    @snapshot(dtype=str, doc="JSON: the attributes property's latest readings, by name")
     def readings(self) -> str:
         readings = self._current_readings()
         return json.dumps({name: asdict(r) for name, r in readings.items()}, default=repr)
@@ -459,27 +472,27 @@ class NexusWriter(Device):
     # The writer's figures, as numbers that Tango clients can plot and archive (INVALID
     # while the device does not write its session).
 
-    @attribute(dtype="int64", doc="channel events received since the writer started")
+    @snapshot(dtype="int64", doc="channel events received since the writer started")
     def events_received(self) -> Figure:
         return self._figure("events_received")
 
-    @attribute(dtype="int64", doc="of events_received, written (or given up with a channel)")
+    @snapshot(dtype="int64", doc="of events_received, written (or given up with a channel)")
     def events_processed(self) -> Figure:
         return self._figure("events_processed")
 
-    @attribute(dtype="int64", doc="events received and not written yet")
+    @snapshot(dtype="int64", doc="events received and not written yet")
     def lag(self) -> Figure:
         return self._figure("lag")
 
-    @attribute(dtype="int32", doc="batches waiting for a consumer, all running scans")
+    @snapshot(dtype="int32", doc="batches waiting for a consumer, all running scans")
     def queue_depth(self) -> Figure:
         return self._figure("queue_depth")
 
-    @attribute(dtype=float, unit="s", format="%.4f", doc="latency p50, worst running scan")
+    @snapshot(dtype=float, unit="s", format="%.4f", doc="latency p50, worst running scan")
     def latency_p50(self) -> Figure:
         return self._figure("latency_p50")
 
-    @attribute(dtype=float, unit="s", format="%.4f", doc="latency p99, worst running scan")
+    @snapshot(dtype=float, unit="s", format="%.4f", doc="latency p99, worst running scan")
     def latency_p99(self) -> Figure:
         return self._figure("latency_p99")
 
@@ -497,7 +510,7 @@ class NexusWriter(Device):
             return 0, time.time(), AttrQuality.ATTR_INVALID
         return value, time.time(), AttrQuality.ATTR_VALID
 
-    @attribute(dtype=str, doc="the service's statistics as JSON")
+    @snapshot(dtype=str, doc="the service's statistics as JSON")
     def statistics_json(self) -> str:
         return self._statistics()
 
