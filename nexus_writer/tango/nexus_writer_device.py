@@ -1,18 +1,21 @@
 """NexusWriter: the Tango device that writes one session, behind ``NexusWriterService``.
 
 .. important::
-   A gevent green-mode device: its methods, its attribute reads and its commands run in the
-   server's main hub, and so do the session's :class:`~nexus_writer.service.WriterService`
-   (a greenlet of that hub, as under ``nexus-writer run``) and the device's watcher
-   greenlet, which alone sets the state and pushes change events (pushing from another
-   thread crashes gevent servers: REFERENCE.md section 2). Attribute reads and commands
-   never wait for Redis or a disk: they read the snapshot the watcher keeps.
+   A gevent green-mode device: its life cycle and its commands run in the server's main
+   hub, and so do the session's :class:`~nexus_writer.service.WriterService` (a greenlet
+   of that hub, as under ``nexus-writer run``), the watcher greenlet, which alone sets the
+   state, and the relay greenlet, which alone changes the scan lists; only these push
+   change events (pushing from another thread crashes gevent servers: REFERENCE.md
+   section 2). Attribute reads run in the Tango thread of each request, never in the hub:
+   they read snapshots (replaced whole by the hub or the consumer thread, or copied in one
+   step) and never wait for Redis, a disk or the hub. Commands never wait for Redis or a
+   disk either.
 
 States: ON while the device writes its session, STANDBY while another service does (a
 writer pair), INIT until Redis answers, CLOSE while ``stop`` closes the running scans, OFF
-once stopped, FAULT with the reason (Redis
-unreachable, a root unusable, a bad property), ALARM while the last finished scan failed;
-Status says it in words. docs/operations.md describes the properties and commands.
+once stopped, FAULT with the reason (Redis unreachable, a root unusable, a bad property),
+ALARM while the last scan end failed for good; Status says it in words. docs/operations.md
+describes the properties and commands.
 """
 
 from __future__ import annotations
