@@ -435,7 +435,12 @@ class NexusWriter(Device):
     # consumer thread replace whole (the snapshot), or copies a container in one step
     # under the GIL (list(), dict()) before it looks inside.
 
-    @snapshot(dtype=(str,), max_dim_x=100_000, doc="keys of the scans being written")
+    # The two attributes whose change events the hub pushes with their value are read in
+    # the hub (PyTango's default), not in Tango's threads: the push and a read share one
+    # C++ value buffer, which this server's NO_SYNC model does not guard (a known defect:
+    # reads in Tango's threads made a double free far more likely under load).
+
+    @attribute(dtype=(str,), max_dim_x=100_000, doc="keys of the scans being written")
     def scans_running(self) -> list[str]:
         return self._running_keys()
 
@@ -459,7 +464,7 @@ class NexusWriter(Device):
             "queue_depth": stats.queue_depth,
         }
 
-    @snapshot(dtype=str, doc="JSON: the last finished scans, oldest first")
+    @attribute(dtype=str, doc="JSON: the last finished scans, oldest first")
     def recent_scans(self) -> str:
         return self._recent_json()
 
