@@ -128,6 +128,10 @@ class ChildServer:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    def alive(self) -> bool:
+        """Whether the process runs (started, and not exited)."""
+        return self._process is not None and self._process.poll() is None
+
     def start(self: S) -> S:
         raise NotImplementedError
 

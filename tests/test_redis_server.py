@@ -56,10 +56,10 @@ def test_credentials_are_enforced() -> None:
 def test_stop_kills_the_process_and_removes_its_directory() -> None:
     server = EmbeddedRedis(unix_socket=True).start()
     pid, directory = server.pid, os.path.dirname(server.url.split("@")[-1].replace("unix://", ""))
-    assert pid is not None and alive(pid) and os.path.isdir(directory)
+    assert pid is not None and alive(pid) and os.path.isdir(directory) and server.alive()
     server.stop()
     server.stop()  # twice: nothing happens
-    assert not alive(pid) and not os.path.exists(directory)
+    assert not alive(pid) and not os.path.exists(directory) and not server.alive()
     with pytest.raises(RedisServerError, match="not running"):
         _ = server.url
 
