@@ -107,6 +107,21 @@ def _drain(
     ready.set()  # the starter sees no ready line, and the exit status
 
 
+def process_state(pid: int) -> str | None:
+    """The state Linux gives process ``pid`` (``R``, ``S``, ``T`` stopped, ``Z`` exited
+    and not reaped yet...), or None if there is no such process (or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]  # after the (name)
+    except (OSError, IndexError):
+        return None
+
+
+def stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP, a debugger)."""
+    return process_state(pid) in ("T", "t")
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now (another process may take it before it is used)."""
     with socket.socket() as probe:

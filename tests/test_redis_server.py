@@ -10,17 +10,13 @@ import sys
 import pytest
 import redis
 
+from nexus_writer.child_process import process_state
 from nexus_writer.redis_client import connect
 from nexus_writer.redis_server import EmbeddedRedis, RedisServerError
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie has exited
-        return stat.read().split()[2] != "Z"
+    return process_state(pid) not in (None, "Z")  # a zombie has exited
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,7 @@ import h5py
 
 import nexus_writer
 from nexus_writer import atomic
+from nexus_writer.child_process import stopped
 from nexus_writer.green import pause
 from nexus_writer.protocol import ScanDocument
 from sync_primitives import Lock
@@ -172,12 +173,7 @@ def lock_holders(lock: int | Path) -> list[int]:
 
 def _describe(pid: int) -> str:
     """``pid N`` and, if it is stopped (SIGSTOP, a debugger), so."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return f"pid {pid}"
-    return f"pid {pid} (stopped)" if state in ("T", "t") else f"pid {pid}"
+    return f"pid {pid} (stopped)" if stopped(pid) else f"pid {pid}"
 
 
 class EntryExistsError(FileExistsError):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from nexus_writer.child_process import stopped
 from nexus_writer.nexus import master
 from nexus_writer.protocol import SessionPublisher
 from nexus_writer.redis_server import EmbeddedRedis
@@ -163,7 +164,7 @@ def test_a_service_frozen_inside_a_session_files_lock_holds_it_up_until_woken(
             0.0002,
         )
         os.kill(pid, signal.SIGSTOP)
-        wait_until(lambda: _stopped(pid), "the active service stopped", 10, 0.001)
+        wait_until(lambda: stopped(pid), "the active service stopped", 10, 0.001)
         if _holds_a_session_lock(pid, tmp_path):
             break
         os.kill(pid, signal.SIGCONT)  # let it go just before: try again
@@ -183,11 +184,6 @@ def test_a_service_frozen_inside_a_session_files_lock_holds_it_up_until_woken(
 #: Tries to freeze the active service while it holds a session file's lock (it holds one
 #: for a few milliseconds per scan start and end).
 LOCK_ATTEMPTS = 200
-
-
-def _stopped(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
 
 
 def _holds_a_session_lock(pid: int, root: Path) -> bool:
