@@ -101,8 +101,8 @@ class NexusScanWriter(Subscriber):
         self._readings = readings
         self._lease_lost: str | None = None
         self._unfinished: str | None = None
-        self._nothing_to_do = False  # its entry was finished before
-        self._written_before: str | None = None  # and its URL
+        #: The URL of its entry if that was finished before: nothing to do.
+        self._written_before: str | None = None
         self.client = client
         self.key = key
         self.options = options or WriterOptions()
@@ -144,7 +144,7 @@ class NexusScanWriter(Subscriber):
     def written_before(self) -> bool:
         """Whether the scan's entry was finished before this writer started (announced
         again, or written by an earlier service): it had nothing to do."""
-        return self._nothing_to_do
+        return self._written_before is not None
 
     # -- listener ---------------------------------------------------------------------------
 
@@ -369,7 +369,7 @@ class NexusScanWriter(Subscriber):
             self._file = ScanFile(document, self.options, self._read(), self._lease)
         except ScanAlreadyWritten as exc:
             _log.info("scan %s: nothing to do: %s", self.key, exc)
-            self._nothing_to_do, self._written_before = True, exc.url
+            self._written_before = exc.url
             return
         _log.info(
             "scan %s: writing %s in %s%s",
@@ -395,7 +395,7 @@ class NexusScanWriter(Subscriber):
         if self._killed and self._closed is None:
             self._unfinished = self._unfinished or "killed before the scan closed"
         if self._file is None:
-            if state is State.OFF and not self._nothing_to_do:
+            if state is State.OFF and not self.written_before:
                 self._unfinished = "the writer stopped before the scan's file was made"
             return
         if self._lease is not None and not self._file.broken:
