@@ -277,10 +277,22 @@ class NexusSessionWriter(Subscriber):
             announcement.key,
             announcement.stream_id,
         )
+        self._acknowledge(announcement.stream_id, announcement.key)
+
+    def _acknowledge(self, stream_id: str, key: str) -> None:
+        """Acknowledge the announcement ``stream_id`` of scan ``key``; if Redis or the lease
+        refuses, the next writer of the session gets it again (and finds the scan written
+        if it was)."""
+        assert self._reader is not None
         try:
-            self._reader.ack(announcement.stream_id)
+            self._reader.ack(stream_id)
         except (redis.ConnectionError, redis.TimeoutError, LeaseLost) as exc:
-            _log.warning("session %s: cannot acknowledge it (%s)", self.session, exc)
+            _log.warning(
+                "session %s: cannot acknowledge scan %s (%s): the next writer will see it again",
+                self.session,
+                key,
+                exc,
+            )
 
     def _scan_finished(self, writer: Subscriber) -> None:
         """A scan writer has ended (called in its consumer's thread: the shared consumer
@@ -330,16 +342,7 @@ class NexusSessionWriter(Subscriber):
             )
         elif stream_id is not None and self._reader is not None:
             # Done with for good: written, or failed for a reason writing again cannot mend.
-            try:
-                self._reader.ack(stream_id)
-            except (redis.ConnectionError, redis.TimeoutError, LeaseLost) as exc:
-                _log.warning(
-                    "session %s: cannot acknowledge scan %s (%s): the next writer will see "
-                    "it again",
-                    self.session,
-                    writer.name,
-                    exc,
-                )
+            self._acknowledge(stream_id, writer.name)
         self._scan_ended.set()
 
     def wait_for_scans(self, keys: list[str], timeout: float | None = None) -> bool:
