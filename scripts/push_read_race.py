@@ -1,6 +1,6 @@
-"""Reproduce the known race of gevent green-mode Tango servers between an attribute's
-pushed change events and client reads of the same attribute (the open defect of the
-NexusWriter device, docs/operations.md).
+"""Reproduce the race of gevent green-mode Tango servers between an attribute's pushed
+change events and client reads of the same attribute, which the NexusWriter device avoids
+(docs/operations.md, nexus_writer/tango/event_pusher.py).
 
 PyTango runs gevent servers with ``SerialModel.NO_SYNC``: a push with a value takes the
 device monitor, a client read takes the attribute's mutex, and both fill and free the
@@ -9,8 +9,8 @@ one value buffer of the attribute. Upstream: pytango issues 5 and 172, cppTango 
 ``python scripts/push_read_race.py [SECONDS] [READERS]``: starts an embedded Tango
 database and a minimal green device that pushes change events of ``keys`` every
 millisecond from its hub, reads ``keys`` from READERS client threads, and says whether the
-server survived and which errors the clients saw. ``python scripts/push_read_race.py
-server INSTANCE`` is the device server itself.
+server survived and which errors the clients saw (it dies within seconds).
+``python scripts/push_read_race.py server INSTANCE`` is the device server itself.
 """
 
 from __future__ import annotations

@@ -3,13 +3,15 @@
 .. important::
    A gevent green-mode device: its life cycle and its commands run in the server's main
    hub, and so do the session's :class:`~nexus_writer.service.WriterService` (a greenlet
-   of that hub, as under ``nexus-writer run``), the watcher greenlet, which alone sets the
-   state, and the relay greenlet, which alone changes the scan lists; only these push
-   change events (pushing from another thread crashes gevent servers: REFERENCE.md
-   section 2). Attribute reads run in the Tango thread of each request, never in the hub:
-   they read snapshots (replaced whole by the hub or the consumer thread, or copied in one
-   step) and never wait for Redis, a disk or the hub. Commands never wait for Redis or a
-   disk either.
+   of that hub, as under ``nexus-writer run``), the watcher greenlet, which alone computes
+   the state, and the relay greenlet, which alone changes the scan lists. The server runs
+   with ``SerialModel.BY_DEVICE`` (set by ``init_device``, for the whole process): every
+   request holds the device monitor, and State, Status and change events are set and
+   pushed under it by the device's :class:`~nexus_writer.tango.event_pusher.EventPusher`
+   thread, never in the hub (why: that module). Attribute reads run in the Tango thread
+   of each request, never in the hub: they read snapshots (replaced whole by the hub or
+   the consumer thread, or copied in one step) and never wait for Redis, a disk or the
+   hub. Commands never wait for Redis or a disk either.
 
 States: ON while the device writes its session, STANDBY while another service does (a
 writer pair), INIT until Redis answers, CLOSE while ``stop`` closes the running scans, OFF
@@ -28,7 +30,7 @@ import time
 from collections import deque
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import gevent
 import gevent.event
@@ -42,6 +44,8 @@ from tango import (
     ErrSeverity,
     EventType,
     GreenMode,
+    SerialModel,
+    Util,
 )
 from tango.server import Device, attribute, command, device_property
 
@@ -55,6 +59,7 @@ from nexus_writer.service import Role, ServiceStatistics, WriterService
 from nexus_writer.session_writer import ScanEvent
 from nexus_writer.subscriber import State
 from nexus_writer.tango.callback_scheduler import CallbackScheduler
+from nexus_writer.tango.event_pusher import EventPusher, Shown
 from nexus_writer.tango.subscription import Subscription
 from sync_primitives import Queue
 
@@ -64,6 +69,8 @@ _log = logging.getLogger(__name__)
 WATCH_PERIOD = 0.1
 #: Finished scans kept for recent_scans, scan_state and scan_url.
 RECENT_SCANS = 100
+#: Seconds the server's shutdown waits for the events given before it to be pushed.
+LAST_EVENTS = 2.0
 
 
 #: A number read from the snapshot: (value, time, quality), as Tango attributes return it.
@@ -223,6 +230,10 @@ class NexusWriter(Device):
 
     def init_device(self) -> None:
         super().init_device()
+        # PyTango runs green servers with NO_SYNC, where a pushed event and a read of the
+        # same attribute corrupt each other (event_pusher.py): every request takes the
+        # device monitor instead, and the EventPusher pushes under it.
+        Util.instance().set_serial_model(SerialModel.BY_DEVICE)
         self._service: WriterService | None = None
         self._runner: gevent.Greenlet | None = None
         self._client: redis.Redis | None = None
@@ -233,7 +244,9 @@ class NexusWriter(Device):
         self._scan_events: Queue[ScanEvent] = Queue()
         self._running_scans: dict[str, ScanEvent] = {}
         self._look_now = gevent.event.Event()  # a scan started or ended: show it at once
-        self._shown: tuple[DevState, str] | None = None  # the state and status set last
+        self._shown: Shown | None = None  # the state and status computed last
+        if getattr(self, "_events", None) is None:  # one for the device's life, Init or not
+            self._events = EventPusher(self, lambda: self._shown)
         self._recent_scans: deque[ScanEvent] = deque(maxlen=RECENT_SCANS)
         for name in ("State", "Status", "scans_running", "recent_scans"):
             self.set_change_event(name, True, False)
@@ -245,6 +258,8 @@ class NexusWriter(Device):
     def delete_device(self) -> None:
         self._watcher.kill()
         self._relay.kill()
+        if Util.instance().is_svr_shutting_down() and not self._events.close(LAST_EVENTS):
+            _log.warning("%s: events given before the shutdown were not all pushed", self)
         if self._scheduler is not None:
             self._scheduler.shutdown()
         self._stop_service()
@@ -362,21 +377,21 @@ class NexusWriter(Device):
             self._look_now.wait(WATCH_PERIOD)
             self._look_now.clear()
 
-    def _look(self) -> None:
-        """Take the service's snapshot; set the state and push its change events if it
-        changed (in this hub: the watcher, and the commands that change the state, so
-        that it has changed when they return)."""
+    def _look(self, in_command: bool = False) -> None:
+        """Take the service's snapshot and compute the state; the EventPusher sets it and
+        pushes its change events if it changed (in this hub: the watcher, and the
+        commands that change the state, ``in_command``: changed when they return)."""
         service = self._service
         running = service is not None and self._running()
         self._snapshot = service.statistics() if service is not None and running else None
         last_end = self._recent_scans[-1] if self._recent_scans else None
-        now = state_of(self._snapshot, self._problem, len(self._running_scans), last_end)
-        if now != self._shown:
-            self._shown = now
-            self.set_state(now[0])
-            self.set_status(tango_text(now[1]))
-            self.push_change_event("State")
-            self.push_change_event("Status")
+        state, status = state_of(self._snapshot, self._problem, len(self._running_scans), last_end)
+        now = (state, tango_text(status))
+        changed, self._shown = now != self._shown, now
+        if in_command:
+            self._events.show_in_command()
+        elif changed:
+            self._events.show()
 
     def _relay_scans(self) -> None:
         """Every scan start and end, in order, to the scan lists and their change events."""
@@ -393,8 +408,8 @@ class NexusWriter(Device):
         else:
             self._running_scans.pop(event.key, None)
             self._recent_scans.append(event)
-            self.push_change_event("recent_scans", self._recent_json())
-        self.push_change_event("scans_running", self._running_keys())
+            self._events.push("recent_scans", self._recent_json())
+        self._events.push("scans_running", self._running_keys())
         self._look_now.set()
 
     def _running_keys(self) -> list[str]:
@@ -427,6 +442,31 @@ class NexusWriter(Device):
             )
         return running, ended
 
+    # -- Tango's hooks of every request -------------------------------------------------
+    #
+    # PyTango runs these in the hub for a green device, for every read, every command,
+    # while the request holds the device monitor: each request would then wait for the
+    # hub, busy with the scans, and hold up all the others meanwhile. The device has
+    # nothing to do in them, so they run where the request is (PyTango leaves a method
+    # marked __access_wrapped__ as it is).
+
+    def always_executed_hook(self) -> None:
+        pass
+
+    def read_attr_hardware(self, attr_list: list[int]) -> None:
+        pass
+
+    def dev_state(self) -> DevState:
+        return cast(DevState, super().dev_state())  # as the EventPusher set it
+
+    def dev_status(self) -> str:
+        return cast(str, super().dev_status())
+
+    always_executed_hook.__access_wrapped__ = True  # type: ignore[attr-defined]
+    read_attr_hardware.__access_wrapped__ = True  # type: ignore[attr-defined]
+    dev_state.__access_wrapped__ = True  # type: ignore[attr-defined]
+    dev_status.__access_wrapped__ = True  # type: ignore[attr-defined]
+
     # -- attributes: snapshots only -----------------------------------------------------
     #
     # Read in the Tango thread that serves the request (read_green_mode=False), not in the
@@ -435,12 +475,7 @@ class NexusWriter(Device):
     # consumer thread replace whole (the snapshot), or copies a container in one step
     # under the GIL (list(), dict()) before it looks inside.
 
-    # The two attributes whose change events the hub pushes with their value are read in
-    # the hub (PyTango's default), not in Tango's threads: the push and a read share one
-    # C++ value buffer, which this server's NO_SYNC model does not guard (a known defect:
-    # reads in Tango's threads made a double free far more likely under load).
-
-    @attribute(dtype=(str,), max_dim_x=100_000, doc="keys of the scans being written")
+    @snapshot(dtype=(str,), max_dim_x=100_000, doc="keys of the scans being written")
     def scans_running(self) -> list[str]:
         return self._running_keys()
 
@@ -464,7 +499,7 @@ class NexusWriter(Device):
             "queue_depth": stats.queue_depth,
         }
 
-    @attribute(dtype=str, doc="JSON: the last finished scans, oldest first")
+    @snapshot(dtype=str, doc="JSON: the last finished scans, oldest first")
     def recent_scans(self) -> str:
         return self._recent_json()
 
@@ -543,16 +578,16 @@ class NexusWriter(Device):
         if self._client is not None:
             self._client.close()
         self._start_service()
-        self._look()
+        self._look(in_command=True)
 
     @command
     def stop(self) -> None:
         """Stop writing: running scans close with what they received; a standby of the
         pair takes over. Stopping a stopped writer changes nothing."""
         self._stop_service()
-        self._look()  # CLOSE (or OFF) when it returns
+        self._look(in_command=True)  # CLOSE (or OFF) when it returns
 
-    @command(dtype_in=str, dtype_out=str)
+    @command(dtype_in=str, dtype_out=str, green_mode=False)  # reads snapshots: not in the hub
     def scan_state(self, key: str) -> str:
         """The state of scan ``key``: RUNNING, or how it ended (OFF: written, FAULT)."""
         running, ended = self._known(key)
@@ -561,7 +596,7 @@ class NexusWriter(Device):
         assert ended is not None  # _known found one of them
         return ended.state
 
-    @command(dtype_in=str, dtype_out=str)
+    @command(dtype_in=str, dtype_out=str, green_mode=False)  # reads snapshots: not in the hub
     def scan_url(self, key: str) -> str:
         """``file::/entry`` of scan ``key`` (DevFailed until its entry exists)."""
         running, ended = self._known(key)
@@ -586,8 +621,8 @@ class NexusWriter(Device):
     def purge_scans(self) -> None:
         """Forget the finished scans (recent_scans becomes empty)."""
         self._recent_scans.clear()
-        self.push_change_event("recent_scans", self._recent_json())
-        self._look()  # an ALARM has ended when it returns
+        self._events.push("recent_scans", self._recent_json())
+        self._look(in_command=True)  # an ALARM has ended when it returns
 
     def _running_writer(self, key: str) -> NexusScanWriter:
         running, _ = self._known(key)
@@ -595,7 +630,7 @@ class NexusWriter(Device):
             refuse(SCAN_ENDED, f"scan {key!a} is not running (it has ended)")
         return running
 
-    @command(dtype_out=str)
+    @command(dtype_out=str, green_mode=False)  # reads a snapshot: not in the hub
     def statistics(self) -> str:
         """The service's statistics as JSON (the same as ``statistics_json``)."""
         return self._statistics()

@@ -10,7 +10,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from functools import partial
@@ -198,6 +200,56 @@ def subscribed(kind: str, device: str, record: Callable[[Any], None]) -> Iterato
             proxy.unsubscribe_event(event_id)
 
 
+def run_scans(
+    proxy: tango.DeviceProxy,
+    redis_url: str,
+    session: str,
+    root: Path,
+    count: int,
+    *,
+    publishers: int = 1,
+) -> list[str]:
+    """Publish ``count`` short scans one after the other from each of ``publishers``
+    threads, and wait until the device has written them all; their keys, in order (one
+    publisher) or not."""
+    commands = ["loopscan 2 0.0001"] * count
+    published = [in_plain_thread(publish, redis_url, session, root, *commands)]
+    published += [
+        in_plain_thread(publish, redis_url, session, root / f"p{n}", *commands)
+        for n in range(1, publishers)
+    ]
+    keys = [key for future in published for key in future.result(120)]
+    wait_until(
+        lambda: (statistics(proxy)["writer"] or {}).get("scans_succeeded") == len(keys),
+        f"{len(keys)} scans written",
+        120,
+        0.1,
+    )
+    return keys
+
+
+def assert_each_start_and_end_once_in_order(
+    seen: list[tuple[str, ...]], keys: list[str], ordered: bool = True
+) -> dict[str, int]:
+    """``seen``, the successive values of scans_running, shows each of ``keys`` start once,
+    in order (if ``ordered``), and end once after its start; the position of each end."""
+    started: dict[str, int] = {}  # key -> the event that showed it running first
+    ended: dict[str, int] = {}
+    for position, (before, after) in enumerate(itertools.pairwise(seen)):
+        for key in set(after) - set(before):
+            assert key not in started, f"{key} started twice"
+            started[key] = position
+        for key in set(before) - set(after):
+            assert key not in ended, f"{key} ended twice"
+            ended[key] = position
+    assert set(started) == set(keys)  # every start seen
+    assert set(ended) == set(started)  # every end seen
+    assert all(started[key] < ended[key] for key in started)  # each end after its start
+    if ordered:
+        assert sorted(started, key=lambda k: started[k]) == keys  # in the order published
+    return ended
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("kind", ["scheduler", "gevent"])
 def test_a_client_sees_every_scan_start_and_end_in_order(
@@ -212,27 +264,9 @@ def test_a_client_sees_every_scan_start_and_end_in_order(
             seen.append(tuple(event.attr_value.value or ()))
 
     with subscribed(kind, proxy.name(), record):
-        keys = publish(redis_server.url, session, tmp_path, *(["loopscan 2 0.0001"] * SCANS))
-        wait_until(
-            lambda: (statistics(proxy)["writer"] or {}).get("scans_succeeded") == SCANS,
-            f"{SCANS} scans written",
-            120,
-            0.1,
-        )
+        keys = run_scans(proxy, redis_server.url, session, tmp_path, SCANS)
         wait_until(lambda: bool(seen) and seen[-1] == (), "the last end seen", STARTED)
-    started: dict[str, int] = {}  # key -> the event that showed it running first
-    ended: dict[str, int] = {}
-    for position, (before, after) in enumerate(itertools.pairwise(seen)):
-        for key in set(after) - set(before):
-            assert key not in started, f"{key} started twice"
-            started[key] = position
-        for key in set(before) - set(after):
-            assert key not in ended, f"{key} ended twice"
-            ended[key] = position
-    assert len(started) == SCANS  # every start seen
-    assert set(ended) == set(started)  # every end seen
-    assert all(started[key] < ended[key] for key in started)  # each end after its start
-    assert sorted(started, key=lambda k: started[k]) == keys  # in the order published
+    ended = assert_each_start_and_end_once_in_order(seen, keys)
     recent = json.loads(proxy.recent_scans)
     assert [e["key"] for e in recent] == sorted(ended, key=lambda k: ended[k])[-len(recent) :]
     assert {e["state"] for e in recent} == {"OFF"}
@@ -242,6 +276,65 @@ def test_a_client_sees_every_scan_start_and_end_in_order(
     assert proxy.scan_state(last["key"]) == "OFF"
     url = proxy.scan_url(last["key"])
     assert url == last["url"] and "::/" in url
+
+
+#: Clients reading each attribute as fast as they can while scans start and end ("*":
+#: every attribute in one read_attributes, as a GUI does).
+READERS = {"scans_running": 3, "recent_scans": 2, "*": 3, "State": 1, "Status": 1}
+
+
+@pytest.mark.timeout(240)
+def test_clients_reading_the_scan_lists_flat_out_while_events_are_pushed(
+    writer: tuple[tango.DeviceProxy, str], redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """Reads of an attribute whose change events are pushed with their value used to
+    share its value buffer with the pushes (PyTango's NO_SYNC model for green servers):
+    reads failed with API_AttrValueNotSet, and the server died of a double free. Every
+    read succeeds now, the server lives, and the events are all there."""
+    proxy, session = writer
+    wait_for_state(proxy, tango.DevState.ON)
+    stop = threading.Event()
+    reads: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+
+    def read(name: str) -> None:
+        reader = tango.DeviceProxy(proxy.name())
+        names = list(reader.get_attribute_list()) if name == "*" else [name]
+        while not stop.is_set():
+            try:
+                for value in reader.read_attributes(names):
+                    if value.has_failed:
+                        errors[f"{value.name}: {value.get_err_stack()[0].reason}"] += 1
+                reads[name] += 1
+            except tango.DevFailed as failed:
+                errors[f"{name}: {failed.args[0].reason}"] += 1
+
+    seen: list[tuple[str, ...]] = []
+
+    def record(event: Any) -> None:
+        seen.append(
+            ("error", event.errors[0].reason) if event.err else tuple(event.attr_value.value or ())
+        )
+
+    readers = [
+        threading.Thread(target=read, args=(name,), daemon=True)
+        for name, count in READERS.items()
+        for _ in range(count)
+    ]
+    with subscribed("scheduler", proxy.name(), record):
+        for reader in readers:
+            reader.start()
+        try:
+            keys = run_scans(proxy, redis_server.url, session, tmp_path, 50, publishers=3)
+            wait_until(lambda: bool(seen) and seen[-1] == (), "the last end seen", STARTED)
+        finally:
+            stop.set()
+            for reader in readers:
+                reader.join(STARTED)
+    assert not errors, errors
+    assert all(reads[name] >= 20 for name in READERS), reads  # they did read meanwhile
+    assert proxy.ping() > 0
+    assert_each_start_and_end_once_in_order(seen, keys, ordered=False)
 
 
 def test_scan_commands_name_what_is_wrong(writer: tuple[tango.DeviceProxy, str]) -> None:
