@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from tango import AutoTangoMonitor, DevState
+from tango import AutoTangoMonitor, DevFailed, DevState
 from tango.server import Device
 
 from sync_primitives import Queue
@@ -43,8 +43,10 @@ _log = logging.getLogger(__name__)
 #: A state as the device computes it: the State and the Status text.
 Shown = tuple[DevState, str]
 
-_STATE = object()  # the queue's item for "show the current state"
-_CLOSE = object()  # the queue's item for "stop"
+_STATE = "State and Status"  # the queue's item for "show the current state"
+_CLOSE = "close"  # the queue's item for "stop"
+#: The reason of Tango's DevFailed when the monitor was not free within its timeout.
+MONITOR_TIMEOUT = "API_CommandTimedOut"
 
 
 class EventPusher:
@@ -58,6 +60,7 @@ class EventPusher:
         # Read and written under the device monitor only (this thread, or a command).
         self._applied: Shown | None = None  # set with set_state/set_status
         self._pushed: Shown | None = None  # pushed as change events
+        self._closing = False
         self._thread = threading.Thread(
             target=self._run, name=f"EventPusher {device.get_name()}", daemon=True
         )
@@ -82,6 +85,7 @@ class EventPusher:
     def close(self, timeout: float) -> bool:
         """Push what was given, then stop; whether the thread ended within ``timeout``
         (it cannot while someone else holds the monitor, ``Init`` for one)."""
+        self._closing = True
         self._items.put_nowait(_CLOSE)
         self._thread.join(timeout)
         return not self._thread.is_alive()
@@ -99,14 +103,38 @@ class EventPusher:
             if item is _CLOSE:
                 return
             try:
-                with AutoTangoMonitor(self._device):
-                    if item is _STATE:
-                        self._apply()
-                        if self._applied != self._pushed:
-                            self._device.push_change_event("State")
-                            self._device.push_change_event("Status")
-                            self._pushed = self._applied
-                    else:
-                        self._device.push_change_event(*item)
+                self._push_when_free(item)
             except Exception:  # never the end of the events: log, go on with the next
-                _log.exception("%s: cannot push %r", self._device.get_name(), item)
+                name = item if isinstance(item, str) else item[0]
+                _log.exception("%s: cannot push %s", self._device.get_name(), name)
+
+    def _push_when_free(self, item: Any) -> None:
+        """Push ``item`` under the monitor, waiting for it as long as it takes (Tango
+        gives up after its timeout: this tries again, so that no event is lost to a busy
+        device; only a shutdown gives up)."""
+        waited = 0
+        while True:
+            try:
+                with AutoTangoMonitor(self._device):  # raises when the wait times out
+                    self._push(item)
+                return
+            except DevFailed as failed:
+                if failed.args[0].reason != MONITOR_TIMEOUT or self._closing:
+                    raise
+                waited += 1
+                if waited == 1:
+                    _log.warning(
+                        "%s: the device monitor is busy (%s): the events wait",
+                        self._device.get_name(),
+                        str(failed.args[0].desc).strip(),
+                    )
+
+    def _push(self, item: Any) -> None:
+        if item is _STATE:
+            self._apply()
+            if self._applied != self._pushed:
+                self._device.push_change_event("State")
+                self._device.push_change_event("Status")
+                self._pushed = self._applied
+        else:
+            self._device.push_change_event(*item)

@@ -44,6 +44,7 @@ from tango import (
     ErrSeverity,
     EventType,
     GreenMode,
+    LatestDeviceImpl,
     SerialModel,
     Util,
 )
@@ -247,6 +248,9 @@ class NexusWriter(Device):
         self._shown: Shown | None = None  # the state and status computed last
         if getattr(self, "_events", None) is None:  # one for the device's life, Init or not
             self._events = EventPusher(self, lambda: self._shown)
+        else:  # Init: the lists start empty, and say so
+            self._events.push("scans_running", [])
+            self._events.push("recent_scans", "[]")
         self._recent_scans: deque[ScanEvent] = deque(maxlen=RECENT_SCANS)
         for name in ("State", "Status", "scans_running", "recent_scans"):
             self.set_change_event(name, True, False)
@@ -266,6 +270,8 @@ class NexusWriter(Device):
         if self._runner is not None:
             self._runner.join()  # the service closes its scans (bounded: STOP_TIMEOUT)
             self._runner = None
+        while self._scan_events.qsize():  # the ends of the scans it closed, the relay's
+            self._show_scan(self._scan_events.get_nowait())  # no more: shown, pushed
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -456,11 +462,13 @@ class NexusWriter(Device):
     def read_attr_hardware(self, attr_list: list[int]) -> None:
         pass
 
+    # As the EventPusher set them; LatestDeviceImpl's are Tango's own (Device's hop into
+    # the hub).
     def dev_state(self) -> DevState:
-        return cast(DevState, super().dev_state())  # as the EventPusher set it
+        return cast(DevState, LatestDeviceImpl.dev_state(self))
 
     def dev_status(self) -> str:
-        return cast(str, super().dev_status())
+        return cast(str, LatestDeviceImpl.dev_status(self))
 
     always_executed_hook.__access_wrapped__ = True  # type: ignore[attr-defined]
     read_attr_hardware.__access_wrapped__ = True  # type: ignore[attr-defined]
