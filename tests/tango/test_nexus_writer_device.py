@@ -32,6 +32,7 @@ from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.simulator import Beamline, Detectors
 from nexus_writer.tango import CallbackScheduler
 from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
+from nexus_writer.tango.nexus_writer_device import NexusWriter
 from tests.conftest import in_plain_thread, wait_until
 from tests.tango.conftest import server_env
 
@@ -757,3 +758,11 @@ def test_a_frozen_redis_is_a_fault_and_the_device_answers_meanwhile(
         wait_for_state(proxy, tango.DevState.ON)
         (key,) = publish(redis_server.url, "frozen", tmp_path, "loopscan 3 0.001")
         wait_until(partial(written, proxy, key), "a scan written after", STARTED, 0.05)
+
+
+def test_tangos_per_request_hooks_are_not_sent_into_the_hub() -> None:
+    """PyTango runs these in the hub of a green device unless marked __access_wrapped__;
+    there, each request would hold the device monitor while it waits for a busy hub."""
+    for name in ("always_executed_hook", "read_attr_hardware", "dev_state", "dev_status"):
+        assert not hasattr(getattr(NexusWriter, name), "__wrapped__"), name  # as written
+    assert hasattr(NexusWriter.init_device, "__wrapped__")  # what PyTango does otherwise
