@@ -262,8 +262,6 @@ class NexusWriter(Device):
     def delete_device(self) -> None:
         self._watcher.kill()
         self._relay.kill()
-        if Util.instance().is_svr_shutting_down() and not self._events.close(LAST_EVENTS):
-            _log.warning("%s: events given before the shutdown were not all pushed", self)
         if self._scheduler is not None:
             self._scheduler.shutdown()
         self._stop_service()
@@ -272,6 +270,8 @@ class NexusWriter(Device):
             self._runner = None
         while self._scan_events.qsize():  # the ends of the scans it closed, the relay's
             self._show_scan(self._scan_events.get_nowait())  # no more: shown, pushed
+        if Util.instance().is_svr_shutting_down() and not self._events.close(LAST_EVENTS):
+            _log.warning("%s: events given before the shutdown were not all pushed", self)
         if self._client is not None:
             self._client.close()
             self._client = None
