@@ -392,8 +392,12 @@ class NexusScanWriter(Subscriber):
             self._file.add_message(message)
 
     def finish(self, state: State, reason: str | None) -> None:
-        if self._killed and self._closed is None:
-            self._unfinished = self._unfinished or "killed before the scan closed"
+        if self._killed:  # whether its end was in or not, what it wrote may be partial
+            self._unfinished = self._unfinished or (
+                "killed before the scan closed"
+                if self._closed is None
+                else "killed before its end was written"
+            )
         if self._file is None:
             if state is State.OFF and not self.written_before:
                 self._unfinished = "the writer stopped before the scan's file was made"

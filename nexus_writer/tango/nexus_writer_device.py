@@ -11,7 +11,9 @@
    thread, never in the hub (why: that module). Attribute reads run in the Tango thread
    of each request, never in the hub: they read snapshots (replaced whole by the hub or
    the consumer thread, or copied in one step) and never wait for Redis, a disk or the
-   hub. Commands never wait for Redis or a disk either.
+   hub. Commands never wait for Redis or a disk either, except ``Init``, which waits for
+   the service to close its scans and give its lease back (bounded: STOP_TIMEOUT, and
+   the Redis socket timeout).
 
 States: ON while the device writes its session, STANDBY while another service does (a
 writer pair), INIT until Redis answers, CLOSE while ``stop`` closes the running scans, OFF

@@ -25,6 +25,7 @@ from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.scan_writer import NexusScanWriter
 from nexus_writer.simulator import Beamline, Detectors
 from nexus_writer.subscriber import Mode, State
+from sync_primitives import Event
 from tests.conftest import PROMPT, wait_until
 from tests.writer.helpers import (
     assert_file_has_every_value,
@@ -122,6 +123,35 @@ def test_a_finished_scan_seen_again_is_not_written_again(
         "scan_0001.key",
     ]
     assert_file_has_every_value(published)
+
+
+def test_a_scan_killed_after_its_end_came_in_is_unfinished_not_failed(
+    redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill_scan leaves a scan UNFINISHED, to be written again (docs/operations.md), also
+    when the publisher's end was in already but the writer had not finished with it."""
+    published = beamline(redis_client, tmp_path).run("loopscan 4 0")
+    writer = NexusScanWriter(redis_client, published.key, WriterOptions(), mode=Mode.PARALLEL)
+    end_in, go_on = Event(), Event()  # across the test's thread and the writer's
+    consume = writer.consume
+
+    def consume_then_hold(events: list[object]) -> None:
+        consume(events)
+        if writer._closed is not None and not end_in.is_set():  # the end is in
+            end_in.set()
+            assert go_on.wait(PROMPT)
+
+    monkeypatch.setattr(writer, "consume", consume_then_hold)
+    writer.start()
+    assert end_in.wait(PROMPT * 6)
+    writer.kill()
+    go_on.set()
+    assert writer.join(PROMPT * 6)
+    assert writer.unfinished == "killed before its end was written"
+    scan_file = Path(published.document.file).parent / "faults_scans" / "scan_0001.h5"
+    with h5py.File(scan_file, "r", locking=False) as handle:
+        (entry,) = handle.values()
+        assert text(entry["writer/status"]) == "STOPPED"  # to be written again
 
 
 def test_a_session_file_left_unreadable_by_a_crash_is_made_again(
