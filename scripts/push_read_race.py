@@ -10,7 +10,10 @@ one value buffer of the attribute. Upstream: pytango issues 5 and 172, cppTango 
 database and a minimal green device that pushes change events of ``keys`` every
 millisecond from its hub, reads ``keys`` from READERS client threads, and says whether the
 server survived and which errors the clients saw (it dies within seconds).
-``python scripts/push_read_race.py server INSTANCE`` is the device server itself.
+``--fixed`` runs the same device the NexusWriter's way: ``SerialModel.BY_DEVICE`` and the
+pushes handed from the hub to an :class:`~nexus_writer.tango.event_pusher.EventPusher`
+(it survives, with no read error). ``python scripts/push_read_race.py server INSTANCE
+[--fixed]`` is the device server itself.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ import tango
 from tango.server import Device, attribute, run
 
 from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
+from nexus_writer.tango.event_pusher import EventPusher
 
 DEVICE = "test/race/1"
+#: The NexusWriter's way (--fixed), or PyTango's default for gevent servers.
+FIXED = "--fixed" in sys.argv
 
 
 class Racer(Device):
@@ -39,6 +45,10 @@ class Racer(Device):
         super().init_device()
         self._keys: list[str] = []
         self.set_change_event("keys", True, False)
+        self._events: EventPusher | None = None
+        if FIXED:
+            tango.Util.instance().set_serial_model(tango.SerialModel.BY_DEVICE)
+            self._events = EventPusher(self, lambda: None)
         self._pusher = gevent.spawn(self._push)
 
     def delete_device(self) -> None:
@@ -49,10 +59,13 @@ class Racer(Device):
         while True:
             count += 1
             self._keys = [f"scan:{count}:{i}" for i in range(count % 5)]
-            self.push_change_event("keys", list(self._keys))
+            if self._events is not None:  # pushed by its thread, under the monitor
+                self._events.push("keys", list(self._keys))
+            else:  # pushed here, in the hub, as PyTango allows
+                self.push_change_event("keys", list(self._keys))
             gevent.sleep(0.001)
 
-    @attribute(dtype=(str,), max_dim_x=1000)
+    @attribute(dtype=(str,), max_dim_x=1000, read_green_mode=False)
     def keys(self) -> list[str]:
         return list(self._keys)
 
@@ -62,7 +75,8 @@ def main(seconds: float, readers: int) -> int:
         os.environ["TANGO_HOST"] = database.tango_host
         database.add_device("push_read_race/race", "Racer", DEVICE)
         server = DeviceServer(
-            [sys.executable, __file__, "server", "race"], tango_host=database.tango_host
+            [sys.executable, __file__, "server", "race", *(["--fixed"] if FIXED else [])],
+            tango_host=database.tango_host,
         ).start()
         stop, errors, reads = threading.Event(), Counter[str](), [0]
 
@@ -91,7 +105,8 @@ def main(seconds: float, readers: int) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["server"]:
-        run((Racer,), args=[sys.argv[0], *sys.argv[2:]], green_mode=tango.GreenMode.Gevent)
+    arguments = [a for a in sys.argv[1:] if a != "--fixed"]
+    if arguments[:1] == ["server"]:
+        run((Racer,), args=[sys.argv[0], *arguments[1:]], green_mode=tango.GreenMode.Gevent)
     else:
-        sys.exit(main(float((sys.argv[1:] or ["20"])[0]), int((sys.argv[2:] or ["8"])[0])))
+        sys.exit(main(float((arguments or ["20"])[0]), int((arguments[1:] or ["8"])[0])))
