@@ -265,7 +265,10 @@ class NexusWriter(Device):
         self._watcher.kill()
         self._relay.kill()
         if self._scheduler is not None:
-            self._scheduler.shutdown()
+            # Not waited for: Init holds this device's monitor, and Tango's unsubscription
+            # can wait for a subscription's first read of a device of this server (this
+            # one, or another NexusWriter), which waits for that monitor.
+            gevent.spawn(self._scheduler.shutdown)
         self._stop_service()
         if self._runner is not None:
             self._runner.join()  # the service closes its scans (bounded: STOP_TIMEOUT)
@@ -333,7 +336,10 @@ class NexusWriter(Device):
             )
 
     def _on_reading(self, event: Any, name: str) -> None:
-        """A change event of one of the ``attributes`` (in this hub)."""
+        """A change event of one of the ``attributes`` (in this hub; from the scheduler
+        of before an Init too, until it has shut down: only the names still followed)."""
+        if name not in self._readings:
+            return
         if event.err:
             first = event.errors[0]
             why = f"{first.reason}: {str(first.desc).strip()}"

@@ -538,6 +538,36 @@ def test_init_empties_the_lists_and_subscribers_see_it(
             subscriber.unsubscribe_event(event_id)
 
 
+def test_init_of_a_device_that_follows_its_own_attributes_answers_in_time(
+    tango_database: EmbeddedTangoDatabase, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """Init does not wait for the unsubscriptions of the attributes property: one of this
+    server's devices (here the device itself) cannot answer their first read while Init
+    holds its monitor, so each cost 3.2 s and Init outlived a client's 3 s timeout."""
+    device = "test/nexuswriter/self"
+    own = [f"{device}/State", f"{device}/scans_running"]
+    define(
+        tango_database,
+        device,
+        "self",
+        redis_url=redis_server.url,
+        roots=str(tmp_path),
+        attributes=own,
+    )
+    with start_service(tango_database, device):
+        proxy = tango.DeviceProxy(device)  # Tango's default timeout: 3 s
+        wait_for_state(proxy, tango.DevState.ON)
+        for _ in range(3):
+            proxy.Init()  # right after the one before: its subscriptions still starting
+        wait_for_state(proxy, tango.DevState.ON)
+        wait_until(
+            lambda: json.loads(proxy.readings)[own[0]]["value"] == "ON",
+            "the device's own State read again",
+            STARTED,
+            0.05,
+        )
+
+
 def test_a_killed_scan_is_unfinished_not_an_alarm(
     writer: tuple[tango.DeviceProxy, str], redis_server: EmbeddedRedis, tmp_path: Path
 ) -> None:
