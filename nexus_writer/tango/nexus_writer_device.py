@@ -248,6 +248,8 @@ class NexusWriter(Device):
         self._running_scans: dict[str, ScanEvent] = {}
         self._look_now = gevent.event.Event()  # a scan started or ended: show it at once
         self._shown: Shown | None = None  # the state and status computed last
+        # Subscribes to the attributes property, then shuts that scheduler down at Init.
+        self._follower: gevent.Greenlet | None = getattr(self, "_follower", None)
         if getattr(self, "_events", None) is None:  # one for the device's life, Init or not
             self._events = EventPusher(self, lambda: self._shown)
         else:  # Init: the lists start empty, and say so
@@ -267,8 +269,9 @@ class NexusWriter(Device):
         if self._scheduler is not None:
             # Not waited for: Init holds this device's monitor, and Tango's unsubscription
             # can wait for a subscription's first read of a device of this server (this
-            # one, or another NexusWriter), which waits for that monitor.
-            gevent.spawn(self._scheduler.shutdown)
+            # one, or another NexusWriter), which waits for that monitor. The next
+            # subscriptions wait for it instead (_after).
+            self._follower = gevent.spawn(self._after, self._follower, self._scheduler.shutdown)
         self._stop_service()
         if self._runner is not None:
             self._runner.join()  # the service closes its scans (bounded: STOP_TIMEOUT)
@@ -324,14 +327,32 @@ class NexusWriter(Device):
         names = [str(n).strip() for n in self.attributes or [] if str(n).strip()]
         if not names:
             return
-        self._scheduler = CallbackScheduler(in_hub=True)
+        scheduler = self._scheduler = CallbackScheduler(in_hub=True)
+        wanted = {}
         for name in names:
             device, _, attribute_name = name.rpartition("/")
             self._readings[name] = Reading(None, NO_VALUE, None, "no event received yet")
             if not device:
                 self._readings[name] = Reading(None, NO_VALUE, None, "not device/attribute")
                 continue
-            self._subscriptions[name] = self._scheduler.subscribe(
+            wanted[name] = (device, attribute_name)
+        self._follower = gevent.spawn(
+            self._after, self._follower, self._subscribe, scheduler, wanted
+        )
+
+    @staticmethod
+    def _after(previous: gevent.Greenlet | None, fn: Any, *args: Any) -> None:
+        """``fn(*args)`` once ``previous`` has ended: the subscriptions and shutdowns of
+        the attributes property's schedulers, across Inits, one after the other (Tango's
+        unsubscriptions and subscriptions of one event channel at once in one process fail
+        for good: API_ZmqFailed, 'Invalid argument')."""
+        if previous is not None:
+            previous.join()
+        fn(*args)
+
+    def _subscribe(self, scheduler: CallbackScheduler, wanted: dict[str, tuple[str, str]]) -> None:
+        for name, (device, attribute_name) in wanted.items():
+            self._subscriptions[name] = scheduler.subscribe(
                 device, attribute_name, EventType.CHANGE_EVENT, self._on_reading, name
             )
 

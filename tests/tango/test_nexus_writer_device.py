@@ -560,12 +560,15 @@ def test_init_of_a_device_that_follows_its_own_attributes_answers_in_time(
         for _ in range(3):
             proxy.Init()  # right after the one before: its subscriptions still starting
         wait_for_state(proxy, tango.DevState.ON)
-        wait_until(
-            lambda: json.loads(proxy.readings)[own[0]]["value"] == "ON",
-            "the device's own State read again",
-            STARTED,
-            0.05,
-        )
+        try:
+            wait_until(
+                lambda: json.loads(proxy.readings)[own[0]]["value"] == "ON",
+                "the device's own State read again",
+                STARTED,
+                0.05,
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; readings: {proxy.readings}") from None
 
 
 def test_a_killed_scan_is_unfinished_not_an_alarm(
