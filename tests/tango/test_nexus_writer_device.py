@@ -457,7 +457,7 @@ def test_tango_attributes_are_stored_in_each_entry_and_a_missing_one_costs_nothi
         )
         assert json.loads(proxy.readings)["test/hw/1/State"]["value"] == "ON"
         (key,) = publish(redis_server.url, "readings", tmp_path, "loopscan 2 0.001")
-        wait_until(lambda: proxy.scan_state(key) == "OFF", "the scan written", STARTED, 0.05)
+        wait_until(partial(written, proxy, key), "the scan written", STARTED, 0.05)
         path, entry = proxy.scan_url(key).split("::")
     with h5py.File(path, "r", locking=False) as handle:
         tango_group = handle[entry]["instrument/tango"]
@@ -504,7 +504,7 @@ def test_a_scan_stopped_before_its_end_is_unfinished_then_written_again(
     assert ended["reason"]  # why it is unfinished
     assert published.result(60) == [key]
     proxy.start()  # takes the session again: the scan is written again, whole
-    wait_until(lambda: proxy.scan_state(key) == "OFF", "the scan written", STARTED, 0.05)
+    wait_until(partial(written, proxy, key), "the scan written", STARTED, 0.05)
 
 
 def test_init_empties_the_lists_and_subscribers_see_it(
