@@ -16,6 +16,7 @@ import numpy as np
 
 from nexus_writer.protocol import Channel
 
+from . import hdf5
 from .options import WriterOptions
 
 #: Rows per chunk of a scalar channel whose length is not known in advance.
@@ -60,19 +61,22 @@ class GrowingDataset:
         elif not channel.shape:
             rows = min(rows, OPEN_ENDED_SCALAR_ROWS)
         compression = options.compression.dataset_options() if channel.shape else {}
-        self.dataset = group.create_dataset(
-            name,
-            shape=(0, *point_shape),
-            maxshape=(None, *(None if n == -1 else n for n in channel.shape)),
-            chunks=(rows, *(max(1, n) if n != -1 else 256 for n in channel.shape)),
-            dtype=dtype,
-            fillvalue=fill_value(dtype),
-            **compression,
-        )
-        if channel.unit:
-            self.dataset.attrs["units"] = channel.unit
+        maxshape = (None, *(None if n == -1 else n for n in channel.shape))
+        chunks = (rows, *(max(1, n) if n != -1 else 256 for n in channel.shape))
+        self._dataset: h5py.Dataset | None = None
+        self._appender: hdf5.Appender | None = None
         self.shapes: h5py.Dataset | None = None
         if channel.variable:
+            self._dataset = group.create_dataset(
+                name,
+                shape=(0, *point_shape),
+                maxshape=maxshape,
+                chunks=chunks,
+                dtype=dtype,
+                fillvalue=fill_value(dtype),
+                **compression,
+            )
+            self._id = self._dataset.id
             self.shapes = group.create_dataset(
                 f"{name}_shape",
                 shape=(0, len(channel.shape)),
@@ -80,9 +84,33 @@ class GrowingDataset:
                 dtype="<i8",
                 chunks=(1024, len(channel.shape)),
             )
+        else:
+            self._id = hdf5.create_growing(
+                group,
+                name,
+                point_shape=point_shape,
+                maxshape=maxshape,
+                chunks=chunks,
+                dtype=dtype,
+                fillvalue=fill_value(dtype),
+                options=compression,
+            )
+            self._appender = hdf5.Appender(self._id, point_shape, maxshape)
+        if channel.unit:
+            hdf5.add_text(self._id, "units", channel.unit)
+
+    @property
+    def dataset(self) -> h5py.Dataset:
+        """The h5py dataset (made when first asked for: it costs more than the low-level
+        one that writes)."""
+        if self._dataset is None:
+            self._dataset = h5py.Dataset(self._id)
+        return self._dataset
 
     @property
     def length(self) -> int:
+        if self._appender is not None:
+            return self._appender.length
         return int(self.dataset.shape[0])
 
     def write(self, first: int, data: np.ndarray | list[np.ndarray]) -> None:
@@ -91,10 +119,8 @@ class GrowingDataset:
         if isinstance(data, list):
             self._write_variable(first, data)
             return
-        end = first + len(data)
-        if end > self.length:
-            self.dataset.resize(end, axis=0)
-        self.dataset[first:end] = data
+        assert self._appender is not None  # a fixed shape
+        self._appender.write(first, data)
 
     def _write_variable(self, first: int, arrays: list[np.ndarray]) -> None:
         """Points of varying shapes, each padded to the widest of each dimension so far.

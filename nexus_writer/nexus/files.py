@@ -18,6 +18,7 @@ import h5py
 
 from sync_primitives import Lock
 
+from . import hdf5
 from .master import root_attributes
 
 _lock = Lock()
@@ -38,9 +39,9 @@ def acquire(path: Path) -> h5py.File:
     with _lock:
         if path in _open:
             raise RuntimeError(f"{path} is already open: one scan, one file")
-        # Default format bounds on purpose: with libver="latest" HDF5 marks the file as
+        # HDF5 1.8's format, not the latest: with libver="latest" HDF5 marks the file as
         # open for writing, and then no other process can open it until it is closed.
-        handle = h5py.File(path, "a", locking=False)
+        handle = h5py.File(path, "a", locking=False, libver=hdf5.FORMAT)
         if "NX_class" not in handle.attrs:
             handle.attrs.update(root_attributes(path))
         _open[path] = handle

@@ -51,6 +51,7 @@ from nexus_writer.green import pause
 from nexus_writer.protocol import ScanDocument
 from sync_primitives import Lock
 
+from . import hdf5
 from .names import entry_name, entry_order
 
 _log = logging.getLogger(__name__)
@@ -244,7 +245,7 @@ def claim_entry(master: Path, document: ScanDocument, guard: Guard | None = None
                 if linked or path.exists():
                     continue  # another scan's (or nobody's that can be told): kept
                 atomic.write_text(key_file, document.key)
-                created = h5py.File(path, "w-", locking=False)
+                created = h5py.File(path, "w-", locking=False, libver=hdf5.FORMAT)
                 created.attrs.update(root_attributes(path))
                 created.close()
                 if name == first:
@@ -329,7 +330,7 @@ def _again(master: Path, name: str, path: Path) -> Claim:
         )
     if path.exists():
         os.replace(path, path.with_name(f"{path.name}.partial"))
-    created = h5py.File(path, "w-", locking=False)
+    created = h5py.File(path, "w-", locking=False, libver=hdf5.FORMAT)
     created.attrs.update(root_attributes(path))
     created.close()
     return Claim(name, path, resumed=True)

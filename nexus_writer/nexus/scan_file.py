@@ -42,7 +42,7 @@ import nexus_writer
 from nexus_writer.green import in_greenlet
 from nexus_writer.protocol import Channel, Positioner, Role, ScanDocument
 
-from . import files, master
+from . import files, hdf5, master
 from .datasets import FrameSource, GrowingDataset, write_frame_references
 from .names import short_names, valid_name
 from .options import MiB, WriterOptions
@@ -58,9 +58,9 @@ class DiskFullError(OSError):
 
 
 def _group(parent: h5py.Group, name: str, nx_class: str, **attrs: Any) -> h5py.Group:
-    group = parent.create_group(name)
-    group.attrs["NX_class"] = nx_class
-    group.attrs.update(attrs)
+    group = hdf5.create_group(parent, name, nx_class)
+    if attrs:
+        group.attrs.update(attrs)
     return group
 
 
@@ -242,7 +242,7 @@ class ScanFile:
             self.datasets[channel.name] = GrowingDataset(
                 group, field, channel, self.options, self.document.npoints
             )
-        self.measurement[name] = h5py.SoftLink(f"{group.name}/{field}")
+        hdf5.soft_link(self.measurement, name, f"{group.name}/{field}")
 
     def _link(self, channel_name: str) -> str:
         """Where a plot's link to a channel points: at the data itself, never at another
