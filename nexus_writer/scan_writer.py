@@ -48,6 +48,7 @@ from nexus_writer.protocol import (
     ScanState,
     StateEvent,
 )
+from nexus_writer.protocol.mux import Feed, StreamMux
 from nexus_writer.protocol.reader import JOIN_LIMIT
 from sync_primitives import Thread
 
@@ -89,9 +90,13 @@ class NexusScanWriter(Subscriber):
         on_finish: Callable[[Subscriber], None] | None = None,
         lease: SessionLease | None = None,
         readings: Callable[[], Mapping[str, Mapping[str, Reading]]] | None = None,
+        mux: StreamMux | None = None,
     ) -> None:
         """``readings``: called (in the consumer) as the entry is made, for the values to
         store in it (see nexus/readings.py); it must not block.
+
+        ``mux``: the stream mux (of the start hub) that reads the scan's streams while it
+        is open, shared with other scans; by default the writer makes one of its own.
 
         ``lease``: write only while it is held (checked before every write, and in
         Redis before the session's file is changed); once it is lost, nothing more is
@@ -108,6 +113,9 @@ class NexusScanWriter(Subscriber):
         self.options = options or WriterOptions()
         # listener side
         self._reader: ScanReader | None = None
+        self._mux = mux
+        self._own_mux = False
+        self._feed: Feed | None = None
         self._source_done = False
         self._last_activity = time.monotonic()
         self._retry_delay = 0.1
@@ -149,20 +157,30 @@ class NexusScanWriter(Subscriber):
     # -- listener ---------------------------------------------------------------------------
 
     def listen(self, timeout: float) -> list[object]:
+        """What arrived for the scan. While the scan is open, its streams are read by the
+        stream mux and the listener waits for its feed, or a stop, up to the inactivity
+        time-out (``timeout`` is not used: nothing polls); once it is CLOSED, the rest is
+        read directly, without waiting."""
         try:
             events: list[object] = []
             if self._reader is None:
                 self._reader = ScanReader(self.client, self.key)
                 events.append(Opened(self._reader.document))
-            document = self._reader.document
-            events.extend(self._reader.read(timeout))
-            if self._reader.document is not document:
-                events.append(DocumentChanged(self._reader.document))
+            reader = self._reader
+            document = reader.document
+            if reader.state is ScanState.CLOSED:
+                events.extend(reader.read(None))
+            else:
+                events.extend(self._from_mux(reader, bool(events)))
+            if reader.document is not document:
+                events.append(DocumentChanged(reader.document))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._wait_for_redis(exc)
             return []
         self._retry_delay = 0.1
         now = time.monotonic()
+        if self._mux is not None:  # Redis being away is not the publisher's silence
+            self._last_activity = max(self._last_activity, self._mux.outage)
         if events:
             self._last_activity = now
         elif now - self._last_activity > self.options.inactivity_timeout:
@@ -173,8 +191,34 @@ class NexusScanWriter(Subscriber):
                     "scan was not closed (publisher gone?): closed by the writer"
                 )
             ]
-        self._source_done = self._reader.done
+        self._source_done = reader.done
         return events
+
+    def _from_mux(self, reader: ScanReader, have_events: bool) -> list[object]:
+        """The events the stream mux read for the scan, waiting for some (or a stop, or
+        the inactivity time-out) unless ``have_events``; once they make it CLOSED, it
+        leaves the mux."""
+        if self._mux is None:
+            self._mux = StreamMux(self.client, retry_max_delay=self.options.retry_max_delay)
+            self._own_mux = True
+        if self._feed is None:
+            self._feed = self._mux.follow(reader, self._wake)
+        self._wake.clear()  # before taking: entries that come after it set it again
+        events = self._feed.take()
+        if not events and not have_events and not self._stop_requested.is_set():
+            silent = time.monotonic() - max(self._last_activity, self._mux.outage)
+            self._wake.wait(max(0.0, self.options.inactivity_timeout - silent) + 0.01)
+            events = self._feed.take()
+        if reader.state is ScanState.CLOSED:
+            self._mux.unfollow(self._feed)
+            events.extend(self._feed.take())  # read before it left
+        return events
+
+    def listener_ended(self) -> None:
+        if self._mux is not None and self._feed is not None:
+            self._mux.unfollow(self._feed)
+        if self._own_mux and self._mux is not None:
+            self._mux.close()
 
     def _wait_for_redis(self, exc: Exception) -> None:
         _log.warning(
@@ -187,10 +231,20 @@ class NexusScanWriter(Subscriber):
     def listen_finished(self) -> bool:
         return self._source_done
 
-    def publication_time(self, event: object) -> float | None:
-        if isinstance(event, PointsEvent | FrameRefsEvent):
-            return int(event.stream_id.split("-", 1)[0]) / 1000.0
-        return None
+    def publication_time(self, events: list[object]) -> float | None:
+        """The oldest entry's time in its stream id (milliseconds since the epoch)."""
+        oldest: int | None = None
+        for event in events:
+            if isinstance(event, PointsEvent):
+                stream_id = event.first_stream_id or event.stream_id
+            elif isinstance(event, FrameRefsEvent):
+                stream_id = event.stream_id
+            else:
+                continue
+            millis = int(stream_id.partition("-")[0])
+            if oldest is None or millis < oldest:
+                oldest = millis
+        return None if oldest is None else oldest / 1000.0
 
     # -- consumer ---------------------------------------------------------------------------
 
@@ -254,11 +308,22 @@ class NexusScanWriter(Subscriber):
         ends: list[ChannelEndEvent],
     ) -> None:
         """One batch into the file: each channel's runs of points, its frame references,
-        the channels that ended checked against what was written, then a flush."""
+        the channels that ended checked against what was written, then a flush.
+
+        The free space is checked for up to ``write_bytes`` of the batch at a time (not
+        per channel: a statvfs per channel and batch costs more than the write itself
+        when a scan has thousands of channels)."""
+        remaining = sum(_nbytes(p.data) for parts in points.values() for p in parts)
+        credit = 0  # bytes checked for and not yet written
         for channel, parts in points.items():
             for first, data in self._within_limit(channel, _contiguous(parts)):
                 for start, piece in _slices(first, data, self.options.write_bytes):
-                    file.reserve(_nbytes(piece))
+                    nbytes = _nbytes(piece)
+                    if nbytes > credit:
+                        credit = max(nbytes, min(remaining, self.options.write_bytes))
+                        file.reserve(credit)
+                    credit -= nbytes
+                    remaining -= nbytes
                     self._fence()
                     try:
                         file.write_points(channel, start, piece)

@@ -26,6 +26,7 @@ from nexus_writer.lease import SessionLease
 from nexus_writer.nexus.options import WriterOptions
 from nexus_writer.nexus.readings import Reading
 from nexus_writer.protocol import DEFAULT_PREFIX, LeaseLost, ScanAnnouncement, SessionReader
+from nexus_writer.protocol.mux import StreamMux
 from sync_primitives import Event, Thread
 
 from .scan_writer import NexusScanWriter
@@ -117,6 +118,8 @@ class NexusSessionWriter(Subscriber):
         self._since = since
         self._reader: SessionReader | None = None
         self._thread: Thread | None = None
+        #: Reads the streams of every open scan of the session (made in the start hub).
+        self._mux: StreamMux | None = None
         self._active: dict[str, NexusScanWriter] = {}
         self._recent: deque[SubscriberStatistics] = deque(maxlen=keep_finished)
         self._started = self._succeeded = self._failed = 0
@@ -163,6 +166,9 @@ class NexusSessionWriter(Subscriber):
             _log.warning(
                 "session %s: Redis unreachable at start (%s); will retry", self.session, exc
             )
+        self._mux = StreamMux(
+            self.client, self.prefix, retry_max_delay=self.options.retry_max_delay
+        )
         if self.scan_mode is Mode.PARALLEL:
             self._thread = Thread(name=f"{self.session}-consumers")
             self._thread.start()
@@ -246,6 +252,7 @@ class NexusSessionWriter(Subscriber):
                 on_finish=self._scan_finished,
                 lease=self._lease,
                 readings=self._readings,
+                mux=self._mux,
             )
             self._active[announcement.key] = writer
             self._announced[writer] = announcement.stream_id
@@ -372,6 +379,8 @@ class NexusSessionWriter(Subscriber):
             if not writer.join(max(0.0, deadline - time.monotonic())):
                 writer.kill()
         self._purge()
+        if self._mux is not None:
+            self._mux.close()
         if self._thread is not None:
             self._thread.stop(timeout=30.0)
 

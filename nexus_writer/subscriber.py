@@ -70,7 +70,8 @@ class SubscriberStatistics:
     batches_processed: int
     queue_depth: int  #: batches waiting for the consumer
     processing_time: float  #: seconds the consumer spent consuming
-    latency_last: float | None  #: seconds from publication to processed, last batch
+    #: seconds from the publication of the batch's oldest event to processed, last batch
+    latency_last: float | None
     latency_max: float | None
     latency_p50: float | None  #: over the last LATENCY_SAMPLES batches
     latency_p99: float | None
@@ -103,6 +104,9 @@ class Subscriber:
         self._problems: list[str] = []
         self._queue: Queue[Any] = Queue()
         self._stop_requested = Event()
+        #: Set by stop() and kill(), and by whatever a listener waits for: a listener that
+        #: waits on it is woken at once by a stop, without polling.
+        self._wake = Event()
         self._killed = False
         self._finished = Event()
         self._started_at: float | None = None
@@ -130,8 +134,12 @@ class Subscriber:
     def finish(self, state: State, reason: str | None) -> None:
         """Called once in the consumer after the last event, with the final state."""
 
-    def publication_time(self, event: Any) -> float | None:
-        """When ``event`` was published (epoch seconds), if known: for the latency."""
+    def listener_ended(self) -> None:
+        """Called once in the listener's greenlet when it stops listening."""
+
+    def publication_time(self, events: list[Any]) -> float | None:
+        """When the oldest of ``events`` was published (epoch seconds), if known: for the
+        latency."""
         return None
 
     # -- life cycle -------------------------------------------------------------------------
@@ -174,6 +182,7 @@ class Subscriber:
             TimeoutError: ``wait`` and it had not finished within ``timeout`` seconds.
         """
         self._stop_requested.set()
+        self._wake.set()
         if wait:
             self.join(timeout, raise_timeout=True)
 
@@ -186,6 +195,7 @@ class Subscriber:
         self._killed = True
         self._fault("killed")
         self._stop_requested.set()
+        self._wake.set()
         if wait:
             self.join(timeout, raise_timeout=True)
 
@@ -256,6 +266,7 @@ class Subscriber:
                     self._consume_timed(events)
         except Exception as exc:
             self._fault_from(exc, "failed")
+        self._listener_ended()
         self._end()
 
     def _run_listener(self) -> None:
@@ -267,7 +278,14 @@ class Subscriber:
         except Exception as exc:
             self._fault_from(exc, "listener failed")
         finally:
+            self._listener_ended()
             self._queue.put(_END)
+
+    def _listener_ended(self) -> None:
+        try:
+            self.listener_ended()
+        except Exception:
+            _log.exception("subscriber %r: listener_ended failed", self.name)
 
     def _run_consumer(self) -> None:
         ended = False
@@ -301,7 +319,7 @@ class Subscriber:
         self._processing_time += now - started
         self._processed += len(events)
         self._batches += 1
-        published = self.publication_time(events[-1])
+        published = self.publication_time(events)
         if published is not None:
             latency = max(0.0, time.time() - published)
             self._latency_last = latency

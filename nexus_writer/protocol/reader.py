@@ -49,12 +49,13 @@ READ_BYTES = 16 * 1024 * 1024
 @dataclass(frozen=True)
 class PointsEvent:
     """Points ``first`` .. ``first + len(data) - 1`` of a channel: one or more consecutive
-    entries; ``stream_id`` is that of the last."""
+    entries; ``stream_id`` is that of the last, ``first_stream_id`` that of the first."""
 
     channel: Channel
     first: int
     data: np.ndarray | list[np.ndarray]  #: shape (n, *shape); a list for variable shapes
     stream_id: str
+    first_stream_id: str = ""  #: "" when the event is one entry (``stream_id``)
 
     @property
     def count(self) -> int:
@@ -201,7 +202,7 @@ class ScanReader:
             return pending
         if self.done:
             return []
-        streams = {s: i for s, i in self._ids.items() if s not in self._ended}
+        streams = self.wanted()
         if self.state is ScanState.CLOSED:
             timeout = None  # every entry is in Redis already: do not wait for more
         try:
@@ -209,9 +210,25 @@ class ScanReader:
         except redis.ResponseError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise
-            return self._drop_wrong_types(list(streams))
-        events: list[ScanEvent] = []
+            return self.drop_wrong_types(list(streams))
+        events = self.take(response)
+        if not response and self.state is ScanState.CLOSED:
+            events.extend(self._missing_ends())
+        return events
+
+    def wanted(self) -> dict[str, str]:
+        """The streams still to read, each with the id of the last entry read."""
+        return {s: i for s, i in self._ids.items() if s not in self._ended}
+
+    def take(self, response: Mapping[str, Entries]) -> list[ScanEvent]:
+        """The events of entries read for this reader by someone else (a
+        :class:`~nexus_writer.protocol.mux.StreamMux`): ``{stream: entries}``, each
+        stream's entries following the last read of it, in XREAD's order; first, any
+        events not yet returned (the document's invalid channels)."""
+        events, self._pending = self._pending, []
         for stream, entries in response.items():
+            if not entries:
+                continue
             channel = self._channels.get(stream)
             if channel is None:
                 for entry_id, flat in entries:
@@ -219,11 +236,9 @@ class ScanReader:
             else:
                 events.extend(self._channel_events(stream, channel, entries))
             self._ids[stream] = entries[-1][0].decode()
-        if not response and self.state is ScanState.CLOSED:
-            events.extend(self._missing_ends())
         return events
 
-    def _drop_wrong_types(self, streams: list[str]) -> list[ScanEvent]:
+    def drop_wrong_types(self, streams: list[str]) -> list[ScanEvent]:
         """Some stream of the scan is a key of another type (WRONGTYPE): the channel it
         holds ends here, reported; the events stream, the scan is taken as closed. The
         other streams are read on as before."""
@@ -294,7 +309,7 @@ class ScanReader:
         events: list[ScanEvent] = []
         run: list[bytes] = []  # payloads of consecutive entries not yet made into an event
         run_first = run_count = run_bytes = 0
-        last_id = b""
+        last_id = first_id = b""
         name = channel.name
         nbytes = channel.point_nbytes if channel.fixed_data else 0
 
@@ -302,7 +317,8 @@ class ScanReader:
             nonlocal run, run_count, run_bytes
             if run:
                 data = points_array(channel, run, run_count)
-                events.append(PointsEvent(channel, run_first, data, last_id.decode()))
+                joined = first_id.decode() if first_id != last_id else ""
+                events.append(PointsEvent(channel, run_first, data, last_id.decode(), joined))
                 run, run_count, run_bytes = [], 0, 0
 
         for position, (entry_id, flat) in enumerate(entries):
@@ -313,7 +329,7 @@ class ScanReader:
                 if run and run_bytes + len(payload) > JOIN_LIMIT:
                     flush()
                 if not run:
-                    run_first = first
+                    run_first, first_id = first, entry_id
                 run.append(payload)
                 run_count += count
                 run_bytes += len(payload)

@@ -1,0 +1,236 @@
+"""StreamMux: one blocking XREAD for the streams of many scan readers.
+
+.. important::
+   A mux belongs to one gevent hub: :meth:`StreamMux.follow`, :meth:`StreamMux.unfollow`,
+   :meth:`StreamMux.close` and its reading greenlet run in greenlets of that hub (the
+   service's main hub, which runs every scan's listener). A :class:`Feed`'s wake event is
+   a :class:`sync_primitives.Event`, so that other threads may set it too (a stop).
+
+Without it every open scan kept a blocking XREAD of its own: a pooled connection each
+(redis-py's pool of 100 was a wall at 100 scans), a read every time any of its streams
+grew, and a poll four times a second to notice a stop. With it a session's scans share
+one blocking read, which names every stream of every scan still open, and hands each
+scan's entries to its :class:`Feed`; the scan's listener turns them into events itself
+(:meth:`ScanReader.take`). An idle scan costs nothing: its listener waits for its feed's
+wake event, set when its entries come or when it is stopped. Scans that follow or leave
+while the read waits ring a doorbell (an XADD to a stream of the mux's own, which that
+read names too), so that the next read names their streams.
+
+After a read that brought entries the mux waits ``gather`` seconds before the next, so
+that the next read brings what many streams published meanwhile instead of one entry of
+one stream: the cost of a read (naming every stream) is paid per round, not per entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+
+import gevent
+import gevent.event
+import redis
+
+from sync_primitives import Event
+
+from ._xread import Entries, xread
+from .keys import Keys
+from .model import ScanState
+from .reader import ScanReader
+
+_log = logging.getLogger(__name__)
+
+#: Seconds after a read with entries before the next read.
+GATHER = 0.005
+#: Seconds a read waits for entries before it is made again: a Redis that stops answering
+#: is noticed within this and the grace of :func:`xread`, and it is the only call an idle
+#: session makes.
+BLOCK = 30.0
+#: Seconds the doorbell stream lives after its last ring (a mux killed without closing).
+DOORBELL_EXPIRE = 24 * 3600
+
+
+class Feed:
+    """What the mux read for one :class:`ScanReader` and its listener has not taken yet."""
+
+    def __init__(self, reader: ScanReader, wake: Event) -> None:
+        self.reader = reader
+        #: Set whenever entries arrive for the reader.
+        self.wake = wake
+        #: The position of each stream that the mux has read up to (ahead of the reader's
+        #: own while the listener has not taken what was read).
+        self.ids: dict[str, str] = reader.wanted()
+        self._entries: dict[str, Entries] = {}
+        self._wrong: list[str] = []
+
+    def take(self) -> list[object]:
+        """The reader's events from what arrived since the last call, in order.
+
+        Raises:
+            redis.ConnectionError, redis.TimeoutError: a stream of the wrong type had to
+                be looked at and Redis went away meanwhile (call again).
+        """
+        entries, self._entries = self._entries, {}
+        # The events stream last, as in one XREAD: a CLOSED after the data before it.
+        last = Keys.events(self.reader.key)
+        if last in entries:
+            entries[last] = entries.pop(last)
+        events: list[object] = list(self.reader.take(entries))
+        if self._wrong:
+            events.extend(self.reader.drop_wrong_types(self._wrong))
+            self._wrong = []
+        wanted = self.reader.wanted()
+        for stream in [s for s in self.ids if s not in wanted]:
+            del self.ids[stream]  # ended: no longer read
+        return events
+
+    def _deliver(self, stream: str, entries: Entries) -> None:
+        self._entries.setdefault(stream, []).extend(entries)
+        self.ids[stream] = entries[-1][0].decode()
+        self.wake.set()
+
+    def _wrong_type(self, stream: str) -> None:
+        self._wrong.append(stream)
+        self.ids.pop(stream, None)
+        self.wake.set()
+
+
+class StreamMux:
+    """Reads the streams of the readers that follow it, one blocking XREAD at a time."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        doorbell_prefix: str | None = None,
+        *,
+        gather: float = GATHER,
+        block: float = BLOCK,
+        retry_max_delay: float = 5.0,
+    ) -> None:
+        """``doorbell_prefix``: the key prefix of the doorbell stream
+        (``<prefix>:mux:<random>:doorbell``), for a mux whose readers come and go while it
+        reads; without it, readers that follow while a read waits are read from the next
+        read on (at most ``block`` seconds later)."""
+        self.client = client
+        self.gather = gather
+        self.block = block
+        self.retry_max_delay = retry_max_delay
+        self._doorbell = (
+            f"{doorbell_prefix}:mux:{secrets.token_hex(8)}:doorbell" if doorbell_prefix else None
+        )
+        self._rung = "0-0"
+        self._feeds: dict[ScanReader, Feed] = {}
+        self._changed = gevent.event.Event()
+        self._waiting = False  # a read is out, with the streams known when it was sent
+        self._greenlet: gevent.Greenlet | None = None
+        self._closed = False
+        #: monotonic time of the last read that failed (Redis away), 0.0 if none did: a
+        #: scan's silence then is not its publisher's.
+        self.outage = 0.0
+        self.reads = 0  #: reads made (statistics, tests)
+
+    def follow(self, reader: ScanReader, wake: Event) -> Feed:
+        """Start reading ``reader``'s streams from where it is; ``wake`` is set whenever
+        entries arrive for it (it must not be CLOSED: read the rest with ``reader.read``).
+
+        Raises:
+            RuntimeError: the mux is closed.
+        """
+        if self._closed:
+            raise RuntimeError("the stream mux is closed")
+        feed = self._feeds[reader] = Feed(reader, wake)
+        self._changed.set()
+        if self._greenlet is None or self._greenlet.dead:
+            self._greenlet = gevent.spawn(self._run)
+        elif self._waiting:
+            self._ring()
+        return feed
+
+    def unfollow(self, feed: Feed) -> None:
+        """Stop reading the feed's streams (what it holds stays for ``feed.take``)."""
+        self._feeds.pop(feed.reader, None)
+
+    def close(self) -> None:
+        """Stop reading for everyone and remove the doorbell; idempotent."""
+        self._closed = True
+        self._feeds.clear()
+        if self._greenlet is not None:
+            self._greenlet.kill(block=True)
+        if self._doorbell is not None:
+            with contextlib.suppress(redis.RedisError):  # else it expires
+                self.client.delete(self._doorbell)
+
+    def _ring(self) -> None:
+        assert self._doorbell is not None
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._doorbell, {"ring": 1}, maxlen=1, approximate=False)
+                pipe.expire(self._doorbell, DOORBELL_EXPIRE)
+                pipe.execute()
+        except redis.RedisError as exc:  # the read fails too, and is made again
+            _log.debug("stream mux: cannot ring the doorbell: %s", exc)
+
+    def _run(self) -> None:
+        delay = 0.1
+        while not self._closed:
+            feeds = list(self._feeds.values())
+            owners = {s: f for f in feeds if f.reader.state is not ScanState.CLOSED for s in f.ids}
+            if not owners:  # a CLOSED reader's listener reads the rest itself
+                if not self._feeds:
+                    return  # started again by the next follow
+                self._changed.clear()
+                self._changed.wait(self.block)
+                continue
+            try:
+                response = self._read(owners, min(feed.reader.count for feed in feeds))
+            except redis.ResponseError as exc:
+                if "WRONGTYPE" not in str(exc):
+                    raise
+                self._wrong_types(owners)
+                continue
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self.outage = time.monotonic()
+                _log.warning("Redis unreachable (%s); reading again in %.1f s", exc, delay)
+                gevent.sleep(delay)
+                delay = min(2 * delay, self.retry_max_delay)
+                self.outage = time.monotonic()
+                continue
+            delay = 0.1
+            for stream, entries in response.items():
+                feed = owners.get(stream)
+                if feed is None:  # the doorbell
+                    self._rung = entries[-1][0].decode()
+                elif self._feeds.get(feed.reader) is feed:  # not unfollowed meanwhile
+                    feed._deliver(stream, entries)
+            if response:
+                gevent.sleep(self.gather)
+
+    def _read(self, owners: dict[str, Feed], count: int) -> dict[str, Entries]:
+        streams = {stream: feed.ids[stream] for stream, feed in owners.items()}
+        if self._doorbell is not None:
+            streams[self._doorbell] = self._rung
+        self._waiting = True
+        try:
+            response = xread(self.client, streams, count, self.block)
+        finally:
+            self._waiting = False
+        self.reads += 1
+        return response
+
+    def _wrong_types(self, owners: dict[str, Feed]) -> None:
+        """A stream is of another type: tell its reader (which reports it and reads the
+        others on); a doorbell of another type is given up."""
+        streams = [*owners, *([self._doorbell] if self._doorbell else [])]
+        with self.client.pipeline() as pipe:
+            for stream in streams:
+                pipe.type(stream)
+            kinds = pipe.execute()
+        for stream, kind in zip(streams, kinds, strict=True):
+            if kind in (b"stream", b"none", "stream", "none"):
+                continue
+            if stream == self._doorbell:
+                _log.error("stream mux: the doorbell %s is not a stream: not rung", stream)
+                self._doorbell = None
+            else:
+                owners[stream]._wrong_type(stream)

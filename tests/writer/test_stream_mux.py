@@ -1,0 +1,123 @@
+"""The stream mux: a session's open scans share one blocking read (issue 12).
+
+One test per scenario: an idle open scan makes no Redis calls, a stop wakes it at once,
+many scans do not need a connection each, and a scan that starts while the shared read
+waits is read at once (the doorbell).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import gevent
+import numpy as np
+import pytest
+import redis
+
+from nexus_writer.nexus.options import WriterOptions
+from nexus_writer.protocol import SessionPublisher
+from nexus_writer.redis_client import connect
+from nexus_writer.redis_server import EmbeddedRedis
+from nexus_writer.scan_writer import NexusScanWriter
+from nexus_writer.session_writer import NexusSessionWriter
+from nexus_writer.subscriber import Mode, State
+from tests.conftest import PROMPT, wait_until
+from tests.writer.helpers import started_scan
+
+CHANNELS = [{"name": "simu:diode", "dtype": "<f8"}, {"name": "axis:m", "dtype": "<f8"}]
+
+
+def xread_calls(client: redis.Redis) -> int:
+    """XREAD commands Redis has run (blocked ones count once they return)."""
+    stats = client.info("commandstats").get("cmdstat_xread", {})
+    return int(stats.get("calls", 0))
+
+
+def test_an_idle_open_scan_makes_no_redis_calls(redis_client: redis.Redis, tmp_path: Path) -> None:
+    """Before: the listener asked Redis four times a second whether anything had come."""
+    scan = started_scan(
+        SessionPublisher(redis_client, "idle"),
+        name="ct",
+        title="idle",
+        file=str(tmp_path / "idle.h5"),
+        channels=CHANNELS,
+    )
+    scan.send("simu:diode", np.arange(3.0))
+    writer = NexusScanWriter(redis_client, scan.key, WriterOptions(), mode=Mode.PARALLEL)
+    writer.start()
+    wait_until(lambda: writer.progress()[0] == 3, "the first points are written")
+    calls = xread_calls(redis_client)
+    gevent.sleep(1.0)  # the window measured: a second of an idle open scan
+    assert xread_calls(redis_client) == calls
+    started = time.monotonic()
+    writer.stop(wait=True, timeout=PROMPT)
+    assert time.monotonic() - started < 1.0  # the stop woke it; no poll period to wait out
+    assert writer.state is State.OFF
+
+
+def test_many_scans_share_a_connection_pool_of_eight(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: each open scan's listener held a pooled connection in its blocking read;
+    with redis-py's default pool of 100, the 101st scan met "Too many connections" (and
+    waited, retrying). Here 30 open scans and a pool of 8 connections."""
+    caplog.set_level(logging.WARNING)
+    with EmbeddedRedis() as server:
+        client = connect(server.url, max_connections=8)
+        writer = NexusSessionWriter(client, "many", WriterOptions(roots=(tmp_path,)))
+        writer.start()
+        assert writer.following.wait(PROMPT)
+        session = SessionPublisher(connect(server.url), "many")
+        scans = [
+            started_scan(
+                session,
+                name="ct",
+                title=f"scan {i}",
+                file=str(tmp_path / f"many_{i}.h5"),
+                channels=CHANNELS,
+            )
+            for i in range(30)
+        ]
+        wait_until(lambda: len(writer.scans()) == 30, "every scan has a writer", PROMPT * 3)
+        for scan in scans:
+            scan.send("simu:diode", np.arange(5.0))
+            scan.send("axis:m", np.arange(5.0))
+        for scan in scans:
+            scan.close()
+        assert writer.wait_for_scans([s.key for s in scans], timeout=PROMPT * 6)
+        stats = writer.session_statistics()
+        writer.stop(wait=True, timeout=PROMPT * 3)
+        assert stats.scans_succeeded == 30 and stats.scans_failed == 0
+    assert not [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+
+
+def test_a_scan_that_starts_while_the_shared_read_waits_is_read_at_once(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """The shared read waits up to 30 s; a new scan rings its doorbell so that the next
+    read names the new scan's streams."""
+    writer = NexusSessionWriter(redis_client, "bell", WriterOptions(roots=(tmp_path,)))
+    writer.start()
+    assert writer.following.wait(PROMPT)
+    session = SessionPublisher(redis_client, "bell")
+    first = started_scan(
+        session, name="ct", title="first", file=str(tmp_path / "a.h5"), channels=CHANNELS
+    )
+    wait_until(lambda: len(writer.scans()) == 1, "the first scan has a writer")
+    mux = writer._mux
+    assert mux is not None
+    wait_until(lambda: mux._waiting, "the shared read waits")
+    second = started_scan(
+        session, name="ct", title="second", file=str(tmp_path / "b.h5"), channels=CHANNELS
+    )
+    wait_until(lambda: len(writer.scans()) == 2, "the second scan has a writer")
+    second.send("simu:diode", np.arange(4.0))
+    late = next(w for w in writer.scans() if w.key == second.key)
+    wait_until(lambda: late.progress()[0] == 4, "the second scan's points are written", 5.0)
+    for scan in (first, second):
+        scan.close()
+    assert writer.wait_for_scans([first.key, second.key], timeout=PROMPT * 3)
+    writer.stop(wait=True, timeout=PROMPT * 3)
+    assert not redis_client.keys("nxw:mux:*")  # the doorbell is removed
