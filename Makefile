@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_durability --write docs/benchmarks.md
 	$(BIN)/python -m benchmarks.bench_scheduler --write docs/benchmarks.md
 	$(BIN)/python -m benchmarks.bench_device --write docs/benchmarks.md
+	$(BIN)/python -m benchmarks.bench_scale --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-data

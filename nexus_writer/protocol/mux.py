@@ -54,7 +54,8 @@ DOORBELL_EXPIRE = 24 * 3600
 class Feed:
     """What the mux read for one :class:`ScanReader` and its listener has not taken yet."""
 
-    def __init__(self, reader: ScanReader, wake: Event) -> None:
+    def __init__(self, mux: StreamMux, reader: ScanReader, wake: Event) -> None:
+        self._mux = mux
         self.reader = reader
         #: Set whenever entries arrive for the reader.
         self.wake = wake
@@ -70,7 +71,11 @@ class Feed:
         Raises:
             redis.ConnectionError, redis.TimeoutError: a stream of the wrong type had to
                 be looked at and Redis went away meanwhile (call again).
+            RuntimeError: the mux failed for good (Redis refused its read): nothing more
+                comes.
         """
+        if self._mux.error is not None and not self._entries:
+            raise RuntimeError(f"reading the scan's streams failed: {self._mux.error!r}")
         entries, self._entries = self._entries, {}
         # The events stream last, as in one XREAD: a CLOSED after the data before it.
         last = Keys.events(self.reader.key)
@@ -129,6 +134,8 @@ class StreamMux:
         #: scan's silence then is not its publisher's.
         self.outage = 0.0
         self.reads = 0  #: reads made (statistics, tests)
+        #: Why reading failed for good (the scans that follow it fail with it).
+        self.error: BaseException | None = None
 
     def follow(self, reader: ScanReader, wake: Event) -> Feed:
         """Start reading ``reader``'s streams from where it is; ``wake`` is set whenever
@@ -137,9 +144,9 @@ class StreamMux:
         Raises:
             RuntimeError: the mux is closed.
         """
-        if self._closed:
-            raise RuntimeError("the stream mux is closed")
-        feed = self._feeds[reader] = Feed(reader, wake)
+        if self._closed or self.error is not None:
+            raise RuntimeError(f"the stream mux is closed ({self.error or 'stopped'})")
+        feed = self._feeds[reader] = Feed(self, reader, wake)
         self._changed.set()
         if self._greenlet is None or self._greenlet.dead:
             self._greenlet = gevent.spawn(self._run)
@@ -172,6 +179,17 @@ class StreamMux:
             _log.debug("stream mux: cannot ring the doorbell: %s", exc)
 
     def _run(self) -> None:
+        try:
+            self._read_loop()
+        except BaseException as exc:  # a bug, or Redis refusing the read: say so to all
+            if not isinstance(exc, gevent.GreenletExit):
+                _log.exception("stream mux: reading failed")
+                self.error = exc
+            for feed in self._feeds.values():
+                feed.wake.set()
+            raise
+
+    def _read_loop(self) -> None:
         delay = 0.1
         while not self._closed:
             feeds = list(self._feeds.values())
@@ -185,9 +203,19 @@ class StreamMux:
             try:
                 response = self._read(owners, min(feed.reader.count for feed in feeds))
             except redis.ResponseError as exc:
-                if "WRONGTYPE" not in str(exc):
+                if "WRONGTYPE" in str(exc):
+                    self._wrong_types(owners)
+                    continue
+                if self._doorbell is None:
                     raise
-                self._wrong_types(owners)
+                # Refused with the doorbell (an ACL that allows only some keys): without it
+                # a new scan is read from the next read on (within the BLOCK time).
+                _log.error(
+                    "Redis refuses to read the doorbell %s (%s): going on without it",
+                    self._doorbell,
+                    exc,
+                )
+                self._doorbell = None
                 continue
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self.outage = time.monotonic()
