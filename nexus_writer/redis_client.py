@@ -17,17 +17,24 @@ import errno
 import math
 import os
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 import gevent.socket
 import redis
 
 from nexus_writer.green import in_greenlet
+from sync_primitives import Event
 
 #: Seconds Redis may take to answer a command (or to accept a connection) before it
 #: counts as unreachable (redis.TimeoutError); a URL's ``?socket_timeout=`` overrides it.
 #: Blocking reads (XREAD ... BLOCK) wait their BLOCK time beyond it.
 SOCKET_TIMEOUT = 10.0
+#: Connections a client's pool may open at once (redis-py's default, 100, made the 101st
+#: concurrent command fail with "Too many connections"): Redis's own default limit of
+#: clients. A URL's ``?max_connections=`` overrides it; with all in use, a command waits
+#: for one (:class:`WaitingConnectionPool`).
+MAX_CONNECTIONS = 10_000
 
 
 class _Cooperative:
@@ -112,6 +119,39 @@ class CooperativeUnixConnection(_Cooperative, redis.UnixDomainSocketConnection):
     """A Unix socket (``unix://``)."""
 
 
+class WaitingConnectionPool(redis.ConnectionPool):
+    """A pool that, with all its connections in use, waits for one to be released (in a
+    greenlet, yielding to its hub) up to the socket timeout, instead of failing at once
+    with "Too many connections"."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._released = Event()
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        """A connection of the pool.
+
+        Raises:
+            redis.exceptions.MaxConnectionsError: none was released within the socket
+                timeout.
+        """
+        timeout = self.connection_kwargs.get("socket_timeout") or SOCKET_TIMEOUT
+        deadline = time.monotonic() + timeout
+        while True:
+            self._released.clear()  # before trying: a release after it sets it again
+            try:
+                return super().get_connection(*args, **kwargs)
+            except redis.exceptions.MaxConnectionsError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                self._released.wait(remaining)
+
+    def release(self, connection: Any) -> None:
+        super().release(connection)
+        self._released.set()
+
+
 _CONNECTIONS: dict[str, type[redis.Connection] | type[redis.UnixDomainSocketConnection]] = {
     "redis": CooperativeConnection,
     "rediss": CooperativeSSLConnection,
@@ -135,14 +175,17 @@ def connect(url: str, **options: Any) -> redis.Redis:
         raise ValueError(f"Redis URL {url!r}: the scheme must be redis://, rediss:// or unix://")
     options.setdefault("health_check_interval", 30)
     options.setdefault("socket_timeout", SOCKET_TIMEOUT)
+    options.setdefault("max_connections", MAX_CONNECTIONS)
     if scheme != "unix":  # keep-alive is a TCP option
         options.setdefault("socket_keepalive", True)
     options["decode_responses"] = False
     options["connection_class"] = _CONNECTIONS[scheme]
     try:
-        client = redis.Redis.from_url(url, **options)
+        pool = WaitingConnectionPool.from_url(url, **options)
     except ValueError as exc:
         raise ValueError(f"Redis URL {url!r}: {exc}") from None
+    client = redis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
     settings = client.connection_pool.connection_kwargs
     settings.setdefault("socket_connect_timeout", settings.get("socket_timeout"))
     for name in ("socket_timeout", "socket_connect_timeout"):

@@ -168,10 +168,15 @@ class NexusScanWriter(Subscriber):
                 events.append(Opened(self._reader.document))
             reader = self._reader
             document = reader.document
-            if reader.state is ScanState.CLOSED:
-                events.extend(reader.read(None))
-            else:
+            if reader.state is not ScanState.CLOSED:
                 events.extend(self._from_mux(reader, bool(events)))
+            elif self._feed is not None and self._mux is not None:
+                # Leaves the mux; what it read meanwhile is taken before reading on.
+                self._mux.unfollow(self._feed)
+                events.extend(self._feed.take())
+                self._feed = None
+            else:
+                events.extend(reader.read(None))
             if reader.document is not document:
                 events.append(DocumentChanged(reader.document))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -196,8 +201,7 @@ class NexusScanWriter(Subscriber):
 
     def _from_mux(self, reader: ScanReader, have_events: bool) -> list[object]:
         """The events the stream mux read for the scan, waiting for some (or a stop, or
-        the inactivity time-out) unless ``have_events``; once they make it CLOSED, it
-        leaves the mux."""
+        the inactivity time-out) unless ``have_events``."""
         if self._mux is None:
             self._mux = StreamMux(self.client, retry_max_delay=self.options.retry_max_delay)
             self._own_mux = True
@@ -211,9 +215,6 @@ class NexusScanWriter(Subscriber):
             silent = time.monotonic() - max(self._last_activity, self._mux.outage)
             self._wake.wait(max(0.0, self.options.inactivity_timeout - silent) + 0.01)
             events = self._feed.take()
-        if reader.state is ScanState.CLOSED:
-            self._mux.unfollow(self._feed)
-            events.extend(self._feed.take())  # read before it left
         return events
 
     def listener_ended(self) -> None:

@@ -35,7 +35,7 @@ import redis
 from sync_primitives import Event
 
 from ._xread import Entries, xread
-from .keys import Keys
+from .keys import Keys, text
 from .model import ScanState
 from .reader import ScanReader
 
@@ -63,28 +63,29 @@ class Feed:
         #: own while the listener has not taken what was read).
         self.ids: dict[str, str] = reader.wanted()
         self._entries: dict[str, Entries] = {}
-        self._wrong: list[str] = []
+        self._wrong: dict[str, str] = {}  # stream: its type
 
     def take(self) -> list[object]:
         """The reader's events from what arrived since the last call, in order.
 
         Raises:
-            redis.ConnectionError, redis.TimeoutError: a stream of the wrong type had to
-                be looked at and Redis went away meanwhile (call again).
+            redis.ConnectionError, redis.TimeoutError: the scan's document must be read
+                again and Redis is away (call again: nothing taken is lost).
             RuntimeError: the mux failed for good (Redis refused its read): nothing more
                 comes.
         """
         if self._mux.error is not None and not self._entries:
             raise RuntimeError(f"reading the scan's streams failed: {self._mux.error!r}")
+        refreshed = self.reader.refresh()  # the only call that may fail: before taking
         entries, self._entries = self._entries, {}
         # The events stream last, as in one XREAD: a CLOSED after the data before it.
         last = Keys.events(self.reader.key)
         if last in entries:
             entries[last] = entries.pop(last)
-        events: list[object] = list(self.reader.take(entries))
-        if self._wrong:
-            events.extend(self.reader.drop_wrong_types(self._wrong))
-            self._wrong = []
+        events: list[object] = [*refreshed, *self.reader.take(entries)]
+        wrong, self._wrong = self._wrong, {}
+        for stream, kind in wrong.items():
+            events.extend(self.reader.drop(stream, kind))
         wanted = self.reader.wanted()
         for stream in [s for s in self.ids if s not in wanted]:
             del self.ids[stream]  # ended: no longer read
@@ -95,8 +96,8 @@ class Feed:
         self.ids[stream] = entries[-1][0].decode()
         self.wake.set()
 
-    def _wrong_type(self, stream: str) -> None:
-        self._wrong.append(stream)
+    def _wrong_type(self, stream: str, kind: str) -> None:
+        self._wrong[stream] = kind
         self.ids.pop(stream, None)
         self.wake.set()
 
@@ -254,11 +255,11 @@ class StreamMux:
             for stream in streams:
                 pipe.type(stream)
             kinds = pipe.execute()
-        for stream, kind in zip(streams, kinds, strict=True):
-            if kind in (b"stream", b"none", "stream", "none"):
+        for stream, kind in zip(streams, map(text, kinds), strict=True):
+            if kind in ("stream", "none"):
                 continue
             if stream == self._doorbell:
                 _log.error("stream mux: the doorbell %s is not a stream: not rung", stream)
                 self._doorbell = None
             else:
-                owners[stream]._wrong_type(stream)
+                owners[stream]._wrong_type(stream, kind)

@@ -13,6 +13,7 @@ that name the scan, channel and stream id; reading goes on with what follows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -172,6 +173,8 @@ class ScanReader:
             c.name: cursor.next_index.get(c.name, 0) for c in self.document.channels
         }
         self._ended: set[str] = set()  # stream keys
+        #: The document could not be read again after a STARTED or CLOSED (Redis away).
+        self._stale = False
         self._pending: list[ScanEvent] = [
             self._malformed(
                 bad.name,
@@ -183,8 +186,13 @@ class ScanReader:
 
     @property
     def done(self) -> bool:
-        """The scan is CLOSED and every channel has ended: nothing more will come."""
-        return self.state is ScanState.CLOSED and len(self._ended) == len(self._channels)
+        """The scan is CLOSED and every channel has ended: nothing more will come (and the
+        document is as read after the CLOSED)."""
+        return (
+            self.state is ScanState.CLOSED
+            and len(self._ended) == len(self._channels)
+            and not self._stale
+        )
 
     def cursor(self) -> Cursor:
         return Cursor(dict(self._ids), dict(self._next))
@@ -200,8 +208,9 @@ class ScanReader:
         if self._pending:
             pending, self._pending = self._pending, []
             return pending
+        events = self.refresh()
         if self.done:
-            return []
+            return events
         streams = self.wanted()
         if self.state is ScanState.CLOSED:
             timeout = None  # every entry is in Redis already: do not wait for more
@@ -210,8 +219,8 @@ class ScanReader:
         except redis.ResponseError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise
-            return self.drop_wrong_types(list(streams))
-        events = self.take(response)
+            return events + self.drop_wrong_types(list(streams))
+        events.extend(self.take(response))
         if not response and self.state is ScanState.CLOSED:
             events.extend(self._missing_ends())
         return events
@@ -224,7 +233,12 @@ class ScanReader:
         """The events of entries read for this reader by someone else (a
         :class:`~nexus_writer.protocol.mux.StreamMux`): ``{stream: entries}``, each
         stream's entries following the last read of it, in XREAD's order; first, any
-        events not yet returned (the document's invalid channels)."""
+        events not yet returned (the document's invalid channels).
+
+        It makes no call that can fail when Redis goes away: what it was given is never
+        lost half-way. (A document that could not be read again when the scan started or
+        closed is read by :meth:`refresh`; a gap whose cause could not be asked of Redis
+        is reported as never published.)"""
         events, self._pending = self._pending, []
         for stream, entries in response.items():
             if not entries:
@@ -248,18 +262,23 @@ class ScanReader:
             types = pipe.execute()
         events: list[ScanEvent] = []
         for stream, kind in zip(streams, types, strict=True):
-            if text(kind) in ("stream", "none"):
-                continue
-            self._ended.add(stream)
-            why = f"the key {stream} holds a {text(kind)}, not a stream: nothing more is read"
-            channel = self._channels.get(stream)
-            if channel is None:
-                self.state = ScanState.CLOSED
-                events.append(self._malformed("(events)", self._ids[stream], why))
-            else:
-                events.append(self._malformed(channel.name, self._ids[stream], why))
-                events.append(ChannelEndEvent(channel, self._next[channel.name]))
+            if text(kind) not in ("stream", "none"):
+                events.extend(self.drop(stream, text(kind)))
         return events
+
+    def drop(self, stream: str, kind: str) -> list[ScanEvent]:
+        """The scan's ``stream`` is a key of type ``kind``, not a stream: the channel it
+        holds ends here, reported; the events stream, the scan is taken as closed."""
+        self._ended.add(stream)
+        why = f"the key {stream} holds a {kind}, not a stream: nothing more is read"
+        channel = self._channels.get(stream)
+        if channel is None:
+            self.state = ScanState.CLOSED
+            return [self._malformed("(events)", self._ids[stream], why)]
+        return [
+            self._malformed(channel.name, self._ids[stream], why),
+            ChannelEndEvent(channel, self._next[channel.name]),
+        ]
 
     def _scan_event(self, stream_id: str, fields: dict[bytes, bytes]) -> list[ScanEvent]:
         text = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
@@ -291,13 +310,36 @@ class ScanReader:
 
     def _reload(self, stream_id: str) -> list[ScanEvent]:
         """Read the document again (it gained start or end information); one that no
-        longer reads is reported, and the one read before kept: never the scan's data."""
+        longer reads is reported, and the one read before kept: never the scan's data.
+        With Redis away, :meth:`refresh` reads it later (the scan is not done before)."""
         try:
-            self.document = load_document(self.client, self.key)
-        except ScanNotFoundError:
-            pass  # expired while closing: keep the document already read
+            self._load()
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._stale = True
         except ProtocolError as exc:
             return [self._malformed("(document)", stream_id, f"kept as read before: {exc}")]
+        return []
+
+    def _load(self) -> None:
+        with contextlib.suppress(ScanNotFoundError):  # expired: keep the one read before
+            self.document = load_document(self.client, self.key)
+        self._stale = False
+
+    def refresh(self) -> list[ScanEvent]:
+        """Read the document again if that failed while the scan started or closed
+        (Redis was away); what no longer reads is reported.
+
+        Raises:
+            redis.ConnectionError, redis.TimeoutError: Redis is still away.
+        """
+        if not self._stale:
+            return []
+        try:
+            self._load()
+        except ProtocolError as exc:
+            self._stale = False
+            where = self._ids[self._events_key]
+            return [self._malformed("(document)", where, f"kept as read before: {exc}")]
         return []
 
     def _channel_events(
@@ -406,7 +448,7 @@ class ScanReader:
         trims from the head: its first entry is then past the last one read)."""
         try:
             first = self.client.xinfo_stream(stream).get("first-entry")
-        except redis.ResponseError:
+        except redis.RedisError:  # cannot be told (Redis away): reported as a gap
             return False
         if not first:
             return False

@@ -17,7 +17,14 @@ import pytest
 import redis
 
 from nexus_writer.nexus.options import WriterOptions
-from nexus_writer.protocol import SessionPublisher
+from nexus_writer.protocol import (
+    ChannelEndEvent,
+    ScanReader,
+    ScanState,
+    SessionPublisher,
+    StateEvent,
+)
+from nexus_writer.protocol._xread import xread
 from nexus_writer.redis_client import connect
 from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.scan_writer import NexusScanWriter
@@ -121,3 +128,41 @@ def test_a_scan_that_starts_while_the_shared_read_waits_is_read_at_once(
     assert writer.wait_for_scans([first.key, second.key], timeout=PROMPT * 3)
     writer.stop(wait=True, timeout=PROMPT * 3)
     assert not redis_client.keys("nxw:mux:*")  # the doorbell is removed
+
+
+def test_entries_taken_while_redis_refuses_the_documents_read_are_not_lost(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Seen in the device tests: a scan's CLOSED was taken while its document could not
+    be read again (the pool had no connection to give); the taking raised half-way, the
+    entries handed over were lost, and the scan waited for an end already read. Here the
+    reader's client has one connection, held elsewhere while it takes the entries."""
+    scan = started_scan(
+        SessionPublisher(redis_client, "held"),
+        name="ct",
+        title="held",
+        file=str(tmp_path / "held.h5"),
+        channels=CHANNELS,
+    )
+    scan.send("simu:diode", np.arange(3.0))
+    client = connect(f"{redis_server.url}?socket_timeout=0.2", max_connections=1)
+    reader = ScanReader(client, scan.key)
+    scan.send("axis:m", np.arange(3.0))
+    scan.close()
+    response = xread(redis_client, dict.fromkeys(reader.wanted(), "0-0"), 100, None)
+    held = client.connection_pool.get_connection()
+    try:
+        events = reader.take(response)  # the document's read after CLOSED fails
+        with pytest.raises(redis.ConnectionError):
+            reader.refresh()
+    finally:
+        client.connection_pool.release(held)
+    states = [e.state for e in events if isinstance(e, StateEvent)]
+    assert states[-1] is ScanState.CLOSED
+    ends = {e.channel.name: e.total for e in events if isinstance(e, ChannelEndEvent)}
+    assert ends == {"simu:diode": 3, "axis:m": 3}
+    stale = reader.document
+    assert stale.end_time is None and not reader.done  # the document is read again first
+    assert reader.refresh() == []
+    assert reader.document is not stale and reader.document.end_time is not None
+    assert reader.done
