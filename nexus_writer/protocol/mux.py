@@ -37,7 +37,7 @@ from sync_primitives import Event
 from ._xread import Entries, xread
 from .keys import Keys, text
 from .model import ScanState
-from .reader import ScanReader
+from .reader import ScanReader, _id_key
 
 _log = logging.getLogger(__name__)
 
@@ -92,9 +92,14 @@ class Feed:
         return events
 
     def _deliver(self, stream: str, entries: Entries) -> None:
-        self._entries.setdefault(stream, []).extend(entries)
-        self.ids[stream] = entries[-1][0].decode()
-        self.wake.set()
+        """Entries of ``stream``; those at or before this feed's position (read for
+        another reader of the same stream, which is further behind) are skipped."""
+        after = _id_key(self.ids.get(stream, "0-0"))
+        new = [entry for entry in entries if _id_key(entry[0]) > after]
+        if new:
+            self._entries.setdefault(stream, []).extend(new)
+            self.ids[stream] = new[-1][0].decode()
+            self.wake.set()
 
     def _wrong_type(self, stream: str, kind: str) -> None:
         self._wrong[stream] = kind
@@ -194,8 +199,8 @@ class StreamMux:
         delay = 0.1
         while not self._closed:
             feeds = list(self._feeds.values())
-            owners = {s: f for f in feeds if f.reader.state is not ScanState.CLOSED for s in f.ids}
-            if not owners:  # a CLOSED reader's listener reads the rest itself
+            owners = self._owners(feeds)
+            if not owners:
                 if not self._feeds:
                     return  # started again by the next follow
                 self._changed.clear()
@@ -226,17 +231,35 @@ class StreamMux:
                 self.outage = time.monotonic()
                 continue
             delay = 0.1
-            for stream, entries in response.items():
-                feed = owners.get(stream)
-                if feed is None:  # the doorbell
-                    self._rung = entries[-1][0].decode()
-                elif self._feeds.get(feed.reader) is feed:  # not unfollowed meanwhile
-                    feed._deliver(stream, entries)
+            self._dispatch(response, owners)
             if response:
                 gevent.sleep(self.gather)
 
-    def _read(self, owners: dict[str, Feed], count: int) -> dict[str, Entries]:
-        streams = {stream: feed.ids[stream] for stream, feed in owners.items()}
+    @staticmethod
+    def _owners(feeds: list[Feed]) -> dict[str, list[Feed]]:
+        """The feeds of each stream to read (a CLOSED reader's listener reads the rest
+        itself; two readers of one scan, announced again, share its streams)."""
+        owners: dict[str, list[Feed]] = {}
+        for feed in feeds:
+            if feed.reader.state is not ScanState.CLOSED:
+                for stream in feed.ids:
+                    owners.setdefault(stream, []).append(feed)
+        return owners
+
+    def _dispatch(self, response: dict[str, Entries], owners: dict[str, list[Feed]]) -> None:
+        for stream, entries in response.items():
+            if stream not in owners:  # the doorbell
+                self._rung = entries[-1][0].decode()
+                continue
+            for feed in owners[stream]:
+                if self._feeds.get(feed.reader) is feed:  # not unfollowed meanwhile
+                    feed._deliver(stream, entries)
+
+    def _read(self, owners: dict[str, list[Feed]], count: int) -> dict[str, Entries]:
+        streams = {
+            stream: min((feed.ids[stream] for feed in feeds), key=_id_key)
+            for stream, feeds in owners.items()
+        }
         if self._doorbell is not None:
             streams[self._doorbell] = self._rung
         self._waiting = True
@@ -247,7 +270,7 @@ class StreamMux:
         self.reads += 1
         return response
 
-    def _wrong_types(self, owners: dict[str, Feed]) -> None:
+    def _wrong_types(self, owners: dict[str, list[Feed]]) -> None:
         """A stream is of another type: tell its reader (which reports it and reads the
         others on); a doorbell of another type is given up."""
         streams = [*owners, *([self._doorbell] if self._doorbell else [])]
@@ -262,4 +285,5 @@ class StreamMux:
                 _log.error("stream mux: the doorbell %s is not a stream: not rung", stream)
                 self._doorbell = None
             else:
-                owners[stream]._wrong_type(stream, kind)
+                for feed in owners[stream]:
+                    feed._wrong_type(stream, kind)

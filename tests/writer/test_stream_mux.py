@@ -19,17 +19,20 @@ import redis
 from nexus_writer.nexus.options import WriterOptions
 from nexus_writer.protocol import (
     ChannelEndEvent,
+    PointsEvent,
     ScanReader,
     ScanState,
     SessionPublisher,
     StateEvent,
 )
 from nexus_writer.protocol._xread import xread
+from nexus_writer.protocol.mux import Feed, StreamMux
 from nexus_writer.redis_client import connect
 from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.scan_writer import NexusScanWriter
 from nexus_writer.session_writer import NexusSessionWriter
 from nexus_writer.subscriber import Mode, State
+from sync_primitives import Event
 from tests.conftest import PROMPT, wait_until
 from tests.writer.helpers import started_scan
 
@@ -166,3 +169,44 @@ def test_entries_taken_while_redis_refuses_the_documents_read_are_not_lost(
     assert reader.refresh() == []
     assert reader.document is not stale and reader.document.end_time is not None
     assert reader.done
+
+
+def drain(feed: Feed, wake: Event) -> list[object]:
+    """What the feed gets until its reader has read the CLOSED."""
+    events: list[object] = []
+    while feed.reader.state is not ScanState.CLOSED:
+        assert wake.wait(PROMPT), "the mux woke the reader"
+        wake.clear()
+        events += feed.take()
+    return events
+
+
+def test_two_readers_of_one_scan_both_get_every_entry(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """A scan announced again gets a second reader while the first one is ahead; each
+    stream was read for one of them only, and the other waited for good."""
+    scan = started_scan(
+        SessionPublisher(redis_client, "twice"),
+        name="ct",
+        title="twice",
+        file=str(tmp_path / "twice.h5"),
+        channels=CHANNELS,
+    )
+    scan.send("simu:diode", np.arange(3.0))
+    mux = StreamMux(redis_client)
+    try:
+        ahead, behind = ScanReader(redis_client, scan.key), ScanReader(redis_client, scan.key)
+        woken = Event(), Event()
+        first = mux.follow(ahead, woken[0])
+        assert woken[0].wait(PROMPT)
+        early = first.take()
+        second = mux.follow(behind, woken[1])
+        scan.send("simu:diode", np.arange(3.0, 5.0))
+        scan.close()
+        got = [early + drain(first, woken[0]), drain(second, woken[1])]
+    finally:
+        mux.close()
+    for events in got:
+        points = [e.data for e in events if isinstance(e, PointsEvent)]
+        np.testing.assert_array_equal(np.concatenate(points), np.arange(5.0))
