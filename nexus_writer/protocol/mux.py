@@ -12,9 +12,11 @@ grew, and a poll four times a second to notice a stop. With it a session's scans
 one blocking read, which names every stream of every scan still open, and hands each
 scan's entries to its :class:`Feed`; the scan's listener turns them into events itself
 (:meth:`ScanReader.take`). An idle scan costs nothing: its listener waits for its feed's
-wake event, set when its entries come or when it is stopped. Scans that follow or leave
-while the read waits ring a doorbell (an XADD to a stream of the mux's own, which that
-read names too), so that the next read names their streams.
+wake event, set when its entries come or when it is stopped. A scan that follows while
+the read waits rings a doorbell (an XADD to a stream of the mux's own, which that read
+names too), so that the next read names its streams; one that leaves is left out of the
+next read (what the read under way brings for it is dropped: its listener reads on
+from its own position).
 
 After a read that brought entries the mux waits ``gather`` seconds before the next, so
 that the next read brings what many streams published meanwhile instead of one entry of

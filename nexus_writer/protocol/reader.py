@@ -208,9 +208,9 @@ class ScanReader:
         if self._pending:
             pending, self._pending = self._pending, []
             return pending
-        events = self.refresh()
-        if self.done:
-            return events
+        refreshed = self.refresh()
+        if refreshed or self.done:
+            return refreshed  # a report is returned before reading on: never lost
         streams = self.wanted()
         if self.state is ScanState.CLOSED:
             timeout = None  # every entry is in Redis already: do not wait for more
@@ -219,8 +219,8 @@ class ScanReader:
         except redis.ResponseError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise
-            return events + self.drop_wrong_types(list(streams))
-        events.extend(self.take(response))
+            return self.drop_wrong_types(list(streams))
+        events = self.take(response)
         if not response and self.state is ScanState.CLOSED:
             events.extend(self._missing_ends())
         return events
