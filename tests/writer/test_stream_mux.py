@@ -20,6 +20,7 @@ from nexus_writer.nexus.options import WriterOptions
 from nexus_writer.protocol import (
     ChannelEndEvent,
     PointsEvent,
+    ScanPublisher,
     ScanReader,
     ScanState,
     SessionPublisher,
@@ -39,6 +40,13 @@ from tests.writer.helpers import started_scan
 CHANNELS = [{"name": "simu:diode", "dtype": "<f8"}, {"name": "axis:m", "dtype": "<f8"}]
 
 
+def scan_with_points(session: SessionPublisher, path: Path) -> ScanPublisher:
+    """A started scan of CHANNELS in ``path`` whose first channel has 3 points."""
+    scan = started_scan(session, name="ct", title=path.stem, file=str(path), channels=CHANNELS)
+    scan.send("simu:diode", np.arange(3.0))
+    return scan
+
+
 def xread_calls(client: redis.Redis) -> int:
     """XREAD commands Redis has run (blocked ones count once they return)."""
     stats = client.info("commandstats").get("cmdstat_xread", {})
@@ -47,14 +55,7 @@ def xread_calls(client: redis.Redis) -> int:
 
 def test_an_idle_open_scan_makes_no_redis_calls(redis_client: redis.Redis, tmp_path: Path) -> None:
     """Before: the listener asked Redis four times a second whether anything had come."""
-    scan = started_scan(
-        SessionPublisher(redis_client, "idle"),
-        name="ct",
-        title="idle",
-        file=str(tmp_path / "idle.h5"),
-        channels=CHANNELS,
-    )
-    scan.send("simu:diode", np.arange(3.0))
+    scan = scan_with_points(SessionPublisher(redis_client, "idle"), tmp_path / "idle.h5")
     writer = NexusScanWriter(redis_client, scan.key, WriterOptions(), mode=Mode.PARALLEL)
     writer.start()
     wait_until(lambda: writer.progress()[0] == 3, "the first points are written")
@@ -140,14 +141,7 @@ def test_entries_taken_while_redis_refuses_the_documents_read_are_not_lost(
     be read again (the pool had no connection to give); the taking raised half-way, the
     entries handed over were lost, and the scan waited for an end already read. Here the
     reader's client has one connection, held elsewhere while it takes the entries."""
-    scan = started_scan(
-        SessionPublisher(redis_client, "held"),
-        name="ct",
-        title="held",
-        file=str(tmp_path / "held.h5"),
-        channels=CHANNELS,
-    )
-    scan.send("simu:diode", np.arange(3.0))
+    scan = scan_with_points(SessionPublisher(redis_client, "held"), tmp_path / "held.h5")
     client = connect(f"{redis_server.url}?socket_timeout=0.2", max_connections=1)
     reader = ScanReader(client, scan.key)
     scan.send("axis:m", np.arange(3.0))
@@ -186,14 +180,7 @@ def test_two_readers_of_one_scan_both_get_every_entry(
 ) -> None:
     """A scan announced again gets a second reader while the first one is ahead; each
     stream was read for one of them only, and the other waited for good."""
-    scan = started_scan(
-        SessionPublisher(redis_client, "twice"),
-        name="ct",
-        title="twice",
-        file=str(tmp_path / "twice.h5"),
-        channels=CHANNELS,
-    )
-    scan.send("simu:diode", np.arange(3.0))
+    scan = scan_with_points(SessionPublisher(redis_client, "twice"), tmp_path / "twice.h5")
     mux = StreamMux(redis_client)
     try:
         ahead, behind = ScanReader(redis_client, scan.key), ScanReader(redis_client, scan.key)
