@@ -461,7 +461,9 @@ class NexusWriter(Device):
         return next((w for w in writer.scans() if same_key(w.key, key) and not w.done()), None)
 
     def _known(self, key: str) -> tuple[NexusScanWriter | None, ScanEvent | None]:
-        """The running writer of scan ``key``, or its last end.
+        """The running writer of scan ``key``, or its last end; neither while its writer
+        has ended and its end is on its way to the lists (it is still in
+        ``scans_running``: the lists change in the hub, in order, a moment later).
 
         Raises:
             DevFailed: UNKNOWN_SCAN, no such scan, running or recent (the message lists what
@@ -469,7 +471,8 @@ class NexusWriter(Device):
         """
         running = self._scan_writer(key)
         ended = next((e for e in reversed(self._recent_scans) if same_key(e.key, key)), None)
-        if running is None and ended is None:
+        listed = any(same_key(k, key) for k in list(self._running_scans))
+        if running is None and ended is None and not listed:
             refuse(
                 UNKNOWN_SCAN,
                 f"no scan {key!a} is running or among the last {RECENT_SCANS} finished: "
@@ -628,9 +631,8 @@ class NexusWriter(Device):
     def scan_state(self, key: str) -> str:
         """The state of scan ``key``: RUNNING, or how it ended (OFF: written, FAULT)."""
         running, ended = self._known(key)
-        if running is not None:
+        if running is not None or ended is None:  # running, or its end not yet listed
             return "RUNNING"
-        assert ended is not None  # _known found one of them
         return ended.state
 
     @command(dtype_in=str, dtype_out=str, green_mode=False)  # reads snapshots: not in the hub
