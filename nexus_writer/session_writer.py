@@ -183,7 +183,7 @@ class NexusSessionWriter(Subscriber):
             announcements = reader.read(timeout)
         except LeaseLost as exc:
             _log.warning("%s: no more scans are taken", exc)  # it names the session
-            self._stop_requested.set()
+            self._request_stop()
             return []
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             _log.warning(

@@ -181,8 +181,7 @@ class Subscriber:
         Raises:
             TimeoutError: ``wait`` and it had not finished within ``timeout`` seconds.
         """
-        self._stop_requested.set()
-        self._wake.set()
+        self._request_stop()
         if wait:
             self.join(timeout, raise_timeout=True)
 
@@ -194,8 +193,7 @@ class Subscriber:
         """
         self._killed = True
         self._fault("killed")
-        self._stop_requested.set()
-        self._wake.set()
+        self._request_stop()
         if wait:
             self.join(timeout, raise_timeout=True)
 
@@ -245,6 +243,11 @@ class Subscriber:
         """Record a problem that does not stop processing but makes the end state FAULT
         (a bad channel: the other channels are still written)."""
         self._problems.append(problem)
+
+    def _request_stop(self) -> None:
+        """The listener stops: at once, also while it waits on ``_wake``."""
+        self._stop_requested.set()
+        self._wake.set()
 
     def _fault(self, reason: str) -> None:
         if self._reason is None:
@@ -307,7 +310,7 @@ class Subscriber:
                     self._consume_timed(events)
         except Exception as exc:
             self._fault_from(exc, "consumer failed")
-            self._stop_requested.set()
+            self._request_stop()
             while not ended:  # the listener stops at its next poll; its last batches go
                 ended = self._queue.get() is _END
         self._end()

@@ -197,3 +197,19 @@ def test_two_readers_of_one_scan_both_get_every_entry(
     for events in got:
         points = [e.data for e in events if isinstance(e, PointsEvent)]
         np.testing.assert_array_equal(np.concatenate(points), np.arange(5.0))
+
+
+def test_a_consumer_that_fails_wakes_its_waiting_listener(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Seen in make test: the consumer failed (a path outside the roots) and asked the
+    listener to stop without waking it; the listener of the open scan waited for the
+    inactivity time-out (600 s) and the scan never ended."""
+    scan = scan_with_points(SessionPublisher(redis_client, "refused"), Path("/proc/no.h5"))
+    writer = NexusScanWriter(
+        redis_client, scan.key, WriterOptions(roots=(tmp_path,)), mode=Mode.PARALLEL
+    )
+    writer.start()
+    assert writer.join(PROMPT)  # the scan stays open: only the consumer's failure ends it
+    assert writer.state is State.FAULT
+    assert "outside the writer's root directories" in (writer.statistics().reason or "")
