@@ -184,3 +184,26 @@ def test_a_bad_timeout_in_the_url_is_refused_naming_it(query: str, what: str) ->
     with pytest.raises(ValueError, match=re.escape(what)) as refused:
         connect(f"redis://127.0.0.1:1/0?{query}")
     assert f"Redis URL 'redis://127.0.0.1:1/0?{query}'" in str(refused.value)
+
+
+def test_with_every_connection_in_use_a_command_waits_for_one(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """redis-py's pool failed at once with "Too many connections"; ours waits for a
+    connection to be released (yielding to the hub), up to the socket timeout."""
+    client = connect(f"{redis_server.url}?socket_timeout=0.5", max_connections=1)
+    held = client.connection_pool.get_connection()
+    waiting = gevent.spawn(client.ping)
+    with hub_watched() as runs:
+        gevent.sleep(0.1)  # the window in which the ping must wait, and the hub run
+    assert not waiting.ready()
+    assert len(runs) >= 3  # the hub ran meanwhile (a tick every 20 ms)
+    client.connection_pool.release(held)
+    assert waiting.get(timeout=5) is True
+    held = client.connection_pool.get_connection()
+    started = time.monotonic()
+    with pytest.raises(redis.exceptions.MaxConnectionsError):
+        client.ping()  # never released: refused after the socket timeout
+    assert 0.4 < time.monotonic() - started < 3
+    client.connection_pool.release(held)
+    client.close()
