@@ -205,11 +205,12 @@ class NexusScanWriter(Subscriber):
         if self._mux is None:
             self._mux = StreamMux(self.client, retry_max_delay=self.options.retry_max_delay)
             self._own_mux = True
+        if self._mux.error is not None:  # not the scan's fault: written again later
+            error = self._mux.error
+            self._unfinished = f"reading from Redis failed: {type(error).__name__}: {error}"
         if self._feed is None:
             self._feed = self._mux.follow(reader, self._wake)
         self._wake.clear()  # before taking: entries that come after it set it again
-        if self._mux.error is not None:  # not the scan's fault: written again later
-            self._unfinished = f"reading from Redis failed: {self._mux.error!r}"
         events = self._feed.take()
         if not events and not have_events and not self._stop_requested.is_set():
             silent = time.monotonic() - max(self._last_activity, self._mux.outage)

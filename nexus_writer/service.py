@@ -91,6 +91,11 @@ def all_acknowledged(client: redis.Redis, session: str, prefix: str = DEFAULT_PR
     return bool(newest) and text(group["last-delivered-id"]) == text(newest[0][0])
 
 
+#: Connections a service's client must be allowed: the shared read of the open scans, the
+#: read of new scans, and one for commands.
+MIN_CONNECTIONS = 3
+
+
 class WriterService:
     """Writes one session whenever it holds the session's lease."""
 
@@ -116,8 +121,16 @@ class WriterService:
         SessionLease).
 
         Raises:
-            ValueError: a bad session name, prefix or lease ttl.
+            ValueError: a bad session name, prefix or lease ttl, or a client whose pool
+                has fewer than MIN_CONNECTIONS connections.
         """
+        pool_size = getattr(client.connection_pool, "max_connections", MIN_CONNECTIONS)
+        if pool_size < MIN_CONNECTIONS:
+            raise ValueError(
+                f"the Redis client may open {pool_size} connection(s): the service needs "
+                f"{MIN_CONNECTIONS} at least (its two blocking reads, and its commands); "
+                "raise max_connections in the URL"
+            )
         self.client = client
         self.session = session
         self.options = options or WriterOptions()

@@ -77,7 +77,10 @@ class Feed:
                 comes.
         """
         if self._mux.error is not None and not self._entries:
-            raise RuntimeError(f"reading the scan's streams failed: {self._mux.error!r}")
+            error = self._mux.error
+            raise RuntimeError(
+                f"reading the scan's streams failed: {type(error).__name__}: {error}"
+            )
         refreshed = self.reader.refresh()  # the only call that may fail: before taking
         entries, self._entries = self._entries, {}
         # The events stream last, as in one XREAD: a CLOSED after the data before it.
@@ -214,28 +217,42 @@ class StreamMux:
                 if "WRONGTYPE" in str(exc):
                     self._wrong_types(owners)
                     continue
-                if self._doorbell is None:
-                    raise
-                # Refused with the doorbell (an ACL that allows only some keys): without it
-                # a new scan is read from the next read on (within the BLOCK time).
-                _log.error(
-                    "Redis refuses to read the doorbell %s (%s): going on without it",
-                    self._doorbell,
-                    exc,
-                )
-                self._doorbell = None
+                if str(exc).startswith("NOPERM"):
+                    self._refused(exc)  # raises unless the doorbell was the reason
+                    continue
+                # BUSY (a long script), LOADING (a restart), ...: Redis answers again later.
+                delay = self._wait_out(f"Redis refused the read ({exc})", delay)
                 continue
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                self.outage = time.monotonic()
-                _log.warning("Redis unreachable (%s); reading again in %.1f s", exc, delay)
-                gevent.sleep(delay)
-                delay = min(2 * delay, self.retry_max_delay)
-                self.outage = time.monotonic()
+                delay = self._wait_out(f"Redis unreachable ({exc})", delay)
                 continue
             delay = 0.1
             self._dispatch(response, owners)
             if response:
                 gevent.sleep(self.gather)
+
+    def _wait_out(self, why: str, delay: float) -> float:
+        """An outage: say why, wait ``delay`` and return the next delay."""
+        self.outage = time.monotonic()
+        _log.warning("%s; reading again in %.1f s", why, delay)
+        gevent.sleep(delay)
+        self.outage = time.monotonic()
+        return min(2 * delay, self.retry_max_delay)
+
+    def _refused(self, exc: redis.ResponseError) -> None:
+        """NOPERM: an ACL that does not allow the doorbell is worked around (a new scan is
+        read from the next read on, within the BLOCK time); one that does not allow the
+        scans' streams is the end of reading.
+
+        Raises:
+            redis.ResponseError: the read is refused without the doorbell too.
+        """
+        if self._doorbell is None:
+            raise exc
+        _log.error(
+            "Redis refuses to read the doorbell %s (%s): going on without it", self._doorbell, exc
+        )
+        self._doorbell = None
 
     @staticmethod
     def _owners(feeds: list[Feed]) -> dict[str, list[Feed]]:

@@ -34,7 +34,7 @@ from nexus_writer.scan_writer import NexusScanWriter
 from nexus_writer.session_writer import NexusSessionWriter
 from nexus_writer.subscriber import Mode, State
 from sync_primitives import Event
-from tests.conftest import PROMPT, wait_until
+from tests.conftest import PROMPT, in_plain_thread, wait_until
 from tests.writer.helpers import started_scan
 
 CHANNELS = [{"name": "simu:diode", "dtype": "<f8"}, {"name": "axis:m", "dtype": "<f8"}]
@@ -213,3 +213,48 @@ def test_a_consumer_that_fails_wakes_its_waiting_listener(
     assert writer.join(PROMPT)  # the scan stays open: only the consumer's failure ends it
     assert writer.state is State.FAULT
     assert "outside the writer's root directories" in (writer.statistics().reason or "")
+
+
+#: A Lua script that keeps Redis busy for about a second (BUSY to everyone else).
+BUSY_SECOND = """
+local t0 = redis.call('TIME')
+while true do
+  local t = redis.call('TIME')
+  if (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > 1000000 then break end
+end
+return 1
+"""
+
+
+def test_a_busy_redis_is_waited_out_and_the_scan_goes_on(
+    redis_client: redis.Redis, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """Found by a hostile test: a BUSY answer (a long script) was taken for a refusal for
+    good; the shared read died, every open scan failed with its data published, and
+    every scan after it failed at once. Here the mux gathers for 0.5 s after a read that
+    brought points, so that its next read is made while the script that starts just
+    after those points runs (Redis answers BUSY to it after lua-time-limit)."""
+    redis_client.config_set("lua-time-limit", 100)
+    scan = scan_with_points(SessionPublisher(redis_client, "busy"), tmp_path / "busy.h5")
+    mux = StreamMux(redis_client, gather=0.5)
+    writer = NexusScanWriter(redis_client, scan.key, WriterOptions(), mode=Mode.PARALLEL, mux=mux)
+    try:
+        writer.start()
+        wait_until(lambda: writer.progress()[0] == 3, "the first points are written")
+        script = connect(redis_server.url, socket_timeout=30)
+
+        def points_then_busy() -> None:
+            scan.send("simu:diode", np.arange(3.0, 6.0))  # the mux reads them, then gathers
+            script.eval(BUSY_SECOND, 0)
+
+        busy = in_plain_thread(points_then_busy)
+        wait_until(busy.done, "the script ran", PROMPT, 0.01)  # the hub runs meanwhile
+        busy.result()
+        scan.send("axis:m", np.arange(6.0))
+        scan.close()
+        assert writer.join(PROMPT * 2)
+    finally:
+        mux.close()
+    assert writer.state is State.OFF, writer.statistics().reason
+    assert writer.progress()[0] == 6
+    assert mux.error is None and mux.outage > 0  # it was waited out

@@ -7,10 +7,13 @@ from typing import Any
 
 import gevent
 import h5py
+import pytest
 import redis
 
 from nexus_writer.nexus.options import WriterOptions
 from nexus_writer.protocol import SessionPublisher
+from nexus_writer.redis_client import connect
+from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.service import Role, WriterService, all_acknowledged
 from nexus_writer.session_writer import ScanEvent
 from nexus_writer.simulator import Beamline
@@ -94,3 +97,12 @@ def test_a_scan_announced_again_is_written_once_and_each_announcement_acknowledg
     assert second.url == first.url is not None
     with h5py.File(tmp_path / "again.h5", "r") as handle:
         assert list(handle) == ["scan_0001"]
+
+
+def test_a_client_of_too_few_connections_is_refused_saying_so(redis_server: EmbeddedRedis) -> None:
+    """Found by a hostile test: with a pool of 1 connection every scan waited for a
+    connection, was logged as "Redis unreachable", and ended STOPPED with nothing."""
+    client = connect(redis_server.url, max_connections=2)
+    with pytest.raises(ValueError, match="needs 3 at least"):
+        WriterService(client, "few")
+    client.close()
