@@ -101,7 +101,8 @@ def test_many_scans_share_a_connection_pool_of_eight(
         stats = writer.session_statistics()
         writer.stop(wait=True, timeout=PROMPT * 3)
         assert stats.scans_succeeded == 30 and stats.scans_failed == 0
-    assert not [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    # (other tests' writers may log too: only this message is this test's business)
+    assert not [r.getMessage() for r in caplog.records if "Too many" in r.getMessage()]
 
 
 def test_a_scan_that_starts_while_the_shared_read_waits_is_read_at_once(
