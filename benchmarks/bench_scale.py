@@ -14,6 +14,11 @@ writer's process nothing), and the writer runs in this process, as the service r
 * **scans**: S concurrent scans of 10 channels at 100 Hz (10 points per entry), written by a
   NexusSessionWriter as the service runs it: p99 latency of the oldest point, the worst
   scan's, and CPU.
+* **frames**: one-MiB frames (512x1024 uint16) compressed with bitshuffle-LZ4, from memory
+  to a file: raw h5py single-threaded (a resize and a write per batch of 16 frames, HDF5
+  compressing) against the writer's own HDF5 stage as its consumer calls it (one run per
+  frame, up to 8 MiB at a time, chunks compressed by the compression threads), in the same
+  run, alternating.
 * **rss**: one scan of 100 channels at 1 kHz (100 points per entry) for a while: the
   resident memory of the writer's process sampled along the way, and its growth after a
   warm-up.
@@ -34,11 +39,14 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import h5py
 import hiredis
 import numpy as np
 import redis
 
 from benchmarks._report import markdown_table, verdict, write_section
+from nexus_writer.nexus import files, hdf5
+from nexus_writer.nexus.chunk_compression import pool as compression_pool
 from nexus_writer.nexus.options import WriterOptions
 from nexus_writer.protocol import Keys, ScanReader, SessionPublisher
 from nexus_writer.protocol.publisher import ScanPublisher
@@ -55,11 +63,13 @@ SHORT = {
     "scan_seconds": 4.0,
     "throughput_points": 2000,
     "rss_seconds": 60.0,
+    "frames": True,
 }
 FULL = {**SHORT, "live_seconds": 10.0, "scan_seconds": 10.0, "rss_seconds": 3600.0}
 RATE, ENTRY_POINTS = 1000, 100  # channels table: 1 kHz, 100 points per entry
 SCANS_CHANNELS, SCANS_RATE, SCANS_ENTRY = 10, 100, 10  # scans table
 RSS_CHANNELS = 100
+FRAMES, FRAME_SHAPE, FRAME_BATCH, FRAME_ROUNDS = 192, (512, 1024), 16, 3
 
 
 # -- the publisher process ----------------------------------------------------------------
@@ -283,6 +293,68 @@ def concurrent(
     }
 
 
+# -- frames -------------------------------------------------------------------------------
+
+
+def _raw_frames(path: str, data: np.ndarray, options: dict[str, Any]) -> float:
+    started = time.perf_counter()
+    with h5py.File(path, "w") as handle:
+        dataset = handle.create_dataset(
+            "frames",
+            shape=(0, *FRAME_SHAPE),
+            maxshape=(None, *FRAME_SHAPE),
+            chunks=(1, *FRAME_SHAPE),
+            dtype=data.dtype,
+            **options,
+        )
+        for first in range(0, len(data), FRAME_BATCH):
+            dataset.resize(first + FRAME_BATCH, axis=0)
+            dataset[first : first + FRAME_BATCH] = data[first : first + FRAME_BATCH]
+            handle.flush()
+    return time.perf_counter() - started
+
+
+def _our_frames(path: str, data: np.ndarray, options: dict[str, Any]) -> float:
+    started = time.perf_counter()
+    h5py.File(path, "w-", locking=False, libver=hdf5.FORMAT).close()
+    handle = files.acquire(Path(path))
+    appender = hdf5.create_growing(
+        handle,
+        "frames",
+        point_shape=FRAME_SHAPE,
+        maxshape=(None, *FRAME_SHAPE),
+        chunks=(1, *FRAME_SHAPE),
+        dtype=data.dtype,
+        fillvalue=0,
+        options=options,
+    )
+    per_call = max(1, WriterOptions().write_bytes // data[0].nbytes)  # the consumer's bundles
+    for first in range(0, len(data), FRAME_BATCH):
+        for start in range(first, first + FRAME_BATCH, per_call):
+            appender.write_runs([(i, data[i : i + 1]) for i in range(start, start + per_call)])
+        handle.flush()
+    files.release(Path(path))
+    return time.perf_counter() - started
+
+
+def frames(directory: str) -> dict[str, Any]:
+    """Medians of alternating rounds: raw h5py and our HDF5 stage, in seconds."""
+    data = np.random.default_rng(0).poisson(50, (FRAMES, *FRAME_SHAPE)).astype("<u2")
+    options = WriterOptions().compression.dataset_options()
+    raw, ours = [], []
+    for round_ in range(FRAME_ROUNDS):
+        raw.append(_raw_frames(f"{directory}/raw_{round_}.h5", data, options))
+        ours.append(_our_frames(f"{directory}/ours_{round_}.h5", data, options))
+        for path in Path(directory).glob("*_*.h5"):
+            path.unlink()
+    return {
+        "mbytes": data.nbytes / 1e6,
+        "raw": statistics.median(raw),
+        "ours": statistics.median(ours),
+        "workers": compression_pool().workers,
+    }
+
+
 # -- memory -------------------------------------------------------------------------------
 
 
@@ -298,6 +370,7 @@ def rss(client: redis.Redis, url: str, directory: str, seconds: float) -> list[t
     step = max(1.0, seconds / 60)
     while process.is_alive():
         samples.append((time.monotonic() - started, _rss_mib()))
+        print(f"rss {samples[-1][0]:.0f} s: {samples[-1][1]:.1f} MiB", flush=True)
         _join(process, step)
     _close(scan, int(RATE * seconds))
     writer.join(600)
@@ -330,6 +403,7 @@ def measure(plan: dict[str, Any]) -> str:
             by_scans[s] = concurrent(client, server.url, directory, s, plan["scan_seconds"])
             client.flushall()
             print(s, "scans:", by_scans[s], flush=True)
+        frame_case = frames(directory) if plan["frames"] else None
         curve = (
             rss(client, server.url, directory, plan["rss_seconds"])
             if plan["rss_seconds"] > 0
@@ -363,6 +437,19 @@ def measure(plan: dict[str, Any]) -> str:
     ]
     if 200 in by_scans:
         checks.append(("200 scans: worst p99 < 100 ms", by_scans[200]["worst"] or 99, 0.1))
+    frame_text = ""
+    if frame_case is not None:
+        mb, raw_s, ours_s = frame_case["mbytes"], frame_case["raw"], frame_case["ours"]
+        frame_text = "\n\n" + markdown_table(
+            [
+                f"{FRAMES} one-MiB frames, bitshuffle-LZ4, from memory",
+                "raw h5py (one thread)",
+                f"the writer's HDF5 stage ({frame_case['workers']} compression threads)",
+                "ours / raw",
+            ],
+            [["MB/s", f"{mb / raw_s:,.0f}", f"{mb / ours_s:,.0f}", f"{raw_s / ours_s:.2f}x"]],
+        )
+        checks.append(("frames: the HDF5 stage >= 1.5x raw h5py", 1.5, raw_s / ours_s))
     warm = [m for t, m in curve if t >= min(60.0, curve[-1][0] / 4)]
     growth = warm[-1] - warm[0] if len(warm) > 1 else 0.0
     span = curve[-1][0] - min(60.0, curve[-1][0] / 4)
@@ -381,6 +468,7 @@ def measure(plan: dict[str, Any]) -> str:
         + f"\n\nConcurrent scans ({SCANS_CHANNELS} channels at {SCANS_RATE} Hz, "
         f"{SCANS_ENTRY} points per entry), one session writer:\n\n"
         + markdown_table(["concurrent scans", *(str(s) for s in sc)], scan_rows)
+        + frame_text
         + f"\n\nResident memory (MiB) writing {RSS_CHANNELS} channels at {RATE} Hz: {points}; "
         f"growth after warm-up {growth:+.1f} MiB over {span:.0f} s.\n\n"
         + markdown_table(["target", "verdict"], check_rows)
@@ -394,6 +482,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, nargs="*", help="only these channel counts")
     parser.add_argument("--scans", type=int, nargs="*", help="only these scan counts")
     parser.add_argument("--rss-seconds", type=float, help="seconds of the memory run")
+    parser.add_argument("--no-frames", action="store_true", help="without the frames case")
     args = parser.parse_args()
     plan = dict(FULL if args.full else SHORT)
     for name in ("channels", "scans"):
@@ -401,6 +490,8 @@ def main() -> None:
             plan[name] = getattr(args, name)
     if args.rss_seconds is not None:
         plan["rss_seconds"] = args.rss_seconds
+    if args.no_frames:
+        plan["frames"] = False
     body = f"Measured {time.strftime('%Y-%m-%d')} with `make bench`: " + measure(plan)
     print(body)
     if args.write:

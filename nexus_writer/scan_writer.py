@@ -319,21 +319,27 @@ class NexusScanWriter(Subscriber):
         when a scan has thousands of channels)."""
         remaining = sum(_nbytes(p.data) for parts in points.values() for p in parts)
         credit = 0  # bytes checked for and not yet written
+        limit = self.options.write_bytes
         for channel, parts in points.items():
-            for first, data in self._within_limit(channel, _contiguous(parts)):
-                for start, piece in _slices(first, data, self.options.write_bytes):
-                    nbytes = _nbytes(piece)
-                    if nbytes > credit:
-                        credit = max(nbytes, min(remaining, self.options.write_bytes))
-                        file.reserve(credit)
-                    credit -= nbytes
-                    remaining -= nbytes
-                    self._fence()
-                    try:
-                        file.write_points(channel, start, piece)
-                    except PointTooLargeError as exc:
-                        self._problem(str(exc))  # names the points refused
-                    self._written[channel] = max(self._written[channel], start + len(piece))
+            pieces = [
+                piece
+                for first, data in self._within_limit(channel, _contiguous(parts))
+                for piece in _slices(first, data, limit)
+            ]
+            for bundle in _bundles(pieces, limit):
+                nbytes = sum(_nbytes(data) for _, data in bundle)
+                if nbytes > credit:
+                    credit = max(nbytes, min(remaining, limit))
+                    file.reserve(credit)
+                credit -= nbytes
+                remaining -= nbytes
+                self._fence()
+                try:
+                    file.write_points(channel, bundle)
+                except PointTooLargeError as exc:
+                    self._problem(str(exc))  # names the points refused
+                end = max(start + len(data) for start, data in bundle)
+                self._written[channel] = max(self._written[channel], end)
         for channel, sources in frames.items():
             self._fence()
             file.add_frames(channel, sources)
@@ -563,6 +569,29 @@ def _contiguous(parts: list[PointsEvent]) -> list[tuple[int, np.ndarray | list[n
         else:
             merged.append((first, np.concatenate([p.data for p in group])))
     return merged
+
+
+_Run = tuple[int, np.ndarray | list[np.ndarray]]
+
+
+def _bundles(pieces: list[_Run], limit: int) -> list[list[_Run]]:
+    """Consecutive pieces of fixed shape, together up to ``limit`` bytes, written by one
+    call (their whole chunks are compressed at once, on every core); a piece of variable
+    shape is written alone."""
+    bundles: list[list[_Run]] = []
+    size = 0
+    for piece in pieces:
+        nbytes = _nbytes(piece[1])
+        joins = (
+            bundles and not isinstance(piece[1], list) and not isinstance(bundles[-1][0][1], list)
+        )
+        if joins and size + nbytes <= limit:
+            bundles[-1].append(piece)
+            size += nbytes
+        else:
+            bundles.append([piece])
+            size = nbytes
+    return bundles
 
 
 def _nbytes(data: np.ndarray | list[np.ndarray]) -> int:

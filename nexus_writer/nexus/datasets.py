@@ -75,6 +75,7 @@ class GrowingDataset:
                 dtype=dtype,
                 fillvalue=fill_value(dtype),
                 **compression,
+                **(hdf5.chunk_cache(chunks, dtype.itemsize) if compression else {}),
             )
             self._id = self._dataset.id
             self.shapes = group.create_dataset(
@@ -85,7 +86,7 @@ class GrowingDataset:
                 chunks=(1024, len(channel.shape)),
             )
         else:
-            self._id = hdf5.create_growing(
+            self._appender = hdf5.create_growing(
                 group,
                 name,
                 point_shape=point_shape,
@@ -95,7 +96,7 @@ class GrowingDataset:
                 fillvalue=fill_value(dtype),
                 options=compression,
             )
-            self._appender = hdf5.Appender(self._id, point_shape, maxshape)
+            self._id = self._appender.id
         if channel.unit:
             hdf5.add_text(self._id, "units", channel.unit)
 
@@ -113,14 +114,22 @@ class GrowingDataset:
             return self._appender.length
         return int(self.dataset.shape[0])
 
-    def write(self, first: int, data: np.ndarray | list[np.ndarray]) -> None:
-        """Write points ``first`` .. onwards (growing the dataset; a gap stays at the fill
-        value)."""
-        if isinstance(data, list):
-            self._write_variable(first, data)
+    def write(self, runs: list[tuple[int, np.ndarray | list[np.ndarray]]]) -> None:
+        """Write each run of points ``first`` .. onwards, in order (growing the dataset; a
+        gap stays at the fill value).
+
+        Raises:
+            PointTooLargeError: see :meth:`_write_variable`.
+            RuntimeError: a chunk could not be compressed.
+        """
+        if self._appender is None:  # a variable shape
+            for first, data in runs:
+                assert isinstance(data, list)
+                self._write_variable(first, data)
             return
-        assert self._appender is not None  # a fixed shape
-        self._appender.write(first, data)
+        fixed = [(first, data) for first, data in runs if not isinstance(data, list)]
+        assert len(fixed) == len(runs)  # a fixed shape
+        self._appender.write_runs(fixed)
 
     def _write_variable(self, first: int, arrays: list[np.ndarray]) -> None:
         """Points of varying shapes, each padded to the widest of each dimension so far.

@@ -41,7 +41,8 @@ def acquire(path: Path) -> h5py.File:
             raise RuntimeError(f"{path} is already open: one scan, one file")
         # HDF5 1.8's format, not the latest: with libver="latest" HDF5 marks the file as
         # open for writing, and then no other process can open it until it is closed.
-        handle = h5py.File(path, "a", locking=False, libver=hdf5.FORMAT)
+        # No chunk cache by default: see hdf5.CHUNK_CACHE.
+        handle = h5py.File(path, "a", locking=False, libver=hdf5.FORMAT, rdcc_nbytes=0)
         if "NX_class" not in handle.attrs:
             handle.attrs.update(root_attributes(path))
         _open[path] = handle

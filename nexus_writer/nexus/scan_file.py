@@ -315,10 +315,13 @@ class ScanFile:
                 f"margin; the scan stops here, with the data written so far",
             )
 
-    def write_points(self, channel: str, first: int, data: np.ndarray | list[np.ndarray]) -> None:
+    def write_points(
+        self, channel: str, runs: list[tuple[int, np.ndarray | list[np.ndarray]]]
+    ) -> None:
+        """Runs of points of ``channel``, each ``(first, points)``, in this order."""
         if channel in self.skipped:
             return  # reported once, when the entry was made
-        self.datasets[channel].write(first, data)
+        self.datasets[channel].write(runs)
 
     def add_frames(self, channel: str, sources: list[FrameSource]) -> None:
         """Reference more frames of detector files (the virtual dataset is remade).
