@@ -205,17 +205,21 @@ class NexusScanWriter(Subscriber):
         if self._mux is None:
             self._mux = StreamMux(self.client, retry_max_delay=self.options.retry_max_delay)
             self._own_mux = True
-        if self._mux.error is not None:  # not the scan's fault: written again later
-            error = self._mux.error
-            self._unfinished = f"reading from Redis failed: {type(error).__name__}: {error}"
-        if self._feed is None:
-            self._feed = self._mux.follow(reader, self._wake)
-        self._wake.clear()  # before taking: entries that come after it set it again
-        events = self._feed.take()
-        if not events and not have_events and not self._stop_requested.is_set():
-            silent = time.monotonic() - max(self._last_activity, self._mux.outage)
-            self._wake.wait(max(0.0, self.options.inactivity_timeout - silent) + 0.01)
+        try:
+            if self._feed is None:
+                self._feed = self._mux.follow(reader, self._wake)
+            self._wake.clear()  # before taking: entries that come after it set it again
             events = self._feed.take()
+            if not events and not have_events and not self._stop_requested.is_set():
+                silent = time.monotonic() - max(self._last_activity, self._mux.outage)
+                self._wake.wait(max(0.0, self.options.inactivity_timeout - silent) + 0.01)
+                events = self._feed.take()
+        except RuntimeError as exc:  # MuxFailedError, or follow() after the failure
+            if self._mux.error is None:
+                raise  # not the mux's failure
+            # Not the scan's fault (an ACL, say): it stays to be written again.
+            self._unfinished = str(exc)
+            raise
         return events
 
     def listener_ended(self) -> None:

@@ -43,6 +43,11 @@ from .reader import ScanReader, _id_key
 
 _log = logging.getLogger(__name__)
 
+
+class MuxFailedError(RuntimeError):
+    """The stream mux stopped reading for good (Redis refused its read): nothing more
+    comes for any scan. Not the scans' fault: they are to be written again."""
+
 #: Seconds after a read with entries before the next read.
 GATHER = 0.005
 #: Seconds a read waits for entries before it is made again: a Redis that stops answering
@@ -73,12 +78,12 @@ class Feed:
         Raises:
             redis.ConnectionError, redis.TimeoutError: the scan's document must be read
                 again and Redis is away (call again: nothing taken is lost).
-            RuntimeError: the mux failed for good (Redis refused its read): nothing more
+            MuxFailedError: the mux failed for good (Redis refused its read): nothing more
                 comes.
         """
         if self._mux.error is not None and not self._entries:
             error = self._mux.error
-            raise RuntimeError(
+            raise MuxFailedError(
                 f"reading the scan's streams failed: {type(error).__name__}: {error}"
             )
         refreshed = self.reader.refresh()  # the only call that may fail: before taking
@@ -213,12 +218,12 @@ class StreamMux:
                 continue
             try:
                 response = self._read(owners, min(feed.reader.count for feed in feeds))
+            except redis.exceptions.NoPermissionError as exc:  # NOPERM (redis-py drops it)
+                self._refused(exc)  # raises unless the doorbell was the reason
+                continue
             except redis.ResponseError as exc:
                 if "WRONGTYPE" in str(exc):
                     self._wrong_types(owners)
-                    continue
-                if str(exc).startswith("NOPERM"):
-                    self._refused(exc)  # raises unless the doorbell was the reason
                     continue
                 # BUSY (a long script), LOADING (a restart), ...: Redis answers again later.
                 delay = self._wait_out(f"Redis refused the read ({exc})", delay)
@@ -240,9 +245,9 @@ class StreamMux:
         return min(2 * delay, self.retry_max_delay)
 
     def _refused(self, exc: redis.ResponseError) -> None:
-        """NOPERM: an ACL that does not allow the doorbell is worked around (a new scan is
-        read from the next read on, within the BLOCK time); one that does not allow the
-        scans' streams is the end of reading.
+        """NOPERM (an ACL): the read is made again without the doorbell, which an ACL
+        written for the protocol's keys alone does not allow (a new scan is then read from
+        the next read on, within the BLOCK time); refused without it, reading ends.
 
         Raises:
             redis.ResponseError: the read is refused without the doorbell too.
@@ -250,7 +255,11 @@ class StreamMux:
         if self._doorbell is None:
             raise exc
         _log.error(
-            "Redis refuses to read the doorbell %s (%s): going on without it", self._doorbell, exc
+            "Redis refuses the shared read of the scans' streams (NOPERM %s): reading "
+            "again without the doorbell %s (a scan that starts meanwhile waits for the "
+            "next read)",
+            exc,
+            self._doorbell,
         )
         self._doorbell = None
 

@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 
 import gevent
+import h5py
 import numpy as np
 import pytest
 import redis
 
+from nexus_writer.nexus.master import entry_of_scan
 from nexus_writer.nexus.options import WriterOptions
 from nexus_writer.protocol import (
     ChannelEndEvent,
@@ -35,7 +37,7 @@ from nexus_writer.session_writer import NexusSessionWriter
 from nexus_writer.subscriber import Mode, State
 from sync_primitives import Event
 from tests.conftest import PROMPT, in_plain_thread, wait_until
-from tests.writer.helpers import started_scan
+from tests.writer.helpers import started_scan, text
 
 CHANNELS = [{"name": "simu:diode", "dtype": "<f8"}, {"name": "axis:m", "dtype": "<f8"}]
 
@@ -259,3 +261,75 @@ def test_a_busy_redis_is_waited_out_and_the_scan_goes_on(
     assert writer.state is State.OFF, writer.statistics().reason
     assert writer.progress()[0] == 6
     assert mux.error is None and mux.outage > 0  # it was waited out
+
+
+def _user_url(server: EmbeddedRedis, admin: redis.Redis, *rules: str) -> str:
+    """A Redis user with these ACL rules, and the URL that logs in as it."""
+    admin.execute_command("ACL", "SETUSER", "writer", "on", ">secret", *rules)
+    return server.url.replace("redis://", "redis://writer:secret@")
+
+
+def test_an_acl_that_refuses_the_doorbell_leaves_the_scans_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The doorbell is a key of the writer's own: an ACL written for the protocol's keys
+    alone refuses it. The mux goes on without it (a new scan waits for the next read)."""
+    caplog.set_level(logging.ERROR)
+    with EmbeddedRedis() as server:
+        admin = connect(server.url)
+        url = _user_url(server, admin, "~nxw:protocol", "~nxw:session:*", "~nxw:scan:*", "+@all")
+        writer = NexusSessionWriter(connect(url), "acl", WriterOptions(roots=(tmp_path,)))
+        writer.start()
+        try:
+            assert writer.following.wait(PROMPT)
+            scan = scan_with_points(SessionPublisher(admin, "acl"), tmp_path / "acl.h5")
+            scan.send("axis:m", np.arange(3.0))
+            scan.close()
+            assert writer.wait_for_scans([scan.key], timeout=PROMPT * 3)
+            stats = writer.session_statistics()
+            assert (stats.scans_succeeded, stats.scans_failed) == (1, 0)
+        finally:
+            writer.stop(wait=True, timeout=PROMPT * 3)
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m for m in messages if "NOPERM" in m and "without the doorbell" in m]
+
+
+def test_a_read_refused_for_good_leaves_the_scan_to_be_written_again(tmp_path: Path) -> None:
+    """An ACL that refuses the scan's channel streams (not its document nor its events):
+    the shared read ends, the open scan ends unfinished (not acknowledged, not lost), and
+    a service allowed to read them writes it whole."""
+    with EmbeddedRedis() as server:
+        admin = connect(server.url)
+        # The documents (nxw:scan:refused:<number>-<8 hex digits>) and the events streams.
+        keys = ["nxw:protocol", "nxw:session:*", "nxw:mux:*", "nxw:scan:refused:?-????????"]
+        keys.append("nxw:scan:refused:*:events")
+        url = _user_url(server, admin, *(f"~{k}" for k in keys), "+@all")
+        options = WriterOptions(roots=(tmp_path,))
+        refused = NexusSessionWriter(connect(url), "refused", options, group="nexus-writer")
+        refused.start()
+        try:
+            assert refused.following.wait(PROMPT)
+            scan = scan_with_points(SessionPublisher(admin, "refused"), tmp_path / "refused.h5")
+            scan.send("axis:m", np.arange(3.0))
+            scan.close()
+            assert refused.wait_for_scans([scan.key], timeout=PROMPT * 3)
+            stats = refused.session_statistics()
+            assert (stats.scans_succeeded, stats.scans_failed) == (0, 1)
+            assert "no permissions" in str(stats.recent[-1].reason)
+        finally:
+            refused.stop(wait=True, timeout=PROMPT * 3)
+        with h5py.File(scan.document.file, "r", locking=False) as handle:
+            entry = handle[entry_of_scan(handle, scan.key, scan.document.number)]
+            assert text(entry["writer/status"]) == "STOPPED"
+            assert b"no permissions" in b" ".join(entry["writer/messages"][()])
+        allowed = NexusSessionWriter(admin, "refused", options, group="nexus-writer")
+        allowed.start()
+        try:
+            assert allowed.wait_for_scans([scan.key], timeout=PROMPT * 3)
+            assert allowed.session_statistics().scans_succeeded == 1
+        finally:
+            allowed.stop(wait=True, timeout=PROMPT * 3)
+        with h5py.File(scan.document.file, "r", locking=False) as handle:
+            entry = handle[entry_of_scan(handle, scan.key, scan.document.number)]
+            assert text(entry["writer/status"]) == "SUCCEEDED"
+            np.testing.assert_array_equal(entry["measurement/diode"][()], np.arange(3.0))
