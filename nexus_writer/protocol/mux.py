@@ -21,6 +21,8 @@ from its own position).
 After a read that brought entries the mux waits ``gather`` seconds before the next, so
 that the next read brings what many streams published meanwhile instead of one entry of
 one stream: the cost of a read (naming every stream) is paid per round, not per entry.
+With one scan to read (a beamline's usual case) it reads again at once: the gather would
+only add to the scan's latency (a 1 kHz scan's p50 went from 1.2 to 7.5 ms).
 """
 
 from __future__ import annotations
@@ -233,7 +235,7 @@ class StreamMux:
                 continue
             delay = 0.1
             self._dispatch(response, owners)
-            if response:
+            if response and len(feeds) > 1:
                 gevent.sleep(self.gather)
 
     def _wait_out(self, why: str, delay: float) -> float:
