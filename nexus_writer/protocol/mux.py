@@ -168,8 +168,8 @@ class StreamMux:
         self._changed.set()
         if self._greenlet is None or self._greenlet.dead:
             self._greenlet = gevent.spawn(self._run)
-        elif self._waiting:
-            self._ring()
+        elif self._waiting and self._doorbell is not None:
+            self._ring()  # else it waits for the read under way to end
         return feed
 
     def unfollow(self, feed: Feed) -> None:

@@ -234,14 +234,19 @@ def test_a_busy_redis_is_waited_out_and_the_scan_goes_on(
 ) -> None:
     """Found by a hostile test: a BUSY answer (a long script) was taken for a refusal for
     good; the shared read died, every open scan failed with its data published, and
-    every scan after it failed at once. Here the mux gathers for 0.5 s after a read that
-    brought points, so that its next read is made while the script that starts just
-    after those points runs (Redis answers BUSY to it after lua-time-limit)."""
+    every scan after it failed at once. Here the mux (reading two scans) gathers for 0.5 s
+    after a read that brought points, so that its next read is made while the script that
+    starts just after those points runs (Redis answers BUSY to it after lua-time-limit)."""
     redis_client.config_set("lua-time-limit", 100)
-    scan = scan_with_points(SessionPublisher(redis_client, "busy"), tmp_path / "busy.h5")
-    mux = StreamMux(redis_client, gather=0.5)
+    session = SessionPublisher(redis_client, "busy")
+    scan = scan_with_points(session, tmp_path / "busy.h5")
+    idle = scan_with_points(session, tmp_path / "idle.h5")  # two scans: the mux gathers
+    mux = StreamMux(redis_client, "nxw", gather=0.5)
     writer = NexusScanWriter(redis_client, scan.key, WriterOptions(), mode=Mode.PARALLEL, mux=mux)
+    other = NexusScanWriter(redis_client, idle.key, WriterOptions(), mode=Mode.PARALLEL, mux=mux)
     try:
+        other.start()
+        wait_until(lambda: other.progress()[0] == 3, "the idle scan's points are written")
         writer.start()
         wait_until(lambda: writer.progress()[0] == 3, "the first points are written")
         script = connect(redis_server.url, socket_timeout=30)
@@ -256,6 +261,8 @@ def test_a_busy_redis_is_waited_out_and_the_scan_goes_on(
         scan.send("axis:m", np.arange(6.0))
         scan.close()
         assert writer.join(PROMPT * 2)
+        idle.close()
+        assert other.join(PROMPT * 2)
     finally:
         mux.close()
     assert writer.state is State.OFF, writer.statistics().reason
@@ -282,12 +289,23 @@ def test_an_acl_that_refuses_the_doorbell_leaves_the_scans_written(
         writer.start()
         try:
             assert writer.following.wait(PROMPT)
-            scan = scan_with_points(SessionPublisher(admin, "acl"), tmp_path / "acl.h5")
-            scan.send("axis:m", np.arange(3.0))
-            scan.close()
-            assert writer.wait_for_scans([scan.key], timeout=PROMPT * 3)
+            session = SessionPublisher(admin, "acl")
+            first = scan_with_points(session, tmp_path / "first.h5")
+            wait_until(lambda: len(writer.scans()) == 1, "the first scan has a writer")
+            mux = writer._mux
+            assert mux is not None
+            wait_until(
+                lambda: mux._waiting and mux._doorbell is None,
+                "the shared read waits, without its doorbell",
+            )
+            second = scan_with_points(session, tmp_path / "second.h5")  # can't ring
+            wait_until(lambda: len(mux._feeds) == 2, "the second scan follows the mux")
+            for scan in (first, second):
+                scan.send("axis:m", np.arange(3.0))  # the first's ends the read under way
+                scan.close()
+            assert writer.wait_for_scans([first.key, second.key], timeout=PROMPT * 3)
             stats = writer.session_statistics()
-            assert (stats.scans_succeeded, stats.scans_failed) == (1, 0)
+            assert (stats.scans_succeeded, stats.scans_failed) == (2, 0)
         finally:
             writer.stop(wait=True, timeout=PROMPT * 3)
     messages = [r.getMessage() for r in caplog.records]
