@@ -388,6 +388,13 @@ def _ms(seconds: float | None) -> str:
 def measure(plan: dict[str, Any]) -> str:
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as directory:
         client = connect(server.url)
+        # First: the memory of a process that has written nothing else.
+        curve = (
+            rss(client, server.url, directory, plan["rss_seconds"])
+            if plan["rss_seconds"] > 0
+            else [(0.0, 0.0)]
+        )
+        client.flushall()
         by_channels: dict[int, dict[str, Any]] = {}
         for n in plan["channels"]:
             by_channels[n] = {
@@ -404,11 +411,6 @@ def measure(plan: dict[str, Any]) -> str:
             client.flushall()
             print(s, "scans:", by_scans[s], flush=True)
         frame_case = frames(directory) if plan["frames"] else None
-        curve = (
-            rss(client, server.url, directory, plan["rss_seconds"])
-            if plan["rss_seconds"] > 0
-            else [(0.0, 0.0)]
-        )
     ch = plan["channels"]
     targets = {1000: 0.050, 3000: 0.250}
     rows = [

@@ -206,10 +206,12 @@ class StreamMux:
     def _run(self) -> None:
         try:
             self._read_loop()
-        except BaseException as exc:  # a bug, or Redis refusing the read: say so to all
-            if not isinstance(exc, gevent.GreenletExit):
-                _log.exception("stream mux: reading failed")
-                self.error = exc
+        except Exception as exc:  # a bug, or Redis refusing the read: say so to all
+            _log.exception("stream mux: reading failed")  # (and not again by gevent)
+            self.error = exc
+            for feed in self._feeds.values():
+                feed.wake.set()
+        except BaseException:  # killed (close), or the interpreter exits
             for feed in self._feeds.values():
                 feed.wake.set()
             raise
