@@ -48,7 +48,7 @@ from nexus_writer.protocol import (
     ScanState,
     StateEvent,
 )
-from nexus_writer.protocol.mux import Feed, StreamMux
+from nexus_writer.protocol.mux import Feed, MuxFailedError, StreamMux
 from nexus_writer.protocol.reader import JOIN_LIMIT
 from sync_primitives import Thread
 
@@ -214,9 +214,7 @@ class NexusScanWriter(Subscriber):
                 silent = time.monotonic() - max(self._last_activity, self._mux.outage)
                 self._wake.wait(max(0.0, self.options.inactivity_timeout - silent) + 0.01)
                 events = self._feed.take()
-        except RuntimeError as exc:  # MuxFailedError, or follow() after the failure
-            if self._mux.error is None:
-                raise  # not the mux's failure
+        except MuxFailedError as exc:
             # Not the scan's fault (an ACL, say): it stays to be written again.
             self._unfinished = str(exc)
             raise

@@ -22,9 +22,10 @@ After a read that brought entries the mux waits before the next, so that the nex
 brings what many streams published meanwhile instead of one entry of one stream: the cost
 of a read, which names every stream, is paid per round, not per entry. The wait follows
 that cost: ``gather_per_stream`` seconds per stream named, at most ``gather`` (5 ms from
-2,500 streams on). A scan of ten channels waits 22 us (a fixed 5 ms had taken a 1 kHz
-scan's latency p50 from 1.2 to 7.5 ms); 3000 channels, or 200 scans of ten, the full 5 ms
-(without it, a 3000-channel scan's p99 went from 2.2 s to 5 s).
+2,500 streams on), and none below a millisecond (500 streams), which gevent's timers
+cannot wait. A scan of ten channels reads again at once (a fixed 5 ms had taken a 1 kHz
+scan's latency p50 from 1.2 to 7.5 ms); 3000 channels, or 200 scans of ten, wait the full
+5 ms (without it, a 3000-channel scan's p99 went from 2.2 s to 5 s).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class MuxFailedError(RuntimeError):
 GATHER = 0.005
 #: Seconds of gathering per stream that a read names (about what naming it costs).
 GATHER_PER_STREAM = 2e-6
+#: A shorter gather is not made (gevent's timers wait a millisecond at least).
+MIN_GATHER = 1e-3
 #: Seconds a read waits for entries before it is made again: a Redis that stops answering
 #: is noticed within this and the grace of :func:`xread`, and it is the only call an idle
 #: session makes.
@@ -150,6 +153,9 @@ class StreamMux:
             f"{doorbell_prefix}:mux:{secrets.token_hex(8)}:doorbell" if doorbell_prefix else None
         )
         self._rung = "0-0"
+        #: The doorbell, left out of the next read after a NOPERM to learn whether it is
+        #: the key refused.
+        self._suspect: str | None = None
         self._feeds: dict[ScanReader, Feed] = {}
         self._changed = gevent.event.Event()
         self._waiting = False  # a read is out, with the streams known when it was sent
@@ -159,6 +165,7 @@ class StreamMux:
         #: scan's silence then is not its publisher's.
         self.outage = 0.0
         self.reads = 0  #: reads made (statistics, tests)
+        self.gathers = 0  #: waits after a read, to gather (statistics, tests)
         #: Why reading failed for good (the scans that follow it fail with it).
         self.error: BaseException | None = None
 
@@ -169,8 +176,13 @@ class StreamMux:
         Raises:
             RuntimeError: the mux is closed.
         """
-        if self._closed or self.error is not None:
-            raise RuntimeError(f"the stream mux is closed ({self.error or 'stopped'})")
+        if self._closed:
+            raise RuntimeError("the stream mux is closed")
+        if self.error is not None:
+            # Reading failed for good for the scans that were open then (an ACL, say):
+            # a new scan is given a new try, which may find the cause mended.
+            _log.info("stream mux: reading again for a new scan (it failed: %s)", self.error)
+            self.error = None
         feed = self._feeds[reader] = Feed(self, reader, wake)
         self._changed.set()
         if self._greenlet is None or self._greenlet.dead:
@@ -230,7 +242,7 @@ class StreamMux:
             try:
                 response = self._read(owners, min(feed.reader.count for feed in feeds))
             except redis.exceptions.NoPermissionError as exc:  # NOPERM (redis-py drops it)
-                self._refused(exc)  # raises unless the doorbell was the reason
+                self._refused(exc)  # raises unless reading without the doorbell is left
                 continue
             except redis.ResponseError as exc:
                 if "WRONGTYPE" in str(exc):
@@ -243,9 +255,22 @@ class StreamMux:
                 delay = self._wait_out(f"Redis unreachable ({exc})", delay)
                 continue
             delay = 0.1
+            if self._suspect is not None:
+                _log.error(
+                    "Redis refuses to read the doorbell %s (NOPERM): going on without it (a "
+                    "scan that starts while the shared read waits is read up to %g s late)",
+                    self._suspect,
+                    self.block,
+                )
+                self._suspect = None
             self._dispatch(response, owners)
             if response:
-                gevent.sleep(min(self.gather, len(owners) * self.gather_per_stream))
+                # Below a millisecond, gevent's timers (libev on epoll) wait a whole one:
+                # a small read is made again at once.
+                gather = min(self.gather, len(owners) * self.gather_per_stream)
+                if gather >= MIN_GATHER:
+                    self.gathers += 1
+                    gevent.sleep(gather)
 
     def _wait_out(self, why: str, delay: float) -> float:
         """An outage: say why, wait ``delay`` and return the next delay."""
@@ -257,22 +282,17 @@ class StreamMux:
 
     def _refused(self, exc: redis.ResponseError) -> None:
         """NOPERM (an ACL): the read is made again without the doorbell, which an ACL
-        written for the protocol's keys alone does not allow (a new scan is then read from
-        the next read on, within the BLOCK time); refused without it, reading ends.
+        written for the protocol's keys alone does not allow; if that read is allowed, the
+        doorbell is given up (and the loop says so), else reading ends.
 
         Raises:
             redis.ResponseError: the read is refused without the doorbell too.
         """
         if self._doorbell is None:
+            if self._suspect is not None:  # not the doorbell's fault: kept
+                self._doorbell, self._suspect = self._suspect, None
             raise exc
-        _log.error(
-            "Redis refuses the shared read of the scans' streams (NOPERM %s): reading "
-            "again without the doorbell %s (a scan that starts meanwhile waits for the "
-            "next read)",
-            exc,
-            self._doorbell,
-        )
-        self._doorbell = None
+        self._suspect, self._doorbell = self._doorbell, None
 
     @staticmethod
     def _owners(feeds: list[Feed]) -> dict[str, list[Feed]]:
