@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import logging
 import os
 import struct
 import zlib
@@ -32,6 +33,8 @@ import hdf5plugin
 import numpy as np
 
 from sync_primitives import AsyncResult, Lock, Queue, Thread
+
+_log = logging.getLogger(__name__)
 
 #: Filter identifiers of HDF5's pipeline.
 _DEFLATE, _SHUFFLE, _BITSHUFFLE = 1, 2, 32008
@@ -117,9 +120,13 @@ def codec_for(dcpl: Any, dtype: np.dtype) -> ChunkCodec | None:
     codes = [f[0] for f in filters]
     if codes == [_BITSHUFFLE]:
         values = filters[0][2]
-        if len(values) >= 5 and values[4] == _BSHUF_LZ4:
+        if len(values) < 5 or values[4] != _BSHUF_LZ4:
+            return None
+        try:
             return BitshuffleLZ4(dtype, values[3])
-        return None
+        except (OSError, AttributeError) as exc:  # another build of the plugin
+            _log.warning("bitshuffle-LZ4 chunks are compressed by HDF5 alone: %s", exc)
+            return None
     if codes in ([_SHUFFLE, _DEFLATE], [_DEFLATE]):
         level = filters[-1][2][0] if filters[-1][2] else 6
         return ShuffledDeflate(dtype, codes[0] == _SHUFFLE, level)

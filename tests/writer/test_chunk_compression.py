@@ -258,3 +258,19 @@ def test_greenlets_of_one_hub_start_the_pool_together() -> None:
         assert hub.get(timeout=20) == {bytes(codec.compress(frames))}
     finally:
         pool.close(timeout=10)
+
+
+def test_without_the_plugins_compressor_hdf5_compresses_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another build of hdf5plugin (a library elsewhere, or without the symbol): the
+    chunks go through HDF5's filter, as before; nothing fails."""
+    monkeypatch.setattr(BitshuffleLZ4, "_library", None)
+    monkeypatch.setattr("hdf5plugin.PLUGIN_PATH", str(tmp_path))  # no libh5bshuf.so here
+    frames = _frames(2 * ROWS)
+    with h5py.File(tmp_path / "f.h5", "w", libver=hdf5.FORMAT) as handle:
+        made = handle.create_dataset(
+            "x", data=frames, chunks=(ROWS, *POINT), **Compression.BITSHUFFLE_LZ4.dataset_options()
+        )
+        assert codec_for(made.id.get_create_plist(), frames.dtype) is None
+        np.testing.assert_array_equal(made[()], frames)
