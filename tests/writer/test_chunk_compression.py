@@ -153,7 +153,7 @@ def test_chunks_are_compressed_on_several_threads_at_once() -> None:
 class _Failing(ChunkCodec):
     dtype = np.dtype("<u2")
 
-    def compress(self, chunk: np.ndarray) -> bytes:
+    def compress(self, chunk: np.ndarray) -> np.ndarray:
         if chunk[0, 0, 0] == 7:
             raise RuntimeError("bad chunk")
         return BitshuffleLZ4(self.dtype, 0).compress(chunk)

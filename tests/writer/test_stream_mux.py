@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import gevent
@@ -266,7 +267,8 @@ def test_a_busy_redis_is_waited_out_and_the_scan_goes_on(
 
 def _user_url(server: EmbeddedRedis, admin: redis.Redis, *rules: str) -> str:
     """A Redis user with these ACL rules, and the URL that logs in as it."""
-    admin.execute_command("ACL", "SETUSER", "writer", "on", ">secret", *rules)
+    rules = ("on", ">secret", *rules)
+    admin.execute_command("ACL", "SETUSER", "writer", *rules)  # type: ignore[no-untyped-call]
     return server.url.replace("redis://", "redis://writer:secret@")
 
 
@@ -334,7 +336,7 @@ def test_a_read_refused_for_good_leaves_the_scan_to_be_written_again(
             stats = refused.session_statistics()
             assert (stats.scans_succeeded, stats.scans_failed) == (0, 1)
             assert "no permissions" in str(stats.recent[-1].reason)
-            admin.execute_command("ACL", "SETUSER", "writer", "~*")  # mended
+            admin.execute_command("ACL", "SETUSER", "writer", "~*")  # type: ignore[no-untyped-call]
             later = scan_with_points(session, tmp_path / "later.h5")
             later.send("axis:m", np.arange(3.0))
             later.close()
@@ -370,8 +372,12 @@ def test_a_small_scan_is_read_again_without_waiting(
     writer = NexusScanWriter(redis_client, scan.key, WriterOptions(), mode=Mode.PARALLEL)
     writer.start()
     try:
+
+        def written(points: int) -> Callable[[], bool]:
+            return lambda: writer.progress()[0] == points
+
         for batch in range(1, 6):
-            wait_until(lambda b=batch: writer.progress()[0] == 3 * b, f"batch {batch} is written")
+            wait_until(written(3 * batch), f"{3 * batch} points are written")
             scan.send("simu:diode", np.arange(3.0 * batch, 3.0 * batch + 3))
         scan.close()
         assert writer.join(PROMPT)
