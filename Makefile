@@ -1,11 +1,11 @@
 # Every target creates the virtual environment in .venv and installs the project into it
 # when that is missing or older than the package metadata.
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv demo test lint typecheck unit chaos fuzz bench clean
+.PHONY: all venv demo test test-all lint typecheck unit chaos fuzz bench clean
 
 all: test
 
@@ -32,6 +32,18 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
+# make test on every Python that setup.cfg allows and this machine has, each in a virtual
+# environment of its own (.venv-X.Y); a version that is missing is skipped, saying so.
+# mypy checks each one against what pip resolved for it (numpy 2.2 on 3.10, ...).
+PYTHONS ?= 3.10 3.11 3.12 3.13
+test-all:
+	@for version in $(PYTHONS); do \
+		python=$$(scripts/find_python $$version) || { \
+			echo "test-all: Python $$version not found: skipped"; continue; }; \
+		echo "test-all: Python $$version ($$python)"; \
+		$(MAKE) --no-print-directory test PYTHON=$$python VENV=.venv-$$version || exit 1; \
+	done
+
 # The long versions of the randomized tests: 500 seeded plans of threads starting, waiting
 # and ending around the primitives, 20 seeded trials of each way the writer service can go
 # down mid-session, and 5 runs of each writer-pair failover.
@@ -54,4 +66,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_scale --write docs/benchmarks.md
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-data
+	rm -rf $(VENV) .venv-3.* build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-data

@@ -62,7 +62,7 @@ def throughput(
     *,
     directory: str,
     channels: list[dict[str, Any]],
-    data: dict[str, np.ndarray],
+    data: dict[str, np.ndarray[Any, Any]],
     batch: int,
 ) -> tuple[float, float]:
     """Medians of (without, with) the lease, seconds, over alternating rounds."""

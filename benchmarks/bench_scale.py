@@ -296,7 +296,7 @@ def concurrent(
 # -- frames -------------------------------------------------------------------------------
 
 
-def _raw_frames(path: str, data: np.ndarray, options: dict[str, Any]) -> float:
+def _raw_frames(path: str, data: np.ndarray[Any, Any], options: dict[str, Any]) -> float:
     started = time.perf_counter()
     with h5py.File(path, "w") as handle:
         dataset = handle.create_dataset(
@@ -314,7 +314,7 @@ def _raw_frames(path: str, data: np.ndarray, options: dict[str, Any]) -> float:
     return time.perf_counter() - started
 
 
-def _our_frames(path: str, data: np.ndarray, options: dict[str, Any]) -> float:
+def _our_frames(path: str, data: np.ndarray[Any, Any], options: dict[str, Any]) -> float:
     started = time.perf_counter()
     h5py.File(path, "w-", locking=False, libver=hdf5.FORMAT).close()
     handle = files.acquire(Path(path))

@@ -46,7 +46,7 @@ def publish(
     client: redis.Redis,
     path: str,
     channels: list[dict[str, Any]],
-    data: dict[str, np.ndarray],
+    data: dict[str, np.ndarray[Any, Any]],
     batch: int,
 ) -> str:
     scan = SessionPublisher(client, "bench").new_scan(
@@ -72,7 +72,7 @@ def write(client: redis.Redis, key: str) -> float:
     return time.perf_counter() - started
 
 
-def raw_h5py(path: str, data: dict[str, np.ndarray], batch: int) -> float:
+def raw_h5py(path: str, data: dict[str, np.ndarray[Any, Any]], batch: int) -> float:
     options = WriterOptions()
     started = time.perf_counter()
     with h5py.File(path, "w", locking=False) as handle:
@@ -117,7 +117,7 @@ def throughput(
     client: redis.Redis,
     directory: str,
     channels: list[dict[str, Any]],
-    data: dict[str, np.ndarray],
+    data: dict[str, np.ndarray[Any, Any]],
     batch: int,
 ) -> tuple[float, float, float]:
     """Medians of (writer, raw h5py, raw Redis) seconds over alternating rounds."""

@@ -49,7 +49,7 @@ from nexus_writer.protocol import (
     StateEvent,
 )
 from nexus_writer.protocol.mux import Feed, MuxFailedError, StreamMux
-from nexus_writer.protocol.reader import JOIN_LIMIT
+from nexus_writer.protocol.reader import JOIN_LIMIT, Points
 from sync_primitives import Thread
 
 from .subscriber import Mode, State, Subscriber
@@ -358,8 +358,10 @@ class NexusScanWriter(Subscriber):
         file.flush()
 
     def _within_limit(
-        self, channel: str, runs: list[tuple[int, np.ndarray | list[np.ndarray]]]
-    ) -> list[tuple[int, np.ndarray | list[np.ndarray]]]:
+        self,
+        channel: str,
+        runs: list[tuple[int, Points]],
+    ) -> list[tuple[int, Points]]:
         """The runs of points whose indices stay below the limit (the others recorded)."""
         return [(f, d) for f, d in runs if not self._over_max_points(channel, f, len(d))]
 
@@ -546,7 +548,9 @@ class NexusScanWriter(Subscriber):
         file.finish(document, status, end_reason, message, end_time)
 
 
-def _contiguous(parts: list[PointsEvent]) -> list[tuple[int, np.ndarray | list[np.ndarray]]]:
+def _contiguous(
+    parts: list[PointsEvent],
+) -> list[tuple[int, Points]]:
     """Runs of consecutive points: one write per run (fixed shapes joined, variable kept).
 
     Parts of ``JOIN_LIMIT`` bytes or more are written as they are: joining them would only
@@ -561,7 +565,7 @@ def _contiguous(parts: list[PointsEvent]) -> list[tuple[int, np.ndarray | list[n
         else:
             runs.append([part])
         open_end = None if large else part.first + part.count
-    merged: list[tuple[int, np.ndarray | list[np.ndarray]]] = []
+    merged: list[tuple[int, Points]] = []
     for group in runs:
         first = group[0].first
         if isinstance(group[0].data, list):
@@ -573,7 +577,7 @@ def _contiguous(parts: list[PointsEvent]) -> list[tuple[int, np.ndarray | list[n
     return merged
 
 
-_Run = tuple[int, np.ndarray | list[np.ndarray]]
+_Run = tuple[int, Points]
 
 
 def _bundles(pieces: list[_Run], limit: int) -> list[list[_Run]]:
@@ -596,13 +600,11 @@ def _bundles(pieces: list[_Run], limit: int) -> list[list[_Run]]:
     return bundles
 
 
-def _nbytes(data: np.ndarray | list[np.ndarray]) -> int:
+def _nbytes(data: Points) -> int:
     return sum(a.nbytes for a in data) if isinstance(data, list) else data.nbytes
 
 
-def _slices(
-    first: int, data: np.ndarray | list[np.ndarray], limit: int
-) -> list[tuple[int, np.ndarray | list[np.ndarray]]]:
+def _slices(first: int, data: Points, limit: int) -> list[tuple[int, Points]]:
     """``data`` (points from ``first``) cut into pieces of about ``limit`` bytes."""
     total = _nbytes(data)
     if total <= limit or len(data) <= 1:

@@ -47,9 +47,11 @@ class ChunkCodec:
     the chunk's shape and of the dataset's type ``dtype``), as the dataset's filter
     pipeline would."""
 
-    dtype: np.dtype
+    dtype: np.dtype[Any]
 
-    def compress(self, chunk: np.ndarray) -> bytes | np.ndarray:  # pragma: no cover
+    def compress(
+        self, chunk: np.ndarray[Any, Any]
+    ) -> bytes | np.ndarray[Any, Any]:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -73,7 +75,7 @@ class BitshuffleLZ4(ChunkCodec):
     _library: Any = None
     _library_lock = Lock()
 
-    def __init__(self, dtype: np.dtype, block_size: int) -> None:
+    def __init__(self, dtype: np.dtype[Any], block_size: int) -> None:
         with BitshuffleLZ4._library_lock:
             if BitshuffleLZ4._library is None:
                 BitshuffleLZ4._library = _bitshuffle_library()
@@ -81,7 +83,7 @@ class BitshuffleLZ4(ChunkCodec):
         self.dtype = dtype
         self.block_size = block_size or self._lib.bshuf_default_block_size(dtype.itemsize)
 
-    def compress(self, chunk: np.ndarray) -> np.ndarray:
+    def compress(self, chunk: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         count, itemsize, block = chunk.size, self.dtype.itemsize, self.block_size
         out = np.empty(12 + self._lib.bshuf_compress_lz4_bound(count, itemsize, block), np.uint8)
         written = self._lib.bshuf_compress_lz4(
@@ -98,11 +100,11 @@ class ShuffledDeflate(ChunkCodec):
     """HDF5's shuffle filter (byte k of every item, then byte k+1, ...) then its deflate
     filter (a zlib stream at ``level``). zlib releases the GIL while it compresses."""
 
-    dtype: np.dtype
+    dtype: np.dtype[Any]
     shuffle: bool
     level: int
 
-    def compress(self, chunk: np.ndarray) -> bytes:
+    def compress(self, chunk: np.ndarray[Any, Any]) -> bytes:
         data: Any = chunk
         itemsize = self.dtype.itemsize
         if self.shuffle and itemsize > 1:
@@ -110,7 +112,7 @@ class ShuffledDeflate(ChunkCodec):
         return zlib.compress(memoryview(data).cast("B"), self.level)
 
 
-def codec_for(dcpl: Any, dtype: np.dtype) -> ChunkCodec | None:
+def codec_for(dcpl: Any, dtype: np.dtype[Any]) -> ChunkCodec | None:
     """The codec that makes the chunks of a dataset of type ``dtype`` (a numeric type)
     whose creation property list is ``dcpl``, or None when its pipeline is not one this
     module reproduces (no filter at all included: HDF5 then only copies, fast enough)."""
@@ -135,7 +137,7 @@ def codec_for(dcpl: Any, dtype: np.dtype) -> ChunkCodec | None:
 
 # -- the pool -----------------------------------------------------------------------------
 
-_Job = tuple[Callable[[np.ndarray], Any], np.ndarray, "AsyncResult[Any]"]
+_Job = tuple[Callable[[np.ndarray[Any, Any]], Any], np.ndarray[Any, Any], "AsyncResult[Any]"]
 
 
 class CompressionPool:
@@ -155,8 +157,8 @@ class CompressionPool:
         self._names = itertools.count()
 
     def compress(
-        self, codec: ChunkCodec, chunks: list[np.ndarray]
-    ) -> list[AsyncResult[bytes | np.ndarray]]:
+        self, codec: ChunkCodec, chunks: list[np.ndarray[Any, Any]]
+    ) -> list[AsyncResult[bytes | np.ndarray[Any, Any]]]:
         """Starts compressing each chunk; the results are in the same order.
 
         Raises (from each result's ``get``): what the codec raised for that chunk.
@@ -223,7 +225,9 @@ def pool() -> CompressionPool:
     return _pool
 
 
-def compress_chunks(codec: ChunkCodec, chunks: list[np.ndarray]) -> list[AsyncResult[Any]]:
+def compress_chunks(
+    codec: ChunkCodec, chunks: list[np.ndarray[Any, Any]]
+) -> list[AsyncResult[Any]]:
     """Starts compressing ``chunks`` (whole chunks of a dataset that ``codec`` was made
     for) on the process's pool; the stored bytes of each come from its result's ``get``.
 

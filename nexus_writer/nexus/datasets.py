@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import h5py
 import numpy as np
 
 from nexus_writer.protocol import Channel
+from nexus_writer.protocol.reader import Points
 
 from . import hdf5
 from .options import WriterOptions
@@ -23,7 +25,7 @@ from .options import WriterOptions
 OPEN_ENDED_SCALAR_ROWS = 4096
 
 
-def fill_value(dtype: np.dtype) -> float | int | bool:
+def fill_value(dtype: np.dtype[Any]) -> float | int | bool:
     """What unwritten points read as: NaN for floats, 0 otherwise."""
     return math.nan if dtype.kind == "f" else 0
 
@@ -114,7 +116,7 @@ class GrowingDataset:
             return self._appender.length
         return int(self.dataset.shape[0])
 
-    def write(self, runs: list[tuple[int, np.ndarray | list[np.ndarray]]]) -> None:
+    def write(self, runs: list[tuple[int, Points]]) -> None:
         """Write each run of points ``first`` .. onwards, in order (growing the dataset; a
         gap stays at the fill value).
 
@@ -131,7 +133,7 @@ class GrowingDataset:
         assert len(fixed) == len(runs)  # a fixed shape
         self._appender.write_runs(fixed)
 
-    def _write_variable(self, first: int, arrays: list[np.ndarray]) -> None:
+    def _write_variable(self, first: int, arrays: list[np.ndarray[Any, Any]]) -> None:
         """Points of varying shapes, each padded to the widest of each dimension so far.
         A point that would make that padding larger than the limit ([1, 3e6] then
         [3e6, 1] make every point 3e6 x 3e6) is not written; the others are.
@@ -142,7 +144,7 @@ class GrowingDataset:
         assert self.shapes is not None
         itemsize = self.dataset.dtype.itemsize
         grown = tuple(self.dataset.shape[1:])
-        accepted: list[tuple[int, np.ndarray]] = []
+        accepted: list[tuple[int, np.ndarray[Any, Any]]] = []
         refused: list[int] = []
         for index, array in enumerate(arrays, start=first):
             wider = tuple(max(g, n) for g, n in zip(grown, array.shape, strict=True))
@@ -156,7 +158,8 @@ class GrowingDataset:
             self.dataset.resize((max(end, self.length), *grown))
             self.shapes.resize(max(end, self.shapes.shape[0]), axis=0)
             for index, array in accepted:
-                self.dataset[(index, *(slice(0, n) for n in array.shape))] = array
+                where = (index, *(slice(0, n) for n in array.shape))
+                self.dataset[where] = array
                 self.shapes[index] = array.shape
         if refused:
             raise PointTooLargeError(

@@ -82,7 +82,7 @@ def create_growing(
     point_shape: tuple[int, ...],
     maxshape: tuple[int | None, ...],
     chunks: tuple[int, ...],
-    dtype: np.dtype,
+    dtype: np.dtype[Any],
     fillvalue: Any,
     options: dict[str, Any],
 ) -> Appender:
@@ -171,7 +171,7 @@ class Appender:
         self._chunk_rows = chunk_rows
         self._codec = codec
 
-    def write(self, first: int, data: np.ndarray) -> None:
+    def write(self, first: int, data: np.ndarray[Any, Any]) -> None:
         """Rows ``first`` .. ``first + len(data) - 1`` (the dataset grows to hold them;
         rows skipped stay at the fill value).
 
@@ -180,7 +180,7 @@ class Appender:
         """
         self.write_runs([(first, data)])
 
-    def write_runs(self, runs: list[tuple[int, np.ndarray]]) -> None:
+    def write_runs(self, runs: list[tuple[int, np.ndarray[Any, Any]]]) -> None:
         """Several :meth:`write` calls, in this order; the whole chunks of all of them are
         compressed at once (a batch of frames, one per entry, keeps every core busy).
 
@@ -198,7 +198,7 @@ class Appender:
             return
         # Whole chunks go compressed and direct; a part of a chunk at either end of a run
         # goes through HDF5 (which merges it with what the chunk already holds).
-        steps: list[tuple[int, np.ndarray, bool]] = []  # (first row, rows, whole chunk)
+        steps: list[tuple[int, np.ndarray[Any, Any], bool]] = []  # (first row, rows, whole chunk)
         for first, data in runs:
             run_end = first + len(data)
             whole_from = min(-(-first // step) * step, run_end)
@@ -218,7 +218,7 @@ class Appender:
             else:
                 self._write(row, piece)
 
-    def _write(self, first: int, data: np.ndarray) -> None:
+    def _write(self, first: int, data: np.ndarray[Any, Any]) -> None:
         rows = len(data)
         dataset_id = self.id
         file_space = h5py.h5s.create_simple((self.length, *self._point), self._maxshape)

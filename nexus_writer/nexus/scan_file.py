@@ -41,6 +41,7 @@ import numpy as np
 import nexus_writer
 from nexus_writer.green import in_greenlet
 from nexus_writer.protocol import Channel, Positioner, Role, ScanDocument
+from nexus_writer.protocol.reader import Points
 
 from . import files, hdf5, master
 from .datasets import FrameSource, GrowingDataset, write_frame_references
@@ -316,7 +317,9 @@ class ScanFile:
             )
 
     def write_points(
-        self, channel: str, runs: list[tuple[int, np.ndarray | list[np.ndarray]]]
+        self,
+        channel: str,
+        runs: list[tuple[int, Points]],
     ) -> None:
         """Runs of points of ``channel``, each ``(first, points)``, in this order."""
         if channel in self.skipped:

@@ -45,7 +45,7 @@ class Decoded(NamedTuple):
     first: int = 0
     points: int = 0  # not "count": a NamedTuple has a count() method
     payload: bytes | None = None
-    arrays: list[np.ndarray] | None = None
+    arrays: list[np.ndarray[Any, Any]] | None = None
     ref: FrameRef | None = None
     end_total: int | None = None
 
@@ -153,7 +153,7 @@ def decode(channel: Channel, fields: dict[bytes, bytes]) -> Decoded:
     return Decoded(first, count, payload=payload)
 
 
-def points_array(channel: Channel, payloads: list[bytes], count: int) -> np.ndarray:
+def points_array(channel: Channel, payloads: list[bytes], count: int) -> np.ndarray[Any, Any]:
     """The ``count`` points held by checked fixed-shape payloads, as one read-only array
     of shape ``(count, *shape)``; a single payload is not copied."""
     payload = payloads[0] if len(payloads) == 1 else b"".join(payloads)
@@ -162,7 +162,7 @@ def points_array(channel: Channel, payloads: list[bytes], count: int) -> np.ndar
 
 def _decode_variable(
     channel: Channel, count: int, fields: dict[bytes, bytes], payload: bytes
-) -> list[np.ndarray]:
+) -> list[np.ndarray[Any, Any]]:
     try:
         shapes = [tuple(int(n) for n in s) for s in json.loads(fields[b"s"])]
     except (KeyError, ValueError, TypeError) as exc:

@@ -113,7 +113,7 @@ class Channel:
         return not self.variable and self.role is not Role.FRAME_REF
 
     @functools.cached_property
-    def numpy_dtype(self) -> np.dtype:
+    def numpy_dtype(self) -> np.dtype[Any]:
         return np.dtype(self.dtype)
 
     @functools.cached_property

@@ -18,7 +18,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 import redis
@@ -38,6 +38,9 @@ from .model import Channel, EndReason, ScanDocument, ScanState
 
 _log = logging.getLogger(__name__)
 
+#: A channel's points: one array of shape (n, *shape), or a list of arrays (variable shapes).
+Points: TypeAlias = "np.ndarray[Any, Any] | list[np.ndarray[Any, Any]]"
+
 #: Consecutive entries of a channel are joined into one event up to about this many bytes.
 JOIN_LIMIT = 256 * 1024
 #: A read asks for at most about this many bytes of its largest channel, so that large
@@ -54,7 +57,9 @@ class PointsEvent:
 
     channel: Channel
     first: int
-    data: np.ndarray | list[np.ndarray]  #: shape (n, *shape); a list for variable shapes
+    data: (
+        np.ndarray[Any, Any] | list[np.ndarray[Any, Any]]
+    )  #: shape (n, *shape); a list for variable shapes
     stream_id: str
     first_stream_id: str = ""  #: "" when the event is one entry (``stream_id``)
 

@@ -60,7 +60,7 @@ class PublishedScan:
     document: ScanDocument
     npoints: int
     end_reason: EndReason
-    values: dict[str, np.ndarray] = field(default_factory=dict)
+    values: dict[str, np.ndarray[Any, Any]] = field(default_factory=dict)
     detector_files: list[str] = field(default_factory=list)
 
 
@@ -180,9 +180,9 @@ class Beamline:
         signals: Signals,
         files: DetectorFiles | None,
         npoints: int,
-    ) -> dict[str, list[np.ndarray]]:
+    ) -> dict[str, list[np.ndarray[Any, Any]]]:
         """Measure and publish ``npoints`` points in batches, paced by the count time."""
-        recorded: dict[str, list[np.ndarray]] = {}
+        recorded: dict[str, list[np.ndarray[Any, Any]]] = {}
         started = time.monotonic()
         batch = self.batch or _auto_batch(plan.count_time)
         for first in range(0, npoints, batch):
@@ -237,7 +237,7 @@ class Beamline:
 
     def _measure(
         self, plan: ScanPlan, signals: Signals, first: int, last: int
-    ) -> dict[str, np.ndarray]:
+    ) -> dict[str, np.ndarray[Any, Any]]:
         det = self.detectors
         motors = {m: path[first:last] for m, path in plan.motors.items()}
         elapsed = np.arange(first, last, dtype="<f8") * plan.count_time

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import h5py
 import numpy as np
@@ -28,18 +29,22 @@ class Signals:
     def __init__(self, seed: int) -> None:
         self._rng = np.random.default_rng(seed)
 
-    def intensity(self, motors: dict[str, np.ndarray], elapsed: np.ndarray) -> np.ndarray:
+    def intensity(
+        self, motors: dict[str, np.ndarray[Any, Any]], elapsed: np.ndarray[Any, Any]
+    ) -> np.ndarray[Any, Any]:
         """Relative beam intensity (0..1] per point."""
         if not motors:
             return 0.6 + 0.4 * np.sin(elapsed / 3.0) ** 2
         distance = sum((p - PEAK_CENTRE) ** 2 for p in motors.values())
         return np.asarray(0.02 + np.exp(-distance / (2 * PEAK_WIDTH**2)), dtype="<f8")
 
-    def counter(self, intensity: np.ndarray, scale: float, dtype: str) -> np.ndarray:
+    def counter(
+        self, intensity: np.ndarray[Any, Any], scale: float, dtype: str
+    ) -> np.ndarray[Any, Any]:
         counts = self._rng.poisson(scale * intensity)
         return counts.astype(dtype)
 
-    def spectrum(self, intensity: np.ndarray) -> np.ndarray:
+    def spectrum(self, intensity: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """One 4096-channel MCA spectrum per point (uint32 counts)."""
         energy = np.arange(MCA_CHANNELS)
         lines = sum(
@@ -49,7 +54,9 @@ class Signals:
         shape = 20 + lines
         return self._rng.poisson(np.outer(intensity, shape)).astype("<u4")
 
-    def image(self, intensity: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    def image(
+        self, intensity: np.ndarray[Any, Any], shape: tuple[int, int]
+    ) -> np.ndarray[Any, Any]:
         """One frame per point (uint16): a spot whose brightness follows the intensity."""
         rows, cols = np.ogrid[: shape[0], : shape[1]]
         spot = np.exp(
@@ -57,7 +64,7 @@ class Signals:
             / (2 * (min(shape) / 8) ** 2)
         )
         mean = np.multiply.outer(intensity, 2 + 1000 * spot)
-        frames: np.ndarray = np.minimum(self._rng.poisson(mean), 65535).astype("<u2")
+        frames: np.ndarray[Any, Any] = np.minimum(self._rng.poisson(mean), 65535).astype("<u2")
         return frames
 
 
@@ -82,7 +89,7 @@ class DetectorFiles:
         self._written = 0
         self._file: h5py.File | None = None
 
-    def write(self, frames: np.ndarray) -> list[FileRef]:
+    def write(self, frames: np.ndarray[Any, Any]) -> list[FileRef]:
         """Append frames, flush them to disk, and say where they went."""
         refs = []
         offset = 0
@@ -101,7 +108,7 @@ class DetectorFiles:
             offset += take
         return refs
 
-    def _open_next(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    def _open_next(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
         self.close()
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, f"{self.name}_{len(self.files):04d}.h5")

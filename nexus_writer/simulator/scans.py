@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ class ScanPlan:
     count_time: float
     npoints: int
     shape: tuple[int, ...]  #: as in the scan document (() for an open-ended timescan)
-    motors: dict[str, np.ndarray]  #: absolute position of each moving motor, per point
+    motors: dict[str, np.ndarray[Any, Any]]  #: absolute position of each moving motor, per point
 
 
 _USAGE = {

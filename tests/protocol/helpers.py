@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from nexus_writer.protocol import ErrorEvent, PointsEvent, ScanEvent, ScanReader
@@ -17,7 +19,7 @@ def read_all(reader: ScanReader, rounds: int = 200) -> list[ScanEvent]:
     raise AssertionError(f"the reader of {reader.key} never finished")
 
 
-def points_of(events: list[ScanEvent], channel: str) -> np.ndarray:
+def points_of(events: list[ScanEvent], channel: str) -> np.ndarray[Any, Any]:
     """All points of a fixed-shape channel, in order, as one array."""
     parts = [e for e in events if isinstance(e, PointsEvent) and e.channel.name == channel]
     assert [p.first for p in parts] == sorted(p.first for p in parts)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import gevent
 import h5py
@@ -29,7 +30,7 @@ POINT = (12, 10)
 ROWS = 4  # rows per chunk
 
 
-def _frames(count: int, seed: int = 0) -> np.ndarray:
+def _frames(count: int, seed: int = 0) -> np.ndarray[Any, Any]:
     return np.random.default_rng(seed).poisson(50, (count, *POINT)).astype("<u2")
 
 
@@ -130,7 +131,7 @@ class _Meeting(ChunkCodec):
         self.barrier = threading.Barrier(parties, timeout=10)
         self.threads: set[int] = set()
 
-    def compress(self, chunk: np.ndarray) -> bytes:
+    def compress(self, chunk: np.ndarray[Any, Any]) -> bytes:
         self.threads.add(threading.get_ident())
         self.barrier.wait()
         return chunk.tobytes()
@@ -153,7 +154,7 @@ def test_chunks_are_compressed_on_several_threads_at_once() -> None:
 class _Failing(ChunkCodec):
     dtype = np.dtype("<u2")
 
-    def compress(self, chunk: np.ndarray) -> np.ndarray:
+    def compress(self, chunk: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         if chunk[0, 0, 0] == 7:
             raise RuntimeError("bad chunk")
         return BitshuffleLZ4(self.dtype, 0).compress(chunk)
