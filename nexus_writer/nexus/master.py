@@ -347,13 +347,19 @@ def _key_in(path: Path, name: str) -> str | None:
 
 
 def _finished(path: Path, name: str) -> bool:
-    """True if the scan file holds a finished entry: ``end_time`` written (it goes last)
-    with any status but STOPPED (the writer stopped before the scan closed)."""
+    """True if the scan file holds a finished entry: ``end_time`` written (it goes last,
+    after a flush of everything else) with any status but STOPPED (the writer stopped
+    before the scan closed), and every object of the entry opens (a process killed
+    during a flush can leave objects beyond the end of the file that HDF5 knows)."""
     try:
         with h5py.File(path, "r", locking=False) as handle:
             entry = handle[name]
             status = entry["writer/status"][()]
-            return "end_time" in entry and status not in (b"STOPPED", "STOPPED")
+            if "end_time" not in entry or status in (b"STOPPED", "STOPPED"):
+                return False
+            entry["end_time"][()]
+            entry.visititems(lambda _name, _object: None)  # opens each object
+            return True
     except Exception:  # missing, unreadable (a crash), not ours: not finished
         return False
 

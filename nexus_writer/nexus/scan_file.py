@@ -421,6 +421,12 @@ class ScanFile:
             _text(self.entry, "end_reason", str(end_reason))
         if message:
             _text(self.entry, "end_message", str(message))
+        # Everything else reaches the file first: a process killed during the last
+        # flush can leave the status and end_time visible while objects written just
+        # before them lie beyond the end of the file that its superblock records (the
+        # crash matrix met it: "addr overflow"), and master._finished would take the
+        # scan for written. After this flush, only these two can be damaged.
+        self.file.flush()
         _text(self.writer, "status", status)
         _text(self.entry, "end_time", str(end_time))
         self.file.flush()
