@@ -1,5 +1,7 @@
 """The ``nexus-writer`` command: ``run`` (the writer service), ``simulate``, ``demo``,
-``event-monitor`` (Tango's event system, server by server).
+``register`` and ``event-monitor`` (Tango's event system, server by server); and the
+``NexusWriterService`` command's entry point, which checks for the ``tango`` extra first
+(:mod:`nexus_writer.extras`).
 
 .. important::
    Runs in the main thread of its own process.
@@ -19,7 +21,7 @@ from pathlib import Path
 import gevent
 import redis
 
-from nexus_writer.demo import run_demo
+from nexus_writer.extras import MissingExtraError, require
 from nexus_writer.lease import DEFAULT_TTL
 from nexus_writer.nexus.options import Compression, WriterOptions
 from nexus_writer.protocol import DEFAULT_PREFIX, SessionPublisher
@@ -352,11 +354,15 @@ def simulate(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
+    require("demo", "nexus-writer demo")
+    from nexus_writer.demo import run_demo  # noqa: PLC0415 (needs the demo extra)
+
     return run_demo(Path(args.root))
 
 
 def register_device(args: argparse.Namespace) -> int:
     """Define a NexusWriter device in the Tango database; 2 if the database refuses."""
+    require("tango", "nexus-writer register")
     import tango  # noqa: PLC0415 (Tango is loaded for the Tango commands only)
 
     from nexus_writer.tango.server import SERVER, register  # noqa: PLC0415
@@ -373,6 +379,7 @@ def register_device(args: argparse.Namespace) -> int:
 def monitor_events(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C
     try:  # Ctrl-C while Tango and rich load (for this command only) ends it too
+        require("tango", "nexus-writer event-monitor")
         from nexus_writer.tango import event_monitor  # noqa: PLC0415
     except KeyboardInterrupt:
         return 0
@@ -401,6 +408,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"nexus-writer {args.command}: {exc}", file=sys.stderr)
         return 2
+    except MissingExtraError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+
+def service_main(argv: Sequence[str] | None = None) -> int:
+    """``NexusWriterService``: the Tango device server of :mod:`nexus_writer.tango.server`,
+    once the ``tango`` extra is known to be there (PyTango is not a core dependency)."""
+    try:
+        require("tango", "NexusWriterService")
+    except MissingExtraError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    from nexus_writer.tango.server import main as server_main  # noqa: PLC0415
+
+    return server_main(argv)
 
 
 if __name__ == "__main__":

