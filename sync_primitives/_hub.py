@@ -25,6 +25,7 @@ another thread, so that the hub neither exits early nor stays alive for nothing.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -41,8 +42,26 @@ _log = logging.getLogger(__name__)
 allocate_native_lock: Callable[[], Any] = monkey.get_original("_thread", "allocate_lock")
 TIMEOUT_MAX: float = monkey.get_original("_thread", "TIMEOUT_MAX")
 native_get_ident: Callable[[], int] = monkey.get_original("_thread", "get_ident")
-start_native_thread: Callable[..., int] = monkey.get_original("_thread", "start_new_thread")
+_start_new_thread: Callable[..., int] = monkey.get_original("_thread", "start_new_thread")
 _NativeLocal: type = monkey.get_original("_thread", "_local")
+
+
+def start_native_thread(function: Callable[..., object], args: tuple[Any, ...]) -> int:
+    """Start an OS thread running ``function(*args)``, with the trace and profile functions
+    of :func:`threading.settrace` and :func:`threading.setprofile` installed first, as
+    :class:`threading.Thread` does: debuggers, coverage and profilers see these threads too.
+    """
+    return _start_new_thread(_run_with_thread_hooks, (function, args))
+
+
+def _run_with_thread_hooks(function: Callable[..., object], args: tuple[Any, ...]) -> None:
+    trace, profile = threading.gettrace(), threading.getprofile()
+    if trace is not None:
+        sys.settrace(trace)
+    if profile is not None:
+        sys.setprofile(profile)
+    function(*args)
+
 
 #: One native thread-local for the whole package: ``port`` and ``exit_hooks`` per OS thread.
 _tls = _NativeLocal()

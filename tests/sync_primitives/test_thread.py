@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+from typing import Any
 
 import gevent
 import pytest
@@ -256,3 +257,35 @@ def test_interpreter_exit_stops_threads_and_does_not_crash(case: str) -> None:
         assert run.returncode == 0, f"exit status {run.returncode}: {run.stderr}"
         if case == "forgotten":
             assert run.stdout == "stopped at exit\n"
+
+
+def test_tracers_set_with_threading_settrace_see_the_thread() -> None:
+    """Debuggers, coverage and profilers install themselves for new threads with
+    threading.settrace/setprofile; a Thread runs them as threading.Thread does."""
+    traced: set[str] = set()
+    profiled: set[str] = set()
+
+    def tracer(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            traced.add(frame.f_code.co_name)
+
+    def profiler(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            profiled.add(frame.f_code.co_name)
+
+    def measured_target() -> int:
+        return 42
+
+    previous_trace, previous_profile = threading.gettrace(), threading.getprofile()
+    threading.settrace(tracer)
+    threading.setprofile(profiler)
+    try:
+        worker = Thread(target=measured_target, name="traced")
+        worker.start(timeout=10)
+        assert worker.get(timeout=10) == 42
+        worker.stop(timeout=10)
+    finally:
+        threading.settrace(previous_trace)
+        threading.setprofile(previous_profile)
+    assert "measured_target" in traced
+    assert "measured_target" in profiled
