@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
@@ -59,7 +60,7 @@ class PointsEvent:
     first: int
     data: (
         np.ndarray[Any, Any] | list[np.ndarray[Any, Any]]
-    )  #: shape (n, *shape); a list for variable shapes
+    )  #: shape ``(n, *shape)``; a list for variable shapes
     stream_id: str
     first_stream_id: str = ""  #: "" when the event is one entry (``stream_id``)
 
@@ -122,6 +123,34 @@ class Cursor:
 
 # -- scan reader --------------------------------------------------------------------------
 
+#: A scan document nested deeper than this (objects and arrays) is refused, whatever the
+#: Python version (3.13's JSON parser reads thousands of levels, 3.10-3.12's about 1000).
+MAX_DOCUMENT_DEPTH = 512
+
+# A JSON string, escapes included: removed before the brackets are counted.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def nesting_depth(raw: bytes) -> int:
+    """How deeply a JSON text nests objects and arrays: 0 for a scalar, 1 for ``{}``.
+
+    Counted on the text, without parsing it: linear and at C speed (strings are removed
+    by a regular expression, the brackets summed with numpy).
+    """
+    codes = np.frombuffer(_JSON_STRING.sub(b"", raw), dtype=np.uint8)
+    steps = np.zeros(len(codes), dtype=np.int32)
+    steps[(codes == ord("{")) | (codes == ord("["))] = 1
+    steps[(codes == ord("}")) | (codes == ord("]"))] = -1
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def too_deep(raw: bytes) -> bool:
+    """Whether a JSON text nests objects and arrays more than :data:`MAX_DOCUMENT_DEPTH`
+    levels deep (most documents have too few brackets to need counting)."""
+    if raw.count(b"{") + raw.count(b"[") <= MAX_DOCUMENT_DEPTH:
+        return False
+    return nesting_depth(raw) > MAX_DOCUMENT_DEPTH
+
 
 def load_document(client: redis.Redis, key: str) -> ScanDocument:
     """The scan document stored at ``key``.
@@ -134,6 +163,11 @@ def load_document(client: redis.Redis, key: str) -> ScanDocument:
     raw = client.get(key)
     if raw is None:
         raise ScanNotFoundError(f"scan {key!r} is not in Redis (never published, or expired)")
+    if too_deep(raw if isinstance(raw, bytes) else str(raw).encode()):
+        raise ProtocolError(
+            f"scan document {key!r} is nested too deeply to read "
+            f"(more than {MAX_DOCUMENT_DEPTH} levels of objects and arrays)"
+        )
     try:
         data = json.loads(raw)
     except ValueError as exc:

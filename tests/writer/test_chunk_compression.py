@@ -172,6 +172,8 @@ def test_a_chunk_that_fails_to_compress_raises_after_the_chunks_before_it(tmp_pa
         np.testing.assert_array_equal(handle["x"][:ROWS], frames[:ROWS])
 
 
+# The fork in a process with threads is the scenario (Python 3.12+ warns of it).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_compresses_with_workers_of_its_own() -> None:
     """The parent's workers do not exist in a child made by fork()."""
     pool = CompressionPool(workers=2)
