@@ -26,7 +26,7 @@ from nexus_writer.lease import DEFAULT_TTL
 from nexus_writer.nexus.options import Compression, WriterOptions
 from nexus_writer.protocol import DEFAULT_PREFIX, SessionPublisher
 from nexus_writer.redis_client import connect
-from nexus_writer.redis_server import EmbeddedRedis
+from nexus_writer.redis_server import EmbeddedRedis, RedisServerError
 from nexus_writer.service import WriterService
 from nexus_writer.simulator import SCAN_TYPES, Beamline, Detectors, ScanSyntaxError
 from nexus_writer.subscriber import Mode
@@ -81,7 +81,12 @@ LIMITS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nexus-writer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="nexus-writer",
+        description="Saves the scans published in Redis as NeXus/HDF5 files "
+        "(docs/operations.md); simulates a beamline; runs the demo; registers and "
+        "watches Tango devices.",
+    )
     parser.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
@@ -410,6 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except MissingExtraError as exc:
         print(exc, file=sys.stderr)
+        return 2
+    except RedisServerError as exc:  # --embedded without a redis-server to run
+        print(f"nexus-writer {args.command}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import configparser
 import importlib.metadata
+import os
 import pkgutil
 import re
 import subprocess
@@ -21,7 +22,7 @@ from nexus_writer.extras import EXTRAS
 ROOT = Path(__file__).resolve().parents[1]
 
 #: The modules that need an extra (and only these): the rest of the package is the writer.
-NEEDS_AN_EXTRA = ("nexus_writer.tango", "nexus_writer.demo")
+NEEDS_AN_EXTRA = ("nexus_writer.tango", "nexus_writer.demo", "nexus_writer.testing")
 
 
 def _requirement_name(line: str) -> str:
@@ -122,3 +123,56 @@ def test_a_command_without_its_extra_names_the_extra_to_install(
     ), run.stderr
     assert "Traceback" not in run.stderr
     assert not root.exists(), "the demo started before its extra was checked"
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        ("OSError('libtango.so.10: cannot open shared object file')", "OSError: libtango.so.10"),
+        ("ImportError('numpy 1.x and 2.x:\\nsecond line\\nthird line')", "ImportError: numpy 1.x"),
+        (
+            "ModuleNotFoundError('No module named omniORB', name='omniORB')",
+            "ModuleNotFoundError: No module named omniORB",
+        ),
+    ],
+)
+def test_an_extra_installed_but_broken_is_named_so_in_one_line(
+    error: str, reason: str, tmp_path: Path
+) -> None:
+    """Found by a hostile test: a pytango whose library is missing gave a traceback (an
+    OSError) or several lines, and its advice was to install what was installed."""
+    package = tmp_path / "broken" / "tango"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(f"raise {error}\n")
+    run = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom nexus_writer.cli import service_main\n"
+         "sys.exit(service_main(['--help']))\n"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "broken")},
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.startswith(
+        "NexusWriterService needs the 'tango' extra, which is installed but broken "
+        f"(cannot import tango: {reason}"
+    ), run.stderr
+
+
+def test_embedded_without_any_redis_server_says_so_in_one_line(tmp_path: Path) -> None:
+    """Found by a hostile test: a traceback and exit status 1."""
+    run = subprocess.run(
+        [sys.executable, "-m", "nexus_writer.cli", "simulate", "--embedded", "loopscan 3 0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "NEXUS_WRITER_REDIS_SERVER": str(tmp_path / "absent")},
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr == (
+        f"nexus-writer simulate: NEXUS_WRITER_REDIS_SERVER={tmp_path / 'absent'} "
+        "is not executable\n"
+    )
