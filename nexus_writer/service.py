@@ -143,6 +143,10 @@ class WriterService:
         self.lease = SessionLease(client, session, prefix, ttl=lease_ttl, name=name)
         self._role = Role.STARTING
         self._writer: NexusSessionWriter | None = None
+        #: Set once the service is ready, as active or standby: when ``ready_file`` is
+        #: written (every scan announced after it is written); cleared when it stops.
+        #: A sync_primitives Event: wait on it from any thread.
+        self.ready = Event()
         self._stop = Event()
         self._wake = Event()  # stop, lease lost, writer ended
         self._failures = 0
@@ -235,6 +239,7 @@ class WriterService:
         finally:
             self.lease.release()
             self._role = Role.STOPPED
+            self.ready.clear()
             if self.ready_file is not None:
                 self.ready_file.unlink(missing_ok=True)
         return self.exit_status
@@ -372,8 +377,9 @@ class WriterService:
         self._announce({"role": "active", "position": position})
 
     def _announce(self, fields: dict[str, object]) -> None:
-        """Write the ready file (atomically), if asked: the service is ready, as active
-        or standby."""
+        """Set :attr:`ready` and write the ready file (atomically), if asked: the service
+        is ready, as active or standby."""
+        self.ready.set()
         if self.ready_file is None:
             return
         ready = {

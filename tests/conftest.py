@@ -101,10 +101,10 @@ def hub_threads() -> Iterator[Callable[..., Thread]]:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[EmbeddedRedis]:
-    """One real redis-server on loopback for the whole test session."""
-    with EmbeddedRedis() as server:
-        yield server
+def redis_server(nexus_redis: EmbeddedRedis) -> EmbeddedRedis:
+    """One real redis-server on loopback for the whole test session: the testing kit's
+    (nexus_writer.testing.plugin), which its own tests share."""
+    return nexus_redis
 
 
 @pytest.fixture

@@ -39,3 +39,35 @@ def test_example_runs(name: str, code: str) -> None:
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     assert run.returncode == 0, f"{name} failed:\n{run.stdout}\n{run.stderr}"
+
+
+_TEST_MODULE = re.compile(r"```python (test_\w+\.py)\n(.*?)```", re.S)
+
+
+def _test_modules() -> list[tuple[str, str]]:
+    """The test modules that docs/*.md give whole (```python test_name.py): name, code."""
+    return [
+        (name, code)
+        for doc in sorted((ROOT / "docs").glob("*.md"))
+        for name, code in _TEST_MODULE.findall(doc.read_text())
+    ]
+
+
+@pytest.mark.timeout(240)
+def test_the_test_modules_of_the_docs_pass_as_they_stand(tmp_path: Path) -> None:
+    """docs/testing.md's example, saved as its name says and run with plain pytest: the
+    kit's fixtures come from the installed plugin, nothing else."""
+    modules = _test_modules()
+    assert [name for name, _ in modules] == ["test_my_scans.py"]
+    for name, code in modules:
+        (tmp_path / name).write_text(code)
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", name],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=230,
+            cwd=tmp_path,
+        )
+        assert run.returncode == 0, f"{name} failed:\n{run.stdout}\n{run.stderr}"
+        assert f"{code.count(chr(10) + 'def test_')} passed" in run.stdout, run.stdout

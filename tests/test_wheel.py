@@ -1,11 +1,12 @@
 """The package as a user installs it: a wheel built from a copy of the sources, installed
 into a new virtual environment with no source tree on its path, first without extras, then
-with the ``demo`` extra. pip takes the dependencies from its index (or its cache), as
-``make venv`` does."""
+with the ``testing`` extra (which brings the ``demo`` extra). pip takes the dependencies
+from its index (or its cache), as ``make venv`` does."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,10 +110,19 @@ def test_the_wheel_installs_and_runs_without_then_with_extras(wheel: Path, tmp_p
         assert f"pip install 'nexus-writer[{extra}]'" in refused.stderr, refused.stderr
         assert "No module named" in refused.stderr and "Traceback" not in refused.stderr
 
-    _run([str(python), "-m", "pip", "install", "--quiet", f"{wheel}[demo]"], work)
+    # The testing extra: the demo extra and pytest (docs/testing.md).
+    _run([str(python), "-m", "pip", "install", "--quiet", f"{wheel}[testing]"], work)
     service_help = _run([str(bin_dir / "NexusWriterService"), "--help"], work)
     assert "the server's instance name" in service_help.stdout
     demo = _run([str(bin_dir / "nexus-writer"), "demo", "--root", str(work / "data")], work)
     assert "demo/nexus/writer is ON" in demo.stdout
     assert "6 written, 0 failed" in demo.stdout
     assert "nxcheck: 0 error(s)" in demo.stdout
+
+    # docs/testing.md's test module, as a user saves and runs it: the kit's fixtures come
+    # from the installed plugin.
+    guide = (ROOT / "docs" / "testing.md").read_text()
+    (module,) = re.findall(r"```python test_my_scans.py\n(.*?)```", guide, re.S)
+    (work / "test_my_scans.py").write_text(module)
+    tested = _run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], work)
+    assert "2 passed" in tested.stdout, tested.stdout

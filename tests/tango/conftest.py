@@ -27,10 +27,10 @@ def server_env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def tango_database() -> Iterator[EmbeddedTangoDatabase]:
-    with EmbeddedTangoDatabase() as database:
-        os.environ["TANGO_HOST"] = database.tango_host
-        yield database
+def tango_database(nexus_tango_database: EmbeddedTangoDatabase) -> EmbeddedTangoDatabase:
+    """The testing kit's Tango database, also for short device names in this process."""
+    os.environ["TANGO_HOST"] = nexus_tango_database.tango_host
+    return nexus_tango_database
 
 
 @pytest.fixture(scope="session")

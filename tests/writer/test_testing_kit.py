@@ -1,0 +1,163 @@
+"""The testing kit (nexus_writer.testing, docs/testing.md) as its users meet it: its
+fixtures, its waits on the writer's own signals, and its clean-up when a test fails."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nexus_writer.protocol import SessionPublisher
+from nexus_writer.redis_client import connect
+from nexus_writer.redis_server import EmbeddedRedis
+from nexus_writer.simulator import Beamline, Detectors
+from nexus_writer.tango.embedded import EmbeddedTangoDatabase
+from nexus_writer.testing import (
+    RunningWriter,
+    ScanNotWrittenError,
+    WriterStoppedError,
+    read_written_scan,
+)
+from nexus_writer.testing.device_writer import DeviceWriter
+from tests.conftest import PROMPT, in_plain_thread
+
+
+def test_a_scan_is_read_back_as_published(nexus_writer: RunningWriter) -> None:
+    beamline = Beamline(
+        nexus_writer.publisher(),
+        root=str(nexus_writer.roots[0]),
+        detectors=Detectors(counters=2, mca=True),
+        record=True,
+    )
+    published = beamline.run("loopscan 7 0", comments=("first", "second"))
+    written = nexus_writer.wait_for_scan(published.key, timeout=30)
+    assert (written.status, written.end_reason, written.messages) == ("SUCCEEDED", "SUCCESS", [])
+    assert written.key == published.key and written.entry == "scan_0001"
+    assert written.comments == ["first", "second"]
+    assert written.title == "loopscan 7 0"
+    entry_names = {  # docs/reading-files.md: measurement/ by short name
+        "simu:diode1": "diode1",
+        "simu:mon": "mon",
+        "timer:elapsed_time": "elapsed_time",
+        "mca1:spectrum": "mca1",
+    }
+    assert set(written.data) == set(entry_names.values())
+    for name, values in published.values.items():
+        np.testing.assert_array_equal(written.data[entry_names[name]], values)
+    assert written.positioners_start == {
+        name: positioner.value for name, positioner in published.document.positioners_start.items()
+    }
+    again = read_written_scan(written.file, written.entry)
+    assert again.url == written.url and again.status == written.status
+    (event,) = [e for e in nexus_writer.scan_events() if e.kind == "ended"]
+    assert event.key == published.key and event.state == "OFF"
+
+
+def test_a_scan_outside_the_root_ends_without_an_entry_saying_why(
+    nexus_writer: RunningWriter, nexus_publisher: SessionPublisher, tmp_path: Path
+) -> None:
+    scan = nexus_publisher.new_scan(
+        name="ct", title="ct", file=str(tmp_path / "elsewhere.h5"), channels=[]
+    )
+    scan.prepare()
+    scan.start()
+    scan.close()
+    with pytest.raises(ScanNotWrittenError, match=r"is outside the writer.s root directories"):
+        nexus_writer.wait_for_scan(scan.key, timeout=30)
+    assert nexus_writer.wait_for_end(scan.key).state == "FAULT"
+
+
+def test_a_waiter_wakes_when_the_writer_stops(nexus_writer: RunningWriter) -> None:
+    waiting = in_plain_thread(nexus_writer.wait_for_scan, "nxw:scan:never:1-0", 60.0)
+    assert nexus_writer.stop(timeout=30) == 0
+    with pytest.raises(WriterStoppedError, match="stopped before scan"):
+        waiting.result(timeout=PROMPT)
+    with pytest.raises(WriterStoppedError):  # and any later wait, at once
+        nexus_writer.wait_for_scan("nxw:scan:never:2-0", timeout=60.0)
+    assert nexus_writer.stop() == 0  # again: nothing
+
+
+def test_start_twice_is_refused(nexus_writer: RunningWriter) -> None:
+    with pytest.raises(RuntimeError, match="was started before"):
+        nexus_writer.start()
+
+
+def test_a_writer_without_redis_says_so_within_its_timeout(tmp_path: Path) -> None:
+    writer = RunningWriter("redis://127.0.0.1:1/0", "unreachable", [tmp_path])
+    with pytest.raises(WriterStoppedError, match=r"not ready within 2\.0 s: Redis unreachable"):
+        writer.start(timeout=2.0)
+    assert writer.service is not None and writer.service.ready.is_set() is False
+
+
+def test_the_device_fixture_writes_the_sessions_scans(
+    nexus_writer_device: DeviceWriter, nexus_redis: EmbeddedRedis, nexus_root: Path
+) -> None:
+    assert nexus_writer_device.proxy is not None
+    assert str(nexus_writer_device.proxy.state()) == "ON"
+    client = connect(nexus_redis.url)
+    try:
+        beamline = Beamline(
+            SessionPublisher(client, nexus_writer_device.session), str(nexus_root), record=True
+        )
+        published = beamline.run("ascan robx 0 1 4 0")
+    finally:
+        client.close()
+    written = nexus_writer_device.wait_for_scan(published.key, timeout=60)
+    assert written.status == "SUCCEEDED"
+    np.testing.assert_array_equal(written.data["robx"], published.values["axis:robx"])
+
+
+_FAILING_MODULE = """
+import os
+from pathlib import Path
+
+
+def test_fails(nexus_writer_device, nexus_redis, nexus_tango_database):
+    pids = [nexus_redis.pid, nexus_tango_database.pid, nexus_writer_device._process.pid]
+    Path(os.environ["PIDS_FILE"]).write_text(" ".join(map(str, pids)))
+    raise AssertionError("the test fails; its servers must stop all the same")
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.timeout(180)
+def test_every_server_of_the_fixtures_stops_when_a_test_fails(tmp_path: Path) -> None:
+    (tmp_path / "test_inner.py").write_text(textwrap.dedent(_FAILING_MODULE))
+    pids_file = tmp_path / "pids"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"],
+        cwd=tmp_path,
+        env={**os.environ, "PIDS_FILE": str(pids_file)},
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "1 failed" in run.stdout and "must stop all the same" in run.stdout
+    pids = [int(pid) for pid in pids_file.read_text().split()]
+    assert len(pids) == 3
+    assert not [pid for pid in pids if _alive(pid)], "a server outlived its pytest run"
+
+
+def test_a_device_of_a_session_already_written_says_it_stands_by(
+    nexus_writer: RunningWriter, nexus_tango_database: EmbeddedTangoDatabase, nexus_root: Path
+) -> None:
+    device = DeviceWriter(
+        nexus_tango_database, nexus_writer.redis_url, nexus_writer.session, [nexus_root]
+    )
+    with pytest.raises(WriterStoppedError, match="stands by: Standby: session"):
+        device.start(timeout=60)
+    assert device.proxy is None  # stopped: its server is gone
