@@ -22,15 +22,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .running_writer import RunningWriter, ScanNotWrittenError, WriterStoppedError
+    from .errors import ScanNotWrittenError, WriterStoppedError
+    from .running_writer import RunningWriter
     from .written_scan import WrittenScan, read_written_scan
 
 # Imported when first used: pytest loads this package (for its plugin) in every run where
 # nexus-writer is installed, and the writer's imports take half a second.
 _MODULE_OF = {
     "RunningWriter": "running_writer",
-    "ScanNotWrittenError": "running_writer",
-    "WriterStoppedError": "running_writer",
+    "ScanNotWrittenError": "errors",
+    "WriterStoppedError": "errors",
     "WrittenScan": "written_scan",
     "read_written_scan": "written_scan",
 }

@@ -23,12 +23,15 @@ from typing import Any
 
 import tango
 
+from nexus_writer.protocol import SessionPublisher
+from nexus_writer.redis_client import connect
+from nexus_writer.simulator import Beamline, Detectors
 from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
 from nexus_writer.tango.server import SERVER
 from sync_primitives import Event, Lock
 
-from .running_writer import ScanNotWrittenError, WriterStoppedError
-from .written_scan import WrittenScan, read_written_scan
+from .errors import WriterStoppedError
+from .written_scan import WrittenScan, read_ended_scan
 
 _devices = itertools.count(1)
 
@@ -163,6 +166,8 @@ class DeviceWriter:
         """Wait until the device lists scan ``key`` among its finished scans, then read its
         entry.
 
+        A scan stopped before its end has an entry whose status is STOPPED: it is returned.
+
         Raises:
             TimeoutError: the scan had not ended within ``timeout`` seconds.
             WriterStoppedError: the device was stopped first.
@@ -178,11 +183,16 @@ class DeviceWriter:
                 ended = self._ended.get(key)
             if ended is None:
                 raise WriterStoppedError(f"{self.device} stopped before scan {key!r} ended")
-        url = ended.get("url")
-        if not url or ended.get("state") == "UNFINISHED":
-            raise ScanNotWrittenError(
-                f"scan {key!r} ended {ended.get('state')} without a written entry: "
-                f"{ended.get('reason')}"
-            )
-        path, _, entry = str(url).partition("::/")
-        return read_written_scan(path, entry)
+        return read_ended_scan(key, ended.get("state", ""), ended.get("reason"), ended.get("url"))
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def publisher(self) -> SessionPublisher:
+        """A publisher of this device's session, with a Redis client of its own."""
+        return SessionPublisher(connect(self.redis_url), self.session)
+
+    def beamline(self, detectors: Detectors | None = None, record: bool = True) -> Beamline:
+        """The simulator, publishing into this device's session, files below its first root."""
+        return Beamline(
+            self.publisher(), root=str(self.roots[0]), detectors=detectors, record=record
+        )

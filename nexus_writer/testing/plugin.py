@@ -40,6 +40,19 @@ if TYPE_CHECKING:
 _sessions = itertools.count(1)
 
 
+def _alone(request: pytest.FixtureRequest) -> None:
+    """nexus_writer and nexus_writer_device in one test would be two writers of one session
+    (a writer pair: one stands by), whichever is set up first: refused at once."""
+    if {"nexus_writer", "nexus_writer_device"} <= set(request.fixturenames):
+        pytest.fail(
+            "nexus_writer and nexus_writer_device (or nexus_publisher and nexus_beamline, "
+            "which use nexus_writer) cannot serve one test: both would write its session. "
+            "With the device, publish through nexus_writer_device.publisher() or "
+            ".beamline() (docs/testing.md)",
+            pytrace=False,
+        )
+
+
 def _require(extra: str, fixture: str) -> None:
     try:
         require(extra, f"the {fixture} fixture")
@@ -75,10 +88,11 @@ def nexus_session(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def nexus_writer(
-    nexus_redis: EmbeddedRedis, nexus_session: str, nexus_root: Path
+    request: pytest.FixtureRequest, nexus_redis: EmbeddedRedis, nexus_session: str, nexus_root: Path
 ) -> Iterator[RunningWriter]:
     """A writer service on ``nexus_session``, writing below ``nexus_root``, ready when the
     test starts (every scan announced in the test is written) and stopped after it."""
+    _alone(request)
     from .running_writer import RunningWriter  # noqa: PLC0415 (fixtures load lazily)
 
     with RunningWriter(nexus_redis.url, nexus_session, [nexus_root]) as writer:
@@ -115,6 +129,7 @@ def nexus_tango_database() -> Iterator[EmbeddedTangoDatabase]:
 
 @pytest.fixture
 def nexus_writer_device(
+    request: pytest.FixtureRequest,
     nexus_tango_database: EmbeddedTangoDatabase,
     nexus_redis: EmbeddedRedis,
     nexus_session: str,
@@ -123,6 +138,7 @@ def nexus_writer_device(
     """A NexusWriter device of ``nexus_session`` in a ``NexusWriterService`` process of
     its own, registered in ``nexus_tango_database``, writing below ``nexus_root``; ON when
     the test starts, its server stopped after it. Needs the ``tango`` extra."""
+    _alone(request)
     _require("tango", "nexus_writer_device")
     from .device_writer import DeviceWriter  # noqa: PLC0415 (imports Tango)
 

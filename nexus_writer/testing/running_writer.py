@@ -26,16 +26,8 @@ from nexus_writer.session_writer import ScanEvent
 from nexus_writer.simulator import Beamline, Detectors
 from sync_primitives import Event, Lock, Thread
 
-from .written_scan import WrittenScan, read_written_scan
-
-
-class WriterStoppedError(RuntimeError):
-    """The writer service stopped (or never started) before what was waited for."""
-
-
-class ScanNotWrittenError(AssertionError):
-    """A scan ended without an entry to read (its file was refused, it was left unfinished);
-    the message gives the writer's reason."""
+from .errors import WriterStoppedError
+from .written_scan import WrittenScan, read_ended_scan
 
 
 class RunningWriter:
@@ -210,18 +202,16 @@ class RunningWriter:
     def wait_for_scan(self, key: str, timeout: float = 60.0) -> WrittenScan:
         """Wait until the writer has ended scan ``key``, then read its entry.
 
+        A scan stopped before its end (the writer was stopped) has an entry whose status
+        is STOPPED: it is returned.
+
         Raises:
             TimeoutError: the scan had not ended within ``timeout`` seconds.
             WriterStoppedError: the service stopped first.
             ScanNotWrittenError: the scan ended without an entry (the reason is given).
         """
         ended = self.wait_for_end(key, timeout)
-        if ended.url is None or ended.state == "UNFINISHED":
-            raise ScanNotWrittenError(
-                f"scan {key!r} ended {ended.state} without a written entry: {ended.reason}"
-            )
-        path, _, entry = ended.url.partition("::/")
-        return read_written_scan(path, entry)
+        return read_ended_scan(key, ended.state, ended.reason, ended.url)
 
     # -- publishing ------------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ import h5py
 import hdf5plugin  # noqa: F401 (registers the filters of compressed arrays)
 import numpy as np
 
+from .errors import ScanNotWrittenError
+
 
 @dataclass(frozen=True)
 class WrittenScan:
@@ -38,7 +40,8 @@ class WrittenScan:
 
     @property
     def url(self) -> str:
-        """``file::/entry``, as the writer names it."""
+        """``file::/entry`` in the scan's own file (the writer's events name the entry in
+        the session's file, which links to this one)."""
         return f"{self.file}::/{self.entry}"
 
 
@@ -76,6 +79,19 @@ def read_written_scan(path: str | Path, entry: str) -> WrittenScan:
                 for _, note in sorted(group.get("comments", {}).items())
             ],
         )
+
+
+def read_ended_scan(key: str, state: str, reason: str | None, url: str | None) -> WrittenScan:
+    """The entry of a scan that the writer says has ended (``state``, ``reason`` and
+    ``url`` of its end: ``file::/entry``).
+
+    Raises:
+        ScanNotWrittenError: the scan has no entry (``url`` is None): its file was refused.
+    """
+    if not url:
+        raise ScanNotWrittenError(f"scan {key!r} ended {state} without an entry: {reason}")
+    path, _, entry = url.partition("::/")
+    return read_written_scan(path, entry)
 
 
 def _text(item: Any) -> str | None:

@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 
 from nexus_writer.protocol import SessionPublisher
-from nexus_writer.redis_client import connect
-from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.simulator import Beamline, Detectors
 from nexus_writer.tango.embedded import EmbeddedTangoDatabase
 from nexus_writer.testing import (
@@ -24,7 +22,7 @@ from nexus_writer.testing import (
     read_written_scan,
 )
 from nexus_writer.testing.device_writer import DeviceWriter
-from tests.conftest import PROMPT, in_plain_thread
+from tests.conftest import PROMPT, in_plain_thread, wait_until
 
 
 def test_a_scan_is_read_back_as_published(nexus_writer: RunningWriter) -> None:
@@ -82,6 +80,38 @@ def test_a_waiter_wakes_when_the_writer_stops(nexus_writer: RunningWriter) -> No
     assert nexus_writer.stop() == 0  # again: nothing
 
 
+def test_a_scan_stopped_by_the_writer_is_returned_as_stopped_with_its_points(
+    nexus_writer: RunningWriter, nexus_publisher: SessionPublisher, nexus_root: Path
+) -> None:
+    """Found by a client written from docs/testing.md: the entry of a scan cut short was
+    on disk, status STOPPED, but wait_for_scan said there was none."""
+    scan = nexus_publisher.new_scan(
+        name="ct",
+        title="ct",
+        file=str(nexus_root / "cut.h5"),
+        channels=[{"name": "d", "dtype": "float64"}],
+    )
+    scan.prepare()
+    scan.start()
+    scan.send("d", [1.0, 2.0])
+    waiting = in_plain_thread(nexus_writer.wait_for_scan, scan.key, 60.0)
+    wait_until(
+        lambda: any(e.kind == "started" for e in nexus_writer.scan_events()), "the scan started"
+    )
+    wait_until(
+        lambda: (
+            (w := nexus_writer.service.writer() if nexus_writer.service else None) is not None
+            and any(s.progress()[0] == 2 for s in w.scans())
+        ),
+        "the two points written",
+    )
+    nexus_writer.stop(timeout=30)
+    written = waiting.result(timeout=PROMPT)
+    assert written.status == "STOPPED"
+    np.testing.assert_array_equal(written.data["d"], [1.0, 2.0])
+    assert nexus_writer.wait_for_end(scan.key).state == "UNFINISHED"
+
+
 def test_start_twice_is_refused(nexus_writer: RunningWriter) -> None:
     with pytest.raises(RuntimeError, match="was started before"):
         nexus_writer.start()
@@ -94,19 +124,10 @@ def test_a_writer_without_redis_says_so_within_its_timeout(tmp_path: Path) -> No
     assert writer.service is not None and writer.service.ready.is_set() is False
 
 
-def test_the_device_fixture_writes_the_sessions_scans(
-    nexus_writer_device: DeviceWriter, nexus_redis: EmbeddedRedis, nexus_root: Path
-) -> None:
+def test_the_device_fixture_writes_the_sessions_scans(nexus_writer_device: DeviceWriter) -> None:
     assert nexus_writer_device.proxy is not None
     assert str(nexus_writer_device.proxy.state()) == "ON"
-    client = connect(nexus_redis.url)
-    try:
-        beamline = Beamline(
-            SessionPublisher(client, nexus_writer_device.session), str(nexus_root), record=True
-        )
-        published = beamline.run("ascan robx 0 1 4 0")
-    finally:
-        client.close()
+    published = nexus_writer_device.beamline().run("ascan robx 0 1 4 0")
     written = nexus_writer_device.wait_for_scan(published.key, timeout=60)
     assert written.status == "SUCCEEDED"
     np.testing.assert_array_equal(written.data["robx"], published.values["axis:robx"])
@@ -130,6 +151,28 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@pytest.mark.timeout(120)
+def test_a_writer_and_a_device_of_one_session_are_refused_whatever_their_order(
+    tmp_path: Path,
+) -> None:
+    """Found by a client written from docs/testing.md: with the device set up first, the
+    writer stood by in silence and its waits ran out."""
+    (tmp_path / "test_inner.py").write_text(
+        "def test_device_then_publisher(nexus_writer_device, nexus_publisher):\n    pass\n\n\n"
+        "def test_writer_then_device(nexus_writer, nexus_writer_device):\n    pass\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert "2 errors" in run.stdout, run.stdout + run.stderr
+    assert run.stdout.count("cannot serve one test: both would write its session") == 2
 
 
 @pytest.mark.timeout(180)
