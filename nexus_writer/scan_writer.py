@@ -121,6 +121,7 @@ class NexusScanWriter(Subscriber):
         self._retry_delay = 0.1
         # consumer side
         self._file: ScanFile | None = None
+        self._problems_in_file = 0  # problems written to writer/messages as they came
         self._document: ScanDocument | None = None
         self._closed: StateEvent | None = None
         self._abandoned: str | None = None
@@ -469,6 +470,7 @@ class NexusScanWriter(Subscriber):
         self.degrade(message)
         if self._file is not None:
             self._file.add_message(message)
+            self._problems_in_file += 1
 
     def finish(self, state: State, reason: str | None) -> None:
         if self._killed:  # whether its end was in or not, what it wrote may be partial
@@ -530,7 +532,11 @@ class NexusScanWriter(Subscriber):
         else:
             end_reason = EndReason.FAILURE.value
             message = self._abandoned or reason or "the writer stopped before the scan closed"
-        if reason:
+        # A reason that only sums up problems already in writer/messages is not repeated.
+        summed_up = reason == self._problems_summary() and self._problems_in_file == len(
+            self._problems
+        )
+        if reason and not summed_up:
             file.add_message(reason)
         status = "FAULT" if state is State.FAULT else "SUCCEEDED"
         if self._closed is None and state is State.OFF and not self._abandoned:

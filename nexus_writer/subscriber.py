@@ -333,10 +333,16 @@ class Subscriber:
         _log.error("subscriber %r: %s: %s", self.name, what, exc, exc_info=exc)
         self._fault(f"{what}: {exc}")
 
+    def _problems_summary(self) -> str | None:
+        """The end reason that the problems make (the first, and how many more)."""
+        if not self._problems:
+            return None
+        more = len(self._problems) - 1
+        return self._problems[0] + (f" (and {more} more problems)" if more else "")
+
     def _end(self) -> None:
-        if self._reason is None and self._problems:
-            more = len(self._problems) - 1
-            self._reason = self._problems[0] + (f" (and {more} more problems)" if more else "")
+        if self._reason is None:
+            self._reason = self._problems_summary()
         state = State.FAULT if self._reason is not None else State.OFF
         try:
             self.finish(state, self._reason)

@@ -204,3 +204,32 @@ def test_a_device_of_a_session_already_written_says_it_stands_by(
     with pytest.raises(WriterStoppedError, match="stands by: Standby: session"):
         device.start(timeout=60)
     assert device.proxy is None  # stopped: its server is gone
+
+
+def test_a_problem_is_recorded_once_in_the_messages(
+    nexus_writer: RunningWriter, nexus_publisher: SessionPublisher, nexus_root: Path
+) -> None:
+    """Found by a client written from docs/testing.md: the end reason, which only sums up
+    the problems, was written to writer/messages again."""
+    scan = nexus_publisher.new_scan(
+        name="ct",
+        title="ct",
+        file=str(nexus_root / "bad.h5"),
+        channels=[
+            {"name": "a", "dtype": "float64"},
+            {"name": "b", "dtype": "float64", "shape": [100_000, 100_000]},  # too large
+            {"name": "c", "dtype": "float64", "shape": [200_000, 100_000]},  # too large
+        ],
+    )
+    scan.prepare()
+    scan.start()
+    scan.send("a", [1.0, 2.0])
+    scan.close()
+    written = nexus_writer.wait_for_scan(scan.key, timeout=30)
+    assert written.status == "FAULT"
+    assert [m.split(":")[0] for m in written.messages] == [
+        "channel 'b' is not written",
+        "channel 'c' is not written",
+    ]
+    np.testing.assert_array_equal(written.data["a"], [1.0, 2.0])
+    assert "(and 1 more problems)" in (nexus_writer.wait_for_end(scan.key).reason or "")
