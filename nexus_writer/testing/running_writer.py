@@ -21,7 +21,7 @@ import gevent
 from nexus_writer.nexus.options import Compression, WriterOptions
 from nexus_writer.protocol import DEFAULT_PREFIX, SessionPublisher
 from nexus_writer.redis_client import connect
-from nexus_writer.service import WriterService
+from nexus_writer.service import Role, WriterService
 from nexus_writer.session_writer import ScanEvent
 from nexus_writer.simulator import Beamline, Detectors
 from sync_primitives import Event, Lock, Thread
@@ -74,7 +74,8 @@ class RunningWriter:
 
         Raises:
             RuntimeError: it was started before.
-            WriterStoppedError: the service stopped, or was not ready within ``timeout``.
+            WriterStoppedError: the service stopped, was not ready within ``timeout``, or
+                stands by (another writer writes the session).
         """
         if self._thread is not None:
             raise RuntimeError(f"the writer of session {self.session!r} was started before")
@@ -97,15 +98,24 @@ class RunningWriter:
                 f"{self.service.statistics().problem or 'no problem reported'}"
             )
         if not ready.is_set():
+            self.stop()
             raise WriterStoppedError(
                 f"the writer of session {self.session!r} stopped at start: {self._failure}"
+            )
+        if self.service.role is Role.STANDBY:  # another writer has the session
+            holder = self.service.statistics().holder or "another service"
+            self.stop()
+            raise WriterStoppedError(
+                f"the writer of session {self.session!r} stands by: the session is written "
+                f"by {holder}"
             )
         return self
 
     def stop(self, timeout: float = 60.0) -> int | None:
-        """Stop the service (running scans close with what they received) and its thread;
-        nothing if it is stopped. Returns the service's exit status (0, or 1 if the session
-        writer ended in FAULT).
+        """Stop the service and its thread; nothing if it is stopped. A scan still running
+        ends with what was received, status STOPPED (left unfinished: the next writer of
+        the session writes it again). Returns the service's exit status (0, or 1 if the
+        session writer ended in FAULT).
 
         Raises:
             TimeoutError: the service had not stopped within ``timeout`` seconds.

@@ -233,3 +233,10 @@ def test_a_problem_is_recorded_once_in_the_messages(
     ]
     np.testing.assert_array_equal(written.data["a"], [1.0, 2.0])
     assert "(and 1 more problems)" in (nexus_writer.wait_for_end(scan.key).reason or "")
+
+
+def test_a_second_writer_of_a_session_says_it_stands_by(nexus_writer: RunningWriter) -> None:
+    second = RunningWriter(nexus_writer.redis_url, nexus_writer.session, nexus_writer.roots)
+    with pytest.raises(WriterStoppedError, match="stands by: the session is written by pid"):
+        second.start(timeout=30)
+    assert second.stop() == 0  # stopped already
