@@ -28,9 +28,10 @@ from nexus_writer.redis_client import connect
 from nexus_writer.simulator import Beamline, Detectors
 from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
 from nexus_writer.tango.server import SERVER
-from sync_primitives import Event, Lock
+from sync_primitives import Event
 
 from .errors import WriterStoppedError
+from .scan_ends import ScanEnds
 from .written_scan import WrittenScan, read_ended_scan
 
 _devices = itertools.count(1)
@@ -64,11 +65,9 @@ class DeviceWriter:
         self.properties = dict(properties or {})
         self.proxy: tango.DeviceProxy | None = None
         self._process: DeviceServer | None = None
-        self._lock = Lock()
         self._state_changed = Event()
         self._state: tango.DevState | None = None
-        self._ended: dict[str, dict[str, Any]] = {}
-        self._waits: dict[str, Event] = {}
+        self._ends = ScanEnds[dict[str, Any]](self.device)
         self._subscriptions: list[int] = []
 
     # -- life cycle ------------------------------------------------------------------------
@@ -126,10 +125,7 @@ class DeviceWriter:
         process, self._process = self._process, None
         if process is not None:
             process.stop(timeout)
-        with self._lock:
-            waits = list(self._waits.values())
-        for wait in waits:
-            wait.set()
+        self._ends.close()
 
     def __enter__(self) -> DeviceWriter:
         return self.start()
@@ -152,13 +148,9 @@ class DeviceWriter:
     def _on_recent(self, event: Any) -> None:
         if event.err:
             return
-        with self._lock:
-            for scan in json.loads(event.attr_value.value):
-                if scan.get("kind") == "ended":
-                    self._ended[scan["key"]] = scan
-            ready = [wait for key, wait in self._waits.items() if key in self._ended]
-        for wait in ready:
-            wait.set()
+        for scan in json.loads(event.attr_value.value):
+            if scan.get("kind") == "ended":
+                self._ends.record(scan["key"], scan)
 
     # -- scans -----------------------------------------------------------------------------
 
@@ -173,16 +165,9 @@ class DeviceWriter:
             WriterStoppedError: the device was stopped first.
             ScanNotWrittenError: the scan ended without an entry (the reason is given).
         """
-        with self._lock:
-            ended = self._ended.get(key)
-            wait = self._waits.setdefault(key, Event())
+        ended = self._ends.wait(key, timeout)
         if ended is None:
-            if not wait.wait(timeout):
-                raise TimeoutError(f"{self.device}: scan {key!r} was not written in {timeout} s")
-            with self._lock:
-                ended = self._ended.get(key)
-            if ended is None:
-                raise WriterStoppedError(f"{self.device} stopped before scan {key!r} ended")
+            raise WriterStoppedError(f"{self.device} stopped before scan {key!r} ended")
         return read_ended_scan(key, ended.get("state", ""), ended.get("reason"), ended.get("url"))
 
     # -- publishing ------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from nexus_writer.simulator import Beamline, Detectors
 from sync_primitives import Event, Lock, Thread
 
 from .errors import WriterStoppedError
+from .scan_ends import ScanEnds
 from .written_scan import WrittenScan, read_ended_scan
 
 
@@ -60,8 +61,7 @@ class RunningWriter:
         self._thread: Thread | None = None
         self._lock = Lock()
         self._events: list[ScanEvent] = []
-        self._ended: dict[str, ScanEvent] = {}
-        self._waits: dict[str, Event] = {}
+        self._ends = ScanEnds[ScanEvent]()
         self._stopped = Event()
         self._settled = Event()  # ready, or stopped: start() waits for one of them
         self._failure: BaseException | None = None
@@ -154,12 +154,9 @@ class RunningWriter:
             raise
         finally:
             watcher.kill()
-            with self._lock:
-                self._stopped.set()
-                self._settled.set()
-                waits = list(self._waits.values())
-            for wait in waits:  # wake every waiter: nothing more will come
-                wait.set()
+            self._stopped.set()
+            self._settled.set()
+            self._ends.close()  # wakes every waiter: nothing more will end
 
     def _settle_when_ready(self, service: WriterService) -> None:
         service.ready.wait()
@@ -171,12 +168,8 @@ class RunningWriter:
         """In the writer's thread: record the event, wake who waits for that scan."""
         with self._lock:
             self._events.append(event)
-            if event.kind != "ended":
-                return
-            self._ended[event.key] = event
-            wait = self._waits.get(event.key)
-        if wait is not None:
-            wait.set()
+        if event.kind == "ended":
+            self._ends.record(event.key, event)
 
     def scan_events(self) -> list[ScanEvent]:
         """Every scan start and end so far, in order."""
@@ -190,18 +183,7 @@ class RunningWriter:
             TimeoutError: the scan had not ended within ``timeout`` seconds.
             WriterStoppedError: the service stopped first.
         """
-        with self._lock:
-            ended = self._ended.get(key)
-            if ended is None:
-                wait = self._waits.setdefault(key, Event())
-                if self._stopped.is_set():
-                    wait.set()
-        if ended is not None:
-            return ended
-        if not wait.wait(timeout):
-            raise TimeoutError(f"scan {key!r} was not written within {timeout} s")
-        with self._lock:
-            ended = self._ended.get(key)
+        ended = self._ends.wait(key, timeout)
         if ended is None:
             raise WriterStoppedError(
                 f"the writer of session {self.session!r} stopped before scan {key!r} ended "
