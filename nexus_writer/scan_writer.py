@@ -292,6 +292,7 @@ class NexusScanWriter(Subscriber):
     def _consume(self, events: list[object]) -> None:
         points: dict[str, list[PointsEvent]] = defaultdict(list)
         frames: dict[str, list[FrameSource]] = defaultdict(list)
+        refused: dict[str, list[tuple[int, int]]] = defaultdict(list)  # (first, count)
         ends: list[ChannelEndEvent] = []  # checked once this batch's points are written
         for event in events:
             if isinstance(event, ChannelEndEvent):
@@ -299,23 +300,25 @@ class NexusScanWriter(Subscriber):
             elif isinstance(event, PointsEvent):
                 points[event.channel.name].append(event)
             elif isinstance(event, FrameRefsEvent):
-                source = self._frame_source(event)
+                source = self._frame_source(event, refused[event.channel.name])
                 if source is not None:
                     frames[event.channel.name].append(source)
             else:
                 self._consume_other(event)
         if self._file is not None:
-            self._write_batch(self._file, points, frames, ends)
+            self._write_batch(self._file, points, frames, refused, ends)
 
     def _write_batch(
         self,
         file: ScanFile,
         points: dict[str, list[PointsEvent]],
         frames: dict[str, list[FrameSource]],
+        refused: dict[str, list[tuple[int, int]]],
         ends: list[ChannelEndEvent],
     ) -> None:
-        """One batch into the file: each channel's runs of points, its frame references,
-        the channels that ended checked against what was written, then a flush.
+        """One batch into the file: each channel's runs of points, its frame references
+        (and the runs of frames refused, recorded as missing), the channels that ended
+        checked against what was written, then a flush.
 
         The free space is checked for up to ``write_bytes`` of the batch at a time (not
         per channel: a statvfs per channel and batch costs more than the write itself
@@ -343,10 +346,12 @@ class NexusScanWriter(Subscriber):
                     self._problem(str(exc))  # names the points refused
                 end = max(start + len(data) for start, data in bundle)
                 self._written[channel] = max(self._written[channel], end)
-        for channel, sources in frames.items():
+        for channel in frames.keys() | {c for c, runs in refused.items() if runs}:
+            sources, missing = frames.get(channel, []), refused.get(channel, [])
             self._fence()
-            file.add_frames(channel, sources)
-            end = sources[-1].first + sources[-1].count
+            file.add_frames(channel, sources, missing)
+            runs = [*missing, *((s.first, s.count) for s in sources)]
+            end = max(first + count for first, count in runs)
             self._written[channel] = max(self._written[channel], end)
         for ended in ends:
             written = self._written[ended.channel.name]
@@ -378,9 +383,12 @@ class NexusScanWriter(Subscriber):
         )
         return True
 
-    def _frame_source(self, event: FrameRefsEvent) -> FrameSource | None:
+    def _frame_source(
+        self, event: FrameRefsEvent, refused: list[tuple[int, int]]
+    ) -> FrameSource | None:
         """The frames an entry refers to, if their file may be referred to (absolute, below
-        a root); None after recording the problem (those points stay missing)."""
+        a root); None after recording the problem, and ``(first, count)`` in ``refused``
+        if the file may not be referred to (those points are missing)."""
         ref = event.ref
         where = f", entry {event.stream_id}"
         if self._over_max_points(event.channel.name, event.first, event.count, where):
@@ -392,6 +400,7 @@ class NexusScanWriter(Subscriber):
                 f"channel {event.channel.name!r}, entry {event.stream_id}: {exc}: frames "
                 f"{event.first}..{event.first + event.count - 1} not referred to"
             )
+            refused.append((event.first, event.count))
             return None
         return FrameSource(event.first, event.count, file, ref.dataset, ref.frame)
 

@@ -182,14 +182,21 @@ class FrameSource:
 
 
 def write_frame_references(
-    group: h5py.Group, name: str, channel: Channel, sources: list[FrameSource], master: str
+    group: h5py.Group,
+    name: str,
+    channel: Channel,
+    sources: list[FrameSource],
+    master: str,
+    *,
+    points: int = 0,
 ) -> h5py.Dataset:
-    """(Re)create ``group[name]`` as a virtual dataset of all frames referenced so far.
+    """(Re)create ``group[name]`` as a virtual dataset of all frames referenced so far, at
+    least ``points`` long (points not referred to read as the fill value).
 
     Detector files are named relative to the master file's directory when they are below
     it, so that a moved directory tree still reads.
     """
-    total = max((s.first + s.count for s in sources), default=0)
+    total = max([points, *(s.first + s.count for s in sources)])
     layout = h5py.VirtualLayout(shape=(total, *channel.shape), dtype=channel.numpy_dtype)
     master_dir = os.path.dirname(master)
     for source in sources:
@@ -203,7 +210,8 @@ def write_frame_references(
         layout[source.first : source.first + source.count] = virtual[source.frame : end]
     if name in group:
         del group[name]
-    dataset = group.create_virtual_dataset(name, layout, fillvalue=0)
+    fill = fill_value(channel.numpy_dtype)
+    dataset = group.create_virtual_dataset(name, layout, fillvalue=fill)
     if channel.unit:
         dataset.attrs["units"] = channel.unit
     return dataset

@@ -30,7 +30,8 @@ import errno
 import json
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,8 @@ class ScanFile:
         self.names = short_names((c.name for c in doc.channels), reserved=_RESERVED)
         self.datasets: dict[str, GrowingDataset] = {}
         self.frames: dict[str, list[FrameSource]] = {}
+        #: frame channel -> points covered by refused references (the dataset's least length)
+        self.frame_points: dict[str, int] = defaultdict(int)
         #: Channels that have no place in the file, and why (their points are dropped).
         self.skipped: dict[str, str] = {}
         limit = self.options.max_channels
@@ -326,8 +329,15 @@ class ScanFile:
             return  # reported once, when the entry was made
         self.datasets[channel].write(runs)
 
-    def add_frames(self, channel: str, sources: list[FrameSource]) -> None:
-        """Reference more frames of detector files (the virtual dataset is remade).
+    def add_frames(
+        self,
+        channel: str,
+        sources: list[FrameSource],
+        refused: Sequence[tuple[int, int]] = (),
+    ) -> None:
+        """Reference more frames of detector files (the virtual dataset is remade), and
+        record the ``refused`` runs of points, each ``(first, count)``, as missing (their
+        file may not be referred to): they read as the fill value, as a gap does.
 
         A reference that continues the previous one (same file and dataset, next frames,
         next points) extends it: the virtual dataset keeps about one mapping per detector
@@ -335,6 +345,9 @@ class ScanFile:
         """
         if channel in self.skipped:
             return  # reported once, when the entry was made
+        for first, count in refused:
+            self.add_missing(channel, first, count, "refused")
+            self.frame_points[channel] = max(self.frame_points[channel], first + count)
         known = self.frames[channel]
         for source in sources:
             last = known[-1] if known else None
@@ -349,7 +362,9 @@ class ScanFile:
                 known.append(source)
         group = self.instrument[self.names[channel]]
         info = self.document.channel(channel)
-        write_frame_references(group, "data", info, known, str(self.scan_path))
+        write_frame_references(
+            group, "data", info, known, str(self.scan_path), points=self.frame_points[channel]
+        )
 
     def comment(self, stamp: str, text: str) -> None:
         note = _group(self.comments, f"comment_{len(self.comments) + 1:02d}", "NXnote")

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,13 @@ class WrittenScan:
     #: ``instrument/positioners_start``: every motor's position before the scan
     positioners_start: dict[str, Any] = field(default_factory=dict)
     comments: list[str] = field(default_factory=list)  #: ``comments/*/data``, in order
+    #: ``missing_points`` and ``missing_reasons`` beside a channel's data, by its short
+    #: name: each run of points that never arrived as ``(first, count, reason)``; a channel
+    #: with none is absent
+    missing: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
+    #: ``data_shape`` beside a channel of variable shape, by its short name: the true shape
+    #: of each point, ``(npoints, ndim)``
+    data_shapes: dict[str, np.ndarray[Any, Any]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -61,6 +69,12 @@ def read_written_scan(path: str | Path, entry: str) -> WrittenScan:
         group = handle[entry]
         own_file = Path(group.file.filename)
         writer = group.get("writer", {})
+        measurement = dict(group.get("measurement", {}).items())
+        beside = {  # name -> the group holding the data (measurement/ links to it)
+            name: group.file[posixpath.dirname(link.path)]
+            for name in measurement
+            if isinstance(link := group["measurement"].get(name, getlink=True), h5py.SoftLink)
+        }
         return WrittenScan(
             key=_text(writer.get("scan_key")) or "",
             file=own_file if own_file.is_absolute() else path.parent / own_file,
@@ -69,15 +83,23 @@ def read_written_scan(path: str | Path, entry: str) -> WrittenScan:
             messages=_texts(writer.get("messages")),
             title=_text(group.get("title")) or "",
             end_reason=_text(group.get("end_reason")),
-            data={
-                name: np.asarray(item[()]) for name, item in group.get("measurement", {}).items()
-            },
+            data={name: np.asarray(item[()]) for name, item in measurement.items()},
             metadata=_tree(group.get("metadata")),
             positioners_start=_tree(group.get("instrument/positioners_start")),
             comments=[
                 _text(note.get("data")) or ""
                 for _, note in sorted(group.get("comments", {}).items())
             ],
+            missing={
+                name: _missing(parent)
+                for name, parent in beside.items()
+                if "missing_points" in parent
+            },
+            data_shapes={
+                name: np.asarray(parent["data_shape"][()])
+                for name, parent in beside.items()
+                if "data_shape" in parent
+            },
         )
 
 
@@ -92,6 +114,12 @@ def read_ended_scan(key: str, state: str, reason: str | None, url: str | None) -
         raise ScanNotWrittenError(f"scan {key!r} ended {state} without an entry: {reason}")
     path, _, entry = url.partition("::/")
     return read_written_scan(path, entry)
+
+
+def _missing(group: h5py.Group) -> list[tuple[int, int, str]]:
+    points, reasons = group["missing_points"][()], _texts(group.get("missing_reasons"))
+    runs = zip(points, reasons, strict=False)  # (a row each; read once the scan has ended)
+    return [(int(first), int(count), why) for (first, count), why in runs]
 
 
 def _text(item: Any) -> str | None:

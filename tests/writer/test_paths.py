@@ -120,10 +120,49 @@ def test_frames_outside_the_roots_are_not_referred_to(
         np.testing.assert_array_equal(entry["measurement/diode"][()], [0.0, 1.0])
         messages = [m.decode() for m in entry["writer/messages"][()]]
         assert any("frame file" in m and "frames 0..1 not referred to" in m for m in messages)
-        cam = entry["instrument/cam/data"]  # made empty with the entry, never pointed out
-        assert cam.shape[0] == 0
-        assert not cam.is_virtual or not cam.virtual_sources()
+        assert not any("points published" in m for m in messages)  # said once, above
+        cam = entry["instrument/cam/data"]  # the points are there, as missing ones
+        assert cam.shape == (2, 4, 5)
+        assert not cam.virtual_sources()
+        np.testing.assert_array_equal(cam[()], np.zeros((2, 4, 5)))
+        np.testing.assert_array_equal(entry["instrument/cam/missing_points"][()], [[0, 2]])
+        assert list(entry["instrument/cam/missing_reasons"].asstr()[()]) == ["refused"]
         assert text(entry["writer/status"]) == "FAULT"
+
+
+def test_frames_refused_between_referred_ones_read_as_missing(
+    redis_client: redis.Redis, places: tuple[Path, Path]
+) -> None:
+    """Points 0..1 and 4..5 in a detector file below the root, 2..3 in one outside: the
+    virtual dataset keeps its six points; 2..3 read as NaN (floats) and are listed."""
+    root, outside = places
+    frames = np.arange(6 * 2 * 3, dtype="<f4").reshape(6, 2, 3)
+    with h5py.File(root / "det.h5", "w") as handle:
+        handle["data"] = frames
+    with h5py.File(outside / "det.h5", "w") as handle:
+        handle["data"] = frames
+    scan = started_scan(
+        SessionPublisher(redis_client, "paths"),
+        name="ct",
+        title="ct",
+        file=str(root / "session.h5"),
+        channels=[{"name": "spec", "dtype": "<f4", "shape": [2, 3], "role": Role.FRAME_REF}],
+    )
+    scan.send_refs("spec", 2, str(root / "det.h5"), "/data", 0)
+    scan.send_refs("spec", 2, str(outside / "det.h5"), "/data", 2)
+    scan.send_refs("spec", 2, str(root / "det.h5"), "/data", 4)
+    scan.close()
+    writer = write_scan(redis_client, scan.key, options=WriterOptions(roots=(root,)))
+    assert writer.state is State.FAULT
+    with h5py.File(root / "session.h5", "r") as handle:
+        group = handle["scan_0001/instrument/spec"]
+        expected = frames.copy()
+        expected[2:4] = np.nan
+        np.testing.assert_array_equal(group["data"][()], expected)
+        np.testing.assert_array_equal(group["missing_points"][()], [[2, 2]])
+        assert list(group["missing_reasons"].asstr()[()]) == ["refused"]
+        sources = {Path(s.file_name).resolve() for s in group["data"].virtual_sources()}
+        assert sources == {(root / "det.h5").resolve()}
 
 
 def test_a_link_swapped_in_before_the_opening_is_caught(places: tuple[Path, Path]) -> None:

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 from xml.etree import ElementTree
 
+import h5py
 import numpy as np
 import pytest
 
@@ -254,6 +255,37 @@ def test_a_problem_is_recorded_once_in_the_messages(
     ]
     np.testing.assert_array_equal(written.data["a"], [1.0, 2.0])
     assert "(and 1 more problems)" in (nexus_writer.wait_for_end(scan.key).reason or "")
+
+
+def test_missing_points_and_variable_shapes_are_read_back(
+    nexus_writer: RunningWriter, nexus_publisher: SessionPublisher, nexus_root: Path, tmp_path: Path
+) -> None:
+    """A frame file outside the root leaves its points missing ("refused"); a channel of
+    variable shape gives each point's true shape."""
+    outside = tmp_path / "outside.h5"
+    with h5py.File(outside, "w") as handle:
+        handle["data"] = np.ones((2, 4, 5), dtype="<u2")
+    scan = nexus_publisher.new_scan(
+        name="ct",
+        title="ct",
+        file=str(nexus_root / "kit.h5"),
+        channels=[
+            {"name": "cam", "dtype": "<u2", "shape": [4, 5], "role": "frame_ref"},
+            {"name": "var", "dtype": "<f8", "shape": [-1], "role": "spectrum"},
+        ],
+    )
+    scan.prepare()
+    scan.start()
+    scan.send_refs("cam", 2, str(outside), "/data", 0)
+    scan.send("var", [np.ones(3), np.ones(5)])
+    scan.close()
+    written = nexus_writer.wait_for_scan(scan.key, timeout=30)
+    assert written.status == "FAULT"
+    assert written.missing == {"cam": [(0, 2, "refused")]}
+    np.testing.assert_array_equal(written.data["cam"], np.zeros((2, 4, 5)))
+    assert set(written.data_shapes) == {"var"}
+    np.testing.assert_array_equal(written.data_shapes["var"], [[3], [5]])
+    np.testing.assert_array_equal(written.data["var"], [[1, 1, 1, np.nan, np.nan], np.ones(5)])
 
 
 def test_a_second_writer_of_a_session_says_it_stands_by(nexus_writer: RunningWriter) -> None:
