@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import select
 import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,6 +56,49 @@ QUERY_TIMEOUT = 3.0
 _TRL_PREFIX = re.compile(r"^tango://[^/]+/")
 
 Reply = dict[str, Any]
+
+
+class StopRequest:
+    """A request to stop, made from any thread or from a signal handler.
+
+    :meth:`set` takes no lock. A Python signal handler runs in the main thread between two
+    of its bytecodes, perhaps while that thread holds a lock: a ``threading.Event``'s
+    ``set()`` there waits for the lock its own thread holds, for ever (Ctrl-C pressed
+    twice while :meth:`EventMonitor.run` waited did that, in about one run in ten of the
+    test that does it). :meth:`wait` sleeps in ``select`` on a pipe that :meth:`set`
+    writes a byte to, so it wakes at once, from whichever thread or handler.
+    """
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._closer = weakref.finalize(self, _close_pipe, self._read, self._write)
+
+    def set(self) -> None:
+        """Ask to stop; safe in a signal handler (no lock, a non-blocking write)."""
+        self._flag = True
+        with suppress(OSError):  # the pipe full (a waiter is woken already) or closed
+            os.write(self._write, b"\0")
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: for ever) for :meth:`set`; whether it was
+        called."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._flag:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            select.select([self._read], [], [], remaining)
+        return self._flag
+
+
+def _close_pipe(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def short(name: str) -> str:
@@ -402,7 +448,7 @@ class EventMonitor:
         self.jsonl = jsonl
         self.console = console or wide_console()
         #: Set to end :meth:`run` after the poll under way (Ctrl-C and SIGTERM, in main()).
-        self.stopping = threading.Event()
+        self.stopping = StopRequest()
         self._servers: dict[str, _Server] = {}
         for device in devices:
             proxy = tango.DeviceProxy(device)

@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from rich.console import Console
 
 from nexus_writer.tango import CallbackScheduler
 from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
-from nexus_writer.tango.event_monitor import client_performance, compare, render
+from nexus_writer.tango.event_monitor import StopRequest, client_performance, compare, render
 from tests.conftest import wait_until
 from tests.tango.conftest import DEVICES, HW_DEVICES, server_env
 from tests.writer.test_service import lines_of, wait_for_line
@@ -220,13 +222,64 @@ def test_a_second_ctrl_c_does_not_leave_perf_on(
     # Turning monitoring off takes the stalled server's 3 s time-out: a user presses
     # Ctrl-C again meanwhile.
     process = monitor("--monitor", "--period", "0.2", HW_DEVICES[0], "test/stall/1")
-    lines = lines_of(process.stdout)
-    wait_for_line(lines, "Published events")
-    process.send_signal(signal.SIGINT)
-    process.send_signal(signal.SIGINT)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(30) == 0
+    try:
+        lines = lines_of(process.stdout)
+        wait_for_line(lines, "Published events")
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        process.kill()  # (a monitor that hangs must not outlive the test)
+        process.wait()
     assert admin_perf() is None
+
+
+@pytest.mark.timeout(60)
+def test_a_stop_asked_by_signals_that_interrupt_the_wait_and_each_other_ends_it() -> None:
+    """SIGUSR1 every half millisecond, whose handler asks to stop, while this (the main)
+    thread waits and asks too: a handler that runs inside wait() or set() must not wait
+    for what its own thread holds. With a threading.Event in its place this test hangs
+    (a handler's set() waits for the lock of the set() or wait() it interrupted), as the
+    monitor did when Ctrl-C was pressed twice."""
+    stop = StopRequest()
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: stop.set())
+    main, done = threading.get_ident(), threading.Event()
+
+    def send() -> None:
+        while not done.wait(0.0005):
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        assert stop.wait(30)
+        for _ in range(20_000):  # each set() and wait() interrupted many times over
+            stop.set()
+            assert stop.wait(0)
+    finally:
+        done.set()
+        sender.join(30)
+        signal.signal(signal.SIGUSR1, previous)
+    assert stop.is_set()
+
+
+def test_a_stop_request_waits_its_timeout_and_wakes_a_waiting_thread() -> None:
+    stop = StopRequest()
+    started = time.monotonic()
+    assert not stop.wait(0.05)
+    assert time.monotonic() - started >= 0.05
+    woken = threading.Event()
+
+    def wait() -> None:
+        if stop.wait(30):
+            woken.set()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    stop.set()
+    waiter.join(30)
+    assert woken.is_set()
 
 
 def test_a_restarted_schedulers_new_events_are_those_since_its_restart() -> None:
