@@ -31,9 +31,9 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,35 +65,66 @@ class StopRequest:
     of its bytecodes, perhaps while that thread holds a lock: a ``threading.Event``'s
     ``set()`` there waits for the lock its own thread holds, for ever (Ctrl-C pressed
     twice while :meth:`EventMonitor.run` waited did that, in about one run in ten of the
-    test that does it). :meth:`wait` sleeps in ``select`` on a pipe that :meth:`set`
-    writes a byte to, so it wakes at once, from whichever thread or handler.
+    test that does it). :meth:`wait` sleeps in ``poll`` on a pipe that :meth:`set` writes
+    a byte to, so it wakes at once, from whichever thread or handler.
+
+    A signal that arrives after :meth:`wait` has looked at the flag and before its
+    ``poll`` begins has its Python handler run only once ``poll`` returns: make the pipe
+    the signal wake-up descriptor (:meth:`wake_on_signals`, in the main thread) and the
+    C-level handler writes to it at once.
     """
 
     def __init__(self) -> None:
         self._flag = False
         self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
+        self._closed = False
         self._closer = weakref.finalize(self, _close_pipe, self._read, self._write)
 
     def set(self) -> None:
         """Ask to stop; safe in a signal handler (no lock, a non-blocking write)."""
         self._flag = True
-        with suppress(OSError):  # the pipe full (a waiter is woken already) or closed
-            os.write(self._write, b"\0")
+        if not self._closed:
+            with suppress(OSError):  # the pipe full: a waiter is woken already
+                os.write(self._write, b"\0")
 
     def is_set(self) -> bool:
         return self._flag
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds (None: for ever) for :meth:`set`; whether it was
-        called."""
+        called (at once after :meth:`close`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._flag:
+        poller = select.poll()
+        if not self._closed:
+            poller.register(self._read, select.POLLIN)
+        while not self._flag and not self._closed:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 break
-            select.select([self._read], [], [], remaining)
+            if poller.poll(None if remaining is None else remaining * 1000) and not self._flag:
+                # A byte without the flag: a signal whose handler runs next, or a forked
+                # child's set(). Drained, so that the next poll sleeps; the flag is looked at
+                # again first, so a set() made meanwhile is not lost.
+                with suppress(OSError):
+                    os.read(self._read, 4096)
         return self._flag
+
+    def wake_on_signals(self) -> Callable[[], None]:
+        """Make the pipe this process's signal wake-up descriptor (main thread only);
+        returns what restores the one before."""
+        previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+
+        def restore() -> None:
+            signal.set_wakeup_fd(previous)
+
+        return restore
+
+    def close(self) -> None:
+        """Let the pipe go (a later :meth:`set` only sets the flag)."""
+        self._closed = True
+        self._closer()
 
 
 def _close_pipe(*fds: int) -> None:
@@ -592,6 +623,26 @@ def _shows_scheduler(proxy: tango.DeviceProxy) -> bool | None:
     return STATISTICS_ATTRIBUTE.lower() in names
 
 
+@contextmanager
+def _stopped_by_signals(stopping: StopRequest) -> Iterator[None]:
+    """In the main thread: SIGINT and SIGTERM ask ``stopping`` to stop, and wake its
+    wait at once; the handlers before are back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    restore_wakeup = stopping.wake_on_signals()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig in previous:
+            signal.signal(sig, lambda signum, frame: stopping.set())
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:  # (None: set outside Python, cannot be put back)
+                signal.signal(sig, handler)
+        restore_wakeup()
+
+
 def main(
     devices: list[str],
     *,
@@ -619,10 +670,9 @@ def main(
                     file=sys.stderr,
                 )
                 return 2
-            if threading.current_thread() is threading.main_thread():
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    signal.signal(sig, lambda signum, frame: monitor.stopping.set())
-            monitor.run(period, count)
+            with _stopped_by_signals(monitor.stopping):
+                monitor.run(period, count)
+            monitor.stopping.close()
     except OSError as error:
         print(f"event-monitor: {error}", file=sys.stderr)
         return 2

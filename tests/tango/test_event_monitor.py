@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -262,6 +263,68 @@ def test_a_stop_asked_by_signals_that_interrupt_the_wait_and_each_other_ends_it(
         sender.join(30)
         signal.signal(signal.SIGUSR1, previous)
     assert stop.is_set()
+
+
+_LATE_SIGNALS = """
+import random, signal, sys, time
+from nexus_writer.tango.event_monitor import StopRequest
+current = None
+signal.signal(signal.SIGALRM, lambda signum, frame: current.set())
+slept = 0
+for _ in range(2000):
+    current = StopRequest()
+    restore = current.wake_on_signals()
+    signal.setitimer(signal.ITIMER_REAL, random.uniform(1e-6, 40e-6))  # as wait() starts
+    started = time.monotonic()
+    current.wait(0.05)
+    slept += time.monotonic() - started >= 0.045
+    while not current.is_set():
+        signal.pause()
+    restore()
+    current.close()
+print(slept)
+"""
+
+
+def test_a_signal_just_before_the_wait_sleeps_wakes_it_at_once() -> None:
+    """Found by a hostile review: a signal between wait()'s look at the flag and its
+    poll had its handler run only when the poll timed out (about 1 wait in 30 slept its
+    whole timeout: a Ctrl-C ignored for a whole period). The wake-up descriptor ends the
+    poll at once. (In a child: its SIGALRM is not pytest-timeout's.)"""
+    run = subprocess.run(
+        [sys.executable, "-c", _LATE_SIGNALS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "0", run.stdout
+
+
+def test_a_stop_request_waits_on_a_descriptor_beyond_1023() -> None:
+    """select() refuses descriptors from 1024 on; poll() does not."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1100:
+        pytest.skip(f"the descriptor limit ({soft}) is below 1100")
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1050)]
+    try:
+        stop = StopRequest()
+        assert not stop.wait(0.01)
+        stop.set()
+        assert stop.wait(0.01)
+        stop.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def test_a_closed_stop_request_lets_its_pipe_go_and_waits_no_more() -> None:
+    stop = StopRequest()
+    stop.close()
+    assert not stop.wait(None)  # returns at once, not set
+    stop.set()  # writes nowhere
+    assert stop.is_set() and stop.wait(None)
 
 
 def test_a_stop_request_waits_its_timeout_and_wakes_a_waiting_thread() -> None:
