@@ -39,8 +39,9 @@ class WrittenScan:
     positioners_start: dict[str, Any] = field(default_factory=dict)
     comments: list[str] = field(default_factory=list)  #: ``comments/*/data``, in order
     #: ``missing_points`` and ``missing_reasons`` beside a channel's data, by its short
-    #: name: each run of points that never arrived as ``(first, count, reason)``; a channel
-    #: with none is absent
+    #: name: each range of points recorded as missing, ``(first, count, reason)``, in the
+    #: order the writer met them; a channel with none is absent (docs/testing.md says
+    #: which lost points are only in ``messages``)
     missing: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
     #: ``data_shape`` beside a channel of variable shape, by its short name: the true shape
     #: of each point, ``(npoints, ndim)``
