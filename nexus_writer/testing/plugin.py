@@ -9,7 +9,8 @@ install`` line to run. Disable it with ``-p no:nexus_writer``.
 
 .. important::
    The fixtures run in pytest's main thread. Servers are child processes, stopped at the
-   end of their scope, also when a test fails; each pytest process (an xdist worker, say)
+   end of their scope, also when a test fails or the run is interrupted (Ctrl-C, and
+   SIGTERM once a fixture has started a server); each pytest process (an xdist worker, say)
    has its own, on free loopback ports, and every test its own session name and directory.
 """
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +56,17 @@ def _alone(request: pytest.FixtureRequest) -> None:
         )
 
 
+def _interrupted_by_sigterm() -> None:
+    """Make SIGTERM (``kill``, a CI job cancelled) interrupt the run as Ctrl-C does, so
+    that pytest tears the fixtures down and their servers stop. Its default action ends
+    Python at once, with no teardown: the servers were left running. Called as a fixture
+    starts a server; only in the main thread, and only where SIGTERM has no handler yet."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def _require(extra: str, fixture: str) -> None:
     try:
         require(extra, f"the {fixture} fixture")
@@ -67,6 +81,7 @@ def nexus_redis() -> Iterator[EmbeddedRedis]:
     ``PATH``."""
     from nexus_writer.redis_server import EmbeddedRedis  # noqa: PLC0415 (fixtures load lazily)
 
+    _interrupted_by_sigterm()
     with EmbeddedRedis() as server:
         yield server
 
@@ -123,6 +138,7 @@ def nexus_tango_database() -> Iterator[EmbeddedTangoDatabase]:
     _require("tango", "nexus_tango_database")
     from nexus_writer.tango.embedded import EmbeddedTangoDatabase  # noqa: PLC0415
 
+    _interrupted_by_sigterm()
     with EmbeddedTangoDatabase() as database:
         yield database
 

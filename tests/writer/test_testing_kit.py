@@ -4,6 +4,7 @@ fixtures, its waits on the writer's own signals, and its clean-up when a test fa
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -214,6 +215,47 @@ def test_every_server_of_the_fixtures_stops_when_a_test_fails(tmp_path: Path) ->
     assert "1 failed" in run.stdout and "must stop all the same" in run.stdout
     pids = [int(pid) for pid in pids_file.read_text().split()]
     assert len(pids) == 3
+    assert not [pid for pid in pids if _alive(pid)], "a server outlived its pytest run"
+
+
+_WAITING_MODULE = """
+import os
+import threading
+from pathlib import Path
+
+
+def test_waits(nexus_redis, nexus_tango_database):
+    pids = [nexus_redis.pid, nexus_tango_database.pid]
+    Path(os.environ["PIDS_FILE"]).write_text(" ".join(map(str, pids)))
+    threading.Event().wait(150)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_every_server_of_the_fixtures_stops_when_pytest_gets_sigterm(tmp_path: Path) -> None:
+    """SIGTERM (kill, a CI job cancelled) ended pytest at once, leaving its servers
+    running (seen here when a loop of test runs was stopped with pkill)."""
+    (tmp_path / "test_inner.py").write_text(textwrap.dedent(_WAITING_MODULE))
+    pids_file = tmp_path / "pids"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"],
+        cwd=tmp_path,
+        env={**os.environ, "PIDS_FILE": str(pids_file)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: pids_file.exists() and bool(pids_file.read_text()), "servers", 120)
+        pids = [int(pid) for pid in pids_file.read_text().split()]
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 2, out  # pytest's "interrupted"
+    assert "KeyboardInterrupt" in out, out
+    assert len(pids) == 2
     assert not [pid for pid in pids if _alive(pid)], "a server outlived its pytest run"
 
 
