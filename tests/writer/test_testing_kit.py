@@ -149,6 +149,10 @@ def test_fails(nexus_writer_device, nexus_redis, nexus_tango_database):
 """
 
 
+#: pytest in a child process, on a test module written in its working directory
+_INNER_PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -169,16 +173,7 @@ def test_a_writer_and_a_device_of_one_session_are_refused_whatever_their_order(
     )
     report = tmp_path / "report.xml"
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            f"--junitxml={report}",
-            "test_inner.py",
-        ],
+        [*_INNER_PYTEST, f"--junitxml={report}", "test_inner.py"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -203,7 +198,7 @@ def test_every_server_of_the_fixtures_stops_when_a_test_fails(tmp_path: Path) ->
     (tmp_path / "test_inner.py").write_text(textwrap.dedent(_FAILING_MODULE))
     pids_file = tmp_path / "pids"
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"],
+        [*_INNER_PYTEST, "test_inner.py"],
         cwd=tmp_path,
         env={**os.environ, "PIDS_FILE": str(pids_file)},
         capture_output=True,
@@ -238,7 +233,7 @@ def test_every_server_of_the_fixtures_stops_when_pytest_gets_sigterm(tmp_path: P
     (tmp_path / "test_inner.py").write_text(textwrap.dedent(_WAITING_MODULE))
     pids_file = tmp_path / "pids"
     process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"],
+        [*_INNER_PYTEST, "test_inner.py"],
         cwd=tmp_path,
         env={**os.environ, "PIDS_FILE": str(pids_file)},
         stdout=subprocess.PIPE,
