@@ -161,7 +161,10 @@ def test_kill_faults_at_once_and_drops_what_waits(mode: Mode) -> None:
     subscriber.gate = Event()
     subscriber.start()
     feed(subscriber, [[1]], end=False)
-    wait_until(lambda: subscriber.statistics().events_received == 1, "the first batch is in")
+    # The consumer holds the first batch (stopped at the gate) before the next two come:
+    # waiting only for the listener to have it let a slow consumer thread (parallel mode,
+    # under coverage) take all three batches at once, and two never waited.
+    wait_until(lambda: subscriber.entered == [[1]], "the first batch is being consumed")
     feed(subscriber, [[2], [3]], end=False)
     wait_until(lambda: subscriber.statistics().queue_depth == 2, "two batches wait")
     subscriber.kill()
