@@ -44,7 +44,6 @@ from tango import (
     DevFailed,
     DevState,
     ErrSeverity,
-    EventType,
     GreenMode,
     LatestDeviceImpl,
     SerialModel,
@@ -54,16 +53,15 @@ from tango.server import Device, attribute, command, device_property
 
 from nexus_writer.lease import DEFAULT_TTL
 from nexus_writer.nexus.options import Compression, WriterOptions
-from nexus_writer.nexus.readings import NO_VALUE, Reading
+from nexus_writer.nexus.readings import Reading
 from nexus_writer.protocol import DEFAULT_PREFIX
 from nexus_writer.redis_client import connect
 from nexus_writer.scan_writer import NexusScanWriter
 from nexus_writer.service import Role, ServiceStatistics, WriterService
 from nexus_writer.session_writer import ScanEvent
 from nexus_writer.subscriber import State
-from nexus_writer.tango.callback_scheduler import CallbackScheduler
 from nexus_writer.tango.event_pusher import EventPusher, Shown
-from nexus_writer.tango.subscription import Subscription
+from nexus_writer.tango.followed_attributes import FollowedAttributes
 from sync_primitives import Queue
 
 _log = logging.getLogger(__name__)
@@ -248,8 +246,6 @@ class NexusWriter(Device):
         self._running_scans: dict[str, ScanEvent] = {}
         self._look_now = gevent.event.Event()  # a scan started or ended: show it at once
         self._shown: Shown | None = None  # the state and status computed last
-        # Subscribes to the attributes property, then shuts that scheduler down at Init.
-        self._follower: gevent.Greenlet | None = getattr(self, "_follower", None)
         if getattr(self, "_events", None) is None:  # one for the device's life, Init or not
             self._events = EventPusher(self, lambda: self._shown)
         else:  # Init: the lists start empty, and say so
@@ -258,7 +254,8 @@ class NexusWriter(Device):
         self._recent_scans: deque[ScanEvent] = deque(maxlen=RECENT_SCANS)
         for name in ("State", "Status", "scans_running", "recent_scans"):
             self.set_change_event(name, True, False)
-        self._follow_attributes()
+        names = [str(n).strip() for n in self.attributes or [] if str(n).strip()]
+        self._followed = FollowedAttributes(self.get_name(), names)
         self._start_service()
         self._watcher = gevent.spawn(self._watch)
         self._relay = gevent.spawn(self._relay_scans)
@@ -266,19 +263,15 @@ class NexusWriter(Device):
     def delete_device(self) -> None:
         self._watcher.kill()
         self._relay.kill()
-        if self._scheduler is not None:
-            # Not waited for: Init holds this device's monitor, and Tango's unsubscription
-            # can wait for a subscription's first read of a device of this server (this
-            # one, or another NexusWriter), which waits for that monitor. The next
-            # subscriptions wait for it instead (_after).
-            self._follower = gevent.spawn(self._after, self._follower, self._scheduler.shutdown)
+        shutting_down = Util.instance().is_svr_shutting_down()
+        self._followed.retire(final=shutting_down)  # the next Init takes its subscriptions over
         self._stop_service()
         if self._runner is not None:
             self._runner.join()  # the service closes its scans (bounded: STOP_TIMEOUT)
             self._runner = None
         while self._scan_events.qsize():  # the ends of the scans it closed, the relay's
             self._show_scan(self._scan_events.get_nowait())  # no more: shown, pushed
-        if Util.instance().is_svr_shutting_down() and not self._events.close(LAST_EVENTS):
+        if shutting_down and not self._events.close(LAST_EVENTS):
             _log.warning("%s: events given before the shutdown were not all pushed", self)
         if self._client is not None:
             self._client.close()
@@ -304,7 +297,7 @@ class NexusWriter(Device):
                 since="0-0",
                 lease_ttl=lease_ttl,
                 on_scan=self._scan_events.put,
-                readings=self._take_readings if self._readings else None,
+                readings=self._take_readings if self._followed else None,
                 name=f"device {self.get_name()}",
             )
         except (ConfigurationError, ValueError) as exc:
@@ -317,77 +310,10 @@ class NexusWriter(Device):
         self._problem = None
         self._runner = gevent.spawn(self._service.run)
 
-    def _follow_attributes(self) -> None:
-        """Subscribe to the ``attributes`` property's change events, through a scheduler
-        whose callbacks run in this hub: a missing or failing device costs its reading,
-        never a scan (it is stored with quality NO_VALUE and the error)."""
-        self._readings: dict[str, Reading] = {}
-        self._subscriptions: dict[str, Subscription] = {}
-        self._scheduler: CallbackScheduler | None = None
-        names = [str(n).strip() for n in self.attributes or [] if str(n).strip()]
-        if not names:
-            return
-        scheduler = self._scheduler = CallbackScheduler(in_hub=True)
-        wanted = {}
-        for name in names:
-            device, _, attribute_name = name.rpartition("/")
-            self._readings[name] = Reading(None, NO_VALUE, None, "no event received yet")
-            if not device:
-                self._readings[name] = Reading(None, NO_VALUE, None, "not device/attribute")
-                continue
-            wanted[name] = (device, attribute_name)
-        self._follower = gevent.spawn(
-            self._after, self._follower, self._subscribe, scheduler, wanted
-        )
-
-    @staticmethod
-    def _after(previous: gevent.Greenlet | None, fn: Any, *args: Any) -> None:
-        """``fn(*args)`` once ``previous`` has ended: the subscriptions and shutdowns of
-        the attributes property's schedulers, across Inits, one after the other (Tango's
-        unsubscriptions and subscriptions of one event channel at once in one process fail
-        for good: API_ZmqFailed, 'Invalid argument')."""
-        if previous is not None:
-            previous.join()
-        fn(*args)
-
-    def _subscribe(self, scheduler: CallbackScheduler, wanted: dict[str, tuple[str, str]]) -> None:
-        for name, (device, attribute_name) in wanted.items():
-            self._subscriptions[name] = scheduler.subscribe(
-                device, attribute_name, EventType.CHANGE_EVENT, self._on_reading, name
-            )
-
-    def _on_reading(self, event: Any, name: str) -> None:
-        """A change event of one of the ``attributes`` (in this hub; from the scheduler
-        of before an Init too, until it has shut down: only the names still followed)."""
-        if name not in self._readings:
-            return
-        if event.err:
-            first = event.errors[0]
-            why = f"{first.reason}: {str(first.desc).strip()}"
-            self._readings[name] = Reading(None, NO_VALUE, None, why)
-            return
-        value = event.attr_value
-        quality = str(value.quality).rsplit(".", 1)[-1].removeprefix("ATTR_")
-        reading = value.value
-        if isinstance(reading, DevState):  # a State attribute: stored by name ("ON")
-            reading = str(reading)
-        self._readings[name] = Reading(reading, quality, value.time.totime())
-
     def _take_readings(self) -> dict[str, dict[str, Reading]]:
         """The readings as they are now (called from the scans' consumer thread: a copy,
         made under the GIL, of a dict only this hub changes)."""
-        return {"tango": self._current_readings()}
-
-    def _current_readings(self) -> dict[str, Reading]:
-        """The readings, with the subscription's error for those that never had an event
-        (a device not defined, not running, a name Tango refuses...)."""
-        readings = dict(self._readings)
-        for name, subscription in list(self._subscriptions.items()):
-            error, current = subscription.error, readings.get(name)  # (Init may run now)
-            never_read = current is not None and current.value is None and current.time is None
-            if error is not None and never_read:
-                readings[name] = Reading(None, NO_VALUE, None, f"not subscribed: {error}")
-        return readings
+        return {"tango": self._followed.readings()}
 
     def _stop_service(self) -> None:
         """Ask the service to stop; it closes its scans in its own greenlet."""
@@ -549,7 +475,7 @@ class NexusWriter(Device):
 
     @snapshot(dtype=str, doc="JSON: the attributes property's latest readings, by name")
     def readings(self) -> str:
-        readings = self._current_readings()
+        readings = self._followed.readings()
         return json.dumps({name: asdict(r) for name, r in readings.items()}, default=repr)
 
     # The writer's figures, as numbers that Tango clients can plot and archive (INVALID
