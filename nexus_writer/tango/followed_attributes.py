@@ -3,58 +3,65 @@ change events, and the hand-over of its subscriptions from one life of the devic
 ``Init``, a ``DevRestart``) to the next.
 
 .. important::
-   Made, retired and handed over in the device server's hub, like the device's life
-   cycle; its callbacks run in that hub too (its CallbackScheduler has ``in_hub=True``),
-   and its subscriptions are made and ended in the scheduler's subscriber threads.
-   :meth:`FollowedAttributes.readings` may be called from any thread.
+   Made, started, retired and handed over in the device server's hub, like the device's
+   life cycle; its callbacks run in that hub too (its CallbackScheduler has
+   ``in_hub=True``), and its subscriptions are made and ended in the scheduler's
+   subscriber threads. :meth:`FollowedAttributes.readings` may be called from any thread.
+
+Not before the server is up
+---------------------------
+A life starts subscribing (:meth:`FollowedAttributes.start`) once its server has finished
+starting (after a start, or a ``RestartServer``), not in ``init_device``: subscribing to an
+attribute of a device of the same server while the server was still starting failed,
+about one start in two of a server whose two NexusWriters follow each other's State (and
+their own), either until Tango's next try
+(``API_DeviceNotExported``) or for good (``API_ZmqFailed: Failed to create connection to
+event! ... ZMQ message: Invalid argument``: libzmq refusing the endpoint it was given;
+``test_two_writers_of_one_server_follow_each_others_state_from_its_start``).
 
 Make before break
 -----------------
 cppTango keeps one ZMQ connection per device server that a process receives events from,
 shared by every subscription to that server's devices, and closes it when the last of
-them ends; the next subscription connects again. An ``Init`` that ended its subscriptions
-and then made them again, right away, did that for every server it follows. When one of
-them is the device's own server (the device follows its own State, or an attribute of
-another NexusWriter of the server), three ``Init`` in a row left, in a few runs of the
-Tango tests in ten on a loaded 2-core machine, subscriptions that delivered nothing but
-error events (``API_ZmqFailed: Failed to create connection to event! ... ZMQ message:
-Invalid argument``: libzmq refusing the endpoint it was given) for good, even with each
-ending waited for before the next making.
+them ends; the next subscription connects again. So a device's new life makes its
+subscriptions first, while those of the lives before it still hold the connections, and
+ends those only once its own have been tried (made, refused, or waiting for a device not
+defined yet; :data:`HANDOVER_WAIT` seconds at most). A process that already receives an
+event adds the new callback to it without touching ZMQ: an attribute followed before and
+after an ``Init`` never loses its connection, and gets its first event as a new
+subscription does.
 
-So a device's new life makes its subscriptions first, while those of its old life still
-hold the connections, and ends the old ones only once the new ones are made (or failed,
-or :data:`HANDOVER_WAIT` has passed). A process that already receives an event adds the
-new callback to it without touching ZMQ: an attribute followed before and after an
-``Init`` never loses its connection, and gets its first event as a new subscription does.
-The hand-overs of one device name run one after the other, across ``Init`` and restarts
-(:data:`_retired`, keyed by the device's name). A device deleted without coming back
-(``RestartServer`` after the device was removed from the database) has its subscriptions
-ended after :data:`UNCLAIMED`; at the server's shutdown they are ended at once.
+The lives of one device name are handed over by one greenlet at a time, the newest first:
+a life started while another was being tried supersedes it without waiting, and one
+superseded before its turn never subscribes, so ``Init`` after ``Init`` costs no more than
+one. A device deleted without coming back (``RestartServer`` after the device left the
+database) has its subscriptions ended after :data:`UNCLAIMED`; at the server's shutdown
+they are ended at once.
 
-Each new life reads only its own subscriptions' events: a late event of the old life,
-queued in the old scheduler, cannot overwrite a newer reading.
+Each life reads only its own subscriptions' events: a late event of an older life, queued
+in its scheduler, cannot overwrite a newer reading.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
+import gevent.event
 from tango import DevState, EventType
 
 from nexus_writer.nexus.readings import NO_VALUE, Reading
 
 from .callback_scheduler import CallbackScheduler
-from .subscription import Subscription, SubscriptionError
+from .subscription import Subscription
 
 _log = logging.getLogger(__name__)
 
-#: Seconds a new life waits for its subscriptions to be made before it ends the old
-#: life's anyway (a device that does not answer: Tango's 3 s timeout, a few times over).
+#: Seconds a new life waits for its subscriptions to be tried before it ends the older
+#: lives' anyway (a device that does not answer: Tango's 3 s timeout, a few times over).
 HANDOVER_WAIT = 10.0
 #: Seconds a retired life waits for the device's next life before ending its subscriptions.
 UNCLAIMED = 60.0
@@ -63,29 +70,64 @@ SHUTDOWN_TIMEOUT = 10.0
 
 
 @dataclass
-class _Retired:
-    """A device's life that ended, waiting for its next: the greenlet that was handing
-    over to it (joined first) and its scheduler, still subscribed."""
+class _Lives:
+    """The lives of one device name in this process, and the greenlet handing over."""
 
-    handover: gevent.Greenlet | None
-    scheduler: CallbackScheduler | None
+    #: started, not subscribing yet: the next to take over
+    newest: FollowedAttributes | None = None
+    #: the schedulers of the lives that subscribed, oldest first, the current one last
+    held: list[CallbackScheduler] = field(default_factory=list)
+    handing_over: gevent.Greenlet | None = None
+    arrived: gevent.event.Event = field(default_factory=gevent.event.Event)  #: a newest
+    closing: bool = False
     expiry: gevent.Greenlet | None = None
 
 
-#: Retired lives by device name (lower case); only the server's hub uses it.
-_retired: dict[str, _Retired] = {}
+#: By device name (lower case); only the server's hub uses it.
+_lives: dict[str, _Lives] = {}
 
 
-def _shut_down(scheduler: CallbackScheduler | None, after: gevent.Greenlet | None) -> None:
-    """End ``scheduler``'s subscriptions once ``after`` has ended (a greenlet's body)."""
-    if after is not None:
-        after.join()
-    if scheduler is None:
-        return
+def _shut_down(scheduler: CallbackScheduler) -> None:
     try:
         scheduler.shutdown(SHUTDOWN_TIMEOUT)
     except TimeoutError as exc:  # it goes on ending in its threads
         _log.warning("ending the subscriptions of a previous Init: %s", exc)
+
+
+def _hand_over(lives: _Lives) -> None:
+    """Make the newest life's subscriptions, then end the older lives' (a greenlet; one per
+    device name at a time)."""
+    while lives.newest is not None and not lives.closing:
+        life, lives.newest = lives.newest, None
+        lives.arrived.clear()
+        tried = life._subscribe()
+        if life._scheduler is not None:
+            lives.held.append(life._scheduler)
+        if tried is not None:
+            gevent.wait([tried, lives.arrived], count=1, timeout=HANDOVER_WAIT)
+        if lives.arrived.is_set():  # a newer life, or the end of them all
+            continue  # the newer life ends this one once its own are tried
+        current = [life._scheduler] if life._scheduler is not None else []
+        older, lives.held = lives.held[: len(lives.held) - len(current)], current
+        for scheduler in older:
+            _shut_down(scheduler)
+
+
+def _close(lives: _Lives) -> None:
+    """End every subscription of a device name (a greenlet)."""
+    lives.closing = True
+    lives.arrived.set()
+    if lives.handing_over is not None:
+        lives.handing_over.join()
+    held, lives.held = lives.held, []
+    for scheduler in held:
+        _shut_down(scheduler)
+
+
+def _expire(key: str) -> None:
+    lives = _lives.pop(key, None)  # at once: a life started from now on starts afresh
+    if lives is not None:
+        gevent.spawn(_close, lives)
 
 
 class FollowedAttributes:
@@ -109,13 +151,8 @@ class FollowedAttributes:
                 continue
             self._readings[name] = Reading(None, NO_VALUE, None, "no event received yet")
             self._wanted[name] = (device_name, attribute_name)
-        self._scheduler = CallbackScheduler(in_hub=True) if self._wanted else None
-        previous = _retired.pop(device.lower(), None)
-        if previous is not None and previous.expiry is not None:
-            previous.expiry.kill()
-        self._handover: gevent.Greenlet | None = None
-        if self._scheduler is not None or previous is not None:
-            self._handover = gevent.spawn(self._take_over, previous)
+        self._scheduler: CallbackScheduler | None = None  #: made by its turn to subscribe
+        self._started = False
 
     def __bool__(self) -> bool:
         """Whether the property names any attribute."""
@@ -136,42 +173,58 @@ class FollowedAttributes:
 
     # -- the hub --------------------------------------------------------------------------
 
+    def start(self) -> None:
+        """Follow the attributes from now on: this life takes over from the device's
+        previous one (if any), in the background. Call it once the server has finished
+        starting (the device does, once ``Util.is_svr_starting()`` is false); a second call
+        does nothing."""
+        if self._started:
+            return
+        self._started = True
+        lives = _lives.setdefault(self.device.lower(), _Lives())
+        if lives.expiry is not None:
+            lives.expiry.kill()
+            lives.expiry = None
+        lives.newest = self
+        lives.arrived.set()
+        if lives.handing_over is None or lives.handing_over.dead:
+            lives.handing_over = gevent.spawn(_hand_over, lives)
+
     def retire(self, *, final: bool = False) -> None:
         """This life of the device ends (``delete_device``); returns at once. Its
-        subscriptions go on until the device's next life has made its own, or
+        subscriptions go on until the device's next life has tried its own, or for
         :data:`UNCLAIMED` seconds; ``final`` (the server shuts down): they end now.
         Not waited for: ``Init`` holds the device's monitor, and an unsubscription can
         wait for a first read of a device of this server, which waits for that monitor."""
         key = self.device.lower()
-        if final:
-            gevent.spawn(_shut_down, self._scheduler, self._handover)
+        lives = _lives.get(key)
+        if lives is None:
             return
-        retired = _retired[key] = _Retired(self._handover, self._scheduler)
-        retired.expiry = gevent.spawn_later(UNCLAIMED, self._expire, key, retired)
+        if final:
+            del _lives[key]
+            if lives.expiry is not None:
+                lives.expiry.kill()
+            gevent.spawn(_close, lives)
+        elif lives.expiry is None:
+            lives.expiry = gevent.spawn_later(UNCLAIMED, _expire, key)
+
+    def _subscribe(self) -> gevent.Greenlet | None:
+        """Subscribe (this life's turn, in the hand-over greenlet); a greenlet that ends once
+        every subscription has been tried, or None without any."""
+        if not self._wanted:
+            return None
+        scheduler = self._scheduler = CallbackScheduler(in_hub=True)
+        for name, (device, attribute) in self._wanted.items():
+            self._subscriptions[name] = scheduler.subscribe(
+                device, attribute, EventType.CHANGE_EVENT, self._on_event, name
+            )
+        return gevent.spawn(self._wait_tried, list(self._subscriptions.values()))
 
     @staticmethod
-    def _expire(key: str, retired: _Retired) -> None:
-        if _retired.get(key) is retired:
-            del _retired[key]
-            _shut_down(retired.scheduler, retired.handover)
-
-    def _take_over(self, previous: _Retired | None) -> None:
-        """Make this life's subscriptions, then end the previous life's (a greenlet)."""
-        if previous is not None and previous.handover is not None:
-            previous.handover.join()
-        if self._scheduler is not None:
-            for name, (device, attribute) in self._wanted.items():
-                self._subscriptions[name] = self._scheduler.subscribe(
-                    device, attribute, EventType.CHANGE_EVENT, self._on_event, name
-                )
-            deadline = time.monotonic() + HANDOVER_WAIT
-            for subscription in self._subscriptions.values():
-                # A subscription not made in time, or refused: its reading says why, and
-                # it goes on trying if it can.
-                with contextlib.suppress(TimeoutError, SubscriptionError):
-                    subscription.wait(max(0.0, deadline - time.monotonic()))
-        if previous is not None:
-            _shut_down(previous.scheduler, None)
+    def _wait_tried(subscriptions: list[Subscription]) -> None:
+        deadline = time.monotonic() + HANDOVER_WAIT
+        for subscription in subscriptions:
+            subscription.wait_attempted(max(0.0, deadline - time.monotonic()))
 
     def _on_event(self, event: Any, name: str) -> None:
         """A change event of attribute ``name`` (in the hub, from this life's scheduler)."""

@@ -70,6 +70,8 @@ _log = logging.getLogger(__name__)
 WATCH_PERIOD = 0.1
 #: Finished scans kept for recent_scans, scan_state and scan_url.
 RECENT_SCANS = 100
+#: Seconds between two looks at whether the server has finished starting.
+SERVER_UP_POLL = 0.1
 #: Seconds the server's shutdown waits for the events given before it to be pushed.
 LAST_EVENTS = 2.0
 
@@ -256,6 +258,7 @@ class NexusWriter(Device):
             self.set_change_event(name, True, False)
         names = [str(n).strip() for n in self.attributes or [] if str(n).strip()]
         self._followed = FollowedAttributes(self.get_name(), names)
+        self._follower = gevent.spawn(self._follow_once_up, self._followed)
         self._start_service()
         self._watcher = gevent.spawn(self._watch)
         self._relay = gevent.spawn(self._relay_scans)
@@ -263,6 +266,7 @@ class NexusWriter(Device):
     def delete_device(self) -> None:
         self._watcher.kill()
         self._relay.kill()
+        self._follower.kill()
         shutting_down = Util.instance().is_svr_shutting_down()
         self._followed.retire(final=shutting_down)  # the next Init takes its subscriptions over
         self._stop_service()
@@ -276,6 +280,16 @@ class NexusWriter(Device):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    @staticmethod
+    def _follow_once_up(followed: FollowedAttributes) -> None:
+        """Start following the attributes once the server is up: subscribing to a device of
+        this server while it starts (or restarts: RestartServer) can fail for good
+        (followed_attributes.py). Tango gives no event for the end of a RestartServer
+        (server_init_hook is called after a start only), so look every SERVER_UP_POLL."""
+        while Util.instance().is_svr_starting():
+            gevent.sleep(SERVER_UP_POLL)
+        followed.start()
 
     def _start_service(self) -> None:
         try:

@@ -124,6 +124,7 @@ class Subscription:
         self._proxy: tango.DeviceProxy | None = None
         self._event_id: int | None = None
         self._settled = Event()  #: set when no longer PENDING
+        self._attempted = Event()  #: set when the first attempt has returned, or at end()
         self._ended = Event()  #: set by end(): stops the retries
 
     # -- any thread ---------------------------------------------------------------------
@@ -153,6 +154,12 @@ class Subscription:
                 f"subscription to {self.stream} {self._state.value}"
                 + (f": {self._error}" if self._error else "")
             )
+
+    def wait_attempted(self, timeout: float | None = None) -> bool:
+        """Wait until the first attempt to subscribe has returned: the subscription made,
+        failed or ended, or its device not defined yet (tried again every ``retry_period``
+        from then on). True if it has, False after ``timeout`` seconds."""
+        return self._attempted.wait(timeout)
 
     def statistics(self) -> SubscriptionStatistics:
         return SubscriptionStatistics(
@@ -194,6 +201,7 @@ class Subscription:
                 )
             except tango.DevFailed as error:
                 self._error = describe(error)
+                self._attempted.set()
                 if not is_not_defined(error):
                     self._settle(SubscriptionState.FAILED)
                     _log.error("subscription to %s failed: %s", self.stream, self._error)
@@ -238,3 +246,4 @@ class Subscription:
         if self._state in (SubscriptionState.PENDING, SubscriptionState.SUBSCRIBED):
             self._state = state
         self._settled.set()
+        self._attempted.set()

@@ -12,12 +12,14 @@ import tango
 
 from nexus_writer.tango import SubscriptionState
 from nexus_writer.tango import followed_attributes as module
+from nexus_writer.tango.callback_scheduler import CallbackScheduler
 from nexus_writer.tango.embedded import DeviceServer
 from nexus_writer.tango.followed_attributes import FollowedAttributes
 from tests.conftest import wait_until
 from tests.tango.test_subscriptions import SUBSCRIBED, our_callbacks
 
 MODE = "test/hw/1/mode"  # pushed on change only: quiet unless a Scan runs
+NOBODY = "test/nobody/1/current"  # a device not defined
 _names = itertools.count(1)
 
 
@@ -26,9 +28,9 @@ def device(hw_server: DeviceServer) -> Iterator[str]:
     """A device name of its own (the hand-overs are kept by name, for the process)."""
     name = f"test/follower/{next(_names)}"
     yield name
-    retired = module._retired.pop(name, None)
-    if retired is not None:  # what the test left: ended now
-        module._shut_down(retired.scheduler, retired.handover)
+    lives = module._lives.pop(name, None)
+    if lives is not None:  # what the test left: ended now
+        module._close(lives)
     wait_until(lambda: callbacks_on(MODE) == 0, "the test's subscriptions ended", SUBSCRIBED)
 
 
@@ -36,6 +38,12 @@ def callbacks_on(attribute: str) -> int:
     """Tango's count of this process's callbacks on ``attribute``'s change events."""
     suffix = f"/{attribute}.idl5_change"
     return sum(e["callback_count"] for n, e in our_callbacks().items() if n.endswith(suffix))
+
+
+def started(device: str, names: list[str]) -> FollowedAttributes:
+    life = FollowedAttributes(device, names)
+    life.start()
+    return life
 
 
 def read(followed: FollowedAttributes, name: str) -> object:
@@ -52,17 +60,34 @@ def follows_a_scan(followed: FollowedAttributes) -> None:
     )
 
 
+def states(life: FollowedAttributes) -> list[SubscriptionState]:
+    return [subscription.state for subscription in life._subscriptions.values()]
+
+
 def test_readings_start_with_why_they_are_empty_then_follow_the_events(device: str) -> None:
-    followed = FollowedAttributes(device, [MODE, "nodevice", "test/nobody/1/current"])
+    followed = FollowedAttributes(device, [MODE, "nodevice", NOBODY])
+    assert followed.readings()[MODE].error == "no event received yet"
+    assert followed.readings()["nodevice"].error == "not device/attribute"
+    followed.start()
+    followed.start()  # once only
     try:
-        assert followed.readings()["nodevice"].error == "not device/attribute"
-        wait_until(lambda: read(followed, MODE) == "IDLE", "the mode read", SUBSCRIBED)
+        wait_until(lambda: read(followed, MODE) is not None, "the mode read", SUBSCRIBED)
+        assert callbacks_on(MODE) == 1
         follows_a_scan(followed)
-        missing = followed.readings()["test/nobody/1/current"]
+        missing = followed.readings()[NOBODY]
         assert missing.quality == "NO_VALUE" and missing.value is None
         assert "not subscribed: DB_DeviceNotDefined" in str(missing.error)
     finally:
         followed.retire(final=True)
+
+
+def test_a_life_not_started_subscribes_to_nothing(device: str) -> None:
+    """Until the server has finished starting, a device's life waits (start())."""
+    followed = FollowedAttributes(device, [MODE])
+    assert device not in module._lives  # nothing to do: no greenlet, no scheduler
+    assert followed._subscriptions == {} and followed._scheduler is None
+    followed.retire()  # nothing to hand over
+    assert device not in module._lives
 
 
 def test_a_new_life_subscribes_before_the_old_one_unsubscribes(
@@ -73,17 +98,16 @@ def test_a_new_life_subscribes_before_the_old_one_unsubscribes(
     seen_at_shutdown: list[tuple[list[SubscriptionState], int]] = []
     shut_down = module._shut_down
 
-    def watched(scheduler: object, after: object) -> None:
-        states = [s.state for s in new._subscriptions.values()]
-        seen_at_shutdown.append((states, callbacks_on(MODE)))
-        shut_down(scheduler, after)  # type: ignore[arg-type]
+    def watched(scheduler: CallbackScheduler) -> None:
+        seen_at_shutdown.append((states(new), callbacks_on(MODE)))
+        shut_down(scheduler)
 
-    old = FollowedAttributes(device, [MODE])
+    old = started(device, [MODE])
     wait_until(lambda: read(old, MODE) is not None, "the old life's first reading", SUBSCRIBED)
     assert callbacks_on(MODE) == 1
     monkeypatch.setattr(module, "_shut_down", watched)
     old.retire()
-    new = FollowedAttributes(device, [MODE])
+    new = started(device, [MODE])
     try:
         wait_until(lambda: bool(seen_at_shutdown), "the old life ended", SUBSCRIBED)
         assert seen_at_shutdown == [([SubscriptionState.SUBSCRIBED], 2)]
@@ -95,14 +119,37 @@ def test_a_new_life_subscribes_before_the_old_one_unsubscribes(
     wait_until(lambda: callbacks_on(MODE) == 0, "every callback ended", SUBSCRIBED)
 
 
+def test_a_device_not_defined_does_not_hold_the_hand_over(
+    device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subscription waiting for its device to be defined has been tried: the old life
+    ends at once, not after HANDOVER_WAIT (each Init in a row cost 10 s more)."""
+    monkeypatch.setattr(module, "HANDOVER_WAIT", 600.0)
+    lives = [started(device, [MODE, NOBODY])]
+    wait_until(lambda: read(lives[0], MODE) is not None, "the first life's reading", SUBSCRIBED)
+    for _ in range(3):
+        lives[-1].retire()
+        lives.append(started(device, [MODE, NOBODY]))
+        wait_until(
+            lambda: (
+                states(lives[-1])[:1] == [SubscriptionState.SUBSCRIBED] and callbacks_on(MODE) == 1
+            ),
+            "the new life subscribed, the old one ended",
+            SUBSCRIBED,
+        )
+        assert states(lives[-1])[1] == SubscriptionState.PENDING  # still trying NOBODY
+    follows_a_scan(lives[-1])
+    lives[-1].retire(final=True)
+
+
 def test_a_new_life_without_attributes_ends_the_old_subscriptions(device: str) -> None:
-    old = FollowedAttributes(device, [MODE])
+    old = started(device, [MODE])
     wait_until(lambda: callbacks_on(MODE) == 1, "subscribed", SUBSCRIBED)
     old.retire()
-    new = FollowedAttributes(device, [])
+    new = started(device, [])
     assert not new and new.readings() == {}
     wait_until(lambda: callbacks_on(MODE) == 0, "the old subscription ended", SUBSCRIBED)
-    assert device not in module._retired
+    assert module._lives[device].held == []
 
 
 def test_a_life_not_followed_by_another_ends_its_subscriptions_after_a_while(
@@ -111,39 +158,35 @@ def test_a_life_not_followed_by_another_ends_its_subscriptions_after_a_while(
     """A device deleted for good (RestartServer after it left the database) does not keep
     its subscriptions for the rest of the process."""
     monkeypatch.setattr(module, "UNCLAIMED", 0.2)
-    old = FollowedAttributes(device, [MODE])
+    old = started(device, [MODE])
     wait_until(lambda: callbacks_on(MODE) == 1, "subscribed", SUBSCRIBED)
     old.retire()
     assert callbacks_on(MODE) == 1  # kept for the next life
     wait_until(lambda: callbacks_on(MODE) == 0, "ended, unclaimed", SUBSCRIBED)
-    assert device not in module._retired
+    assert device not in module._lives
 
 
 def test_the_server_shutdown_ends_the_subscriptions_at_once(device: str) -> None:
-    old = FollowedAttributes(device, [MODE])
+    old = started(device, [MODE])
     wait_until(lambda: callbacks_on(MODE) == 1, "subscribed", SUBSCRIBED)
     old.retire(final=True)
+    assert device not in module._lives
     wait_until(lambda: callbacks_on(MODE) == 0, "ended", SUBSCRIBED)
-    assert device not in module._retired
 
 
-def test_three_lives_in_a_row_hand_over_one_after_the_other(device: str) -> None:
-    """Inits in a row: each life waits for the hand-over to the one before it."""
-    lives = [FollowedAttributes(device, [MODE])]
+def test_lives_superseded_before_their_turn_never_subscribe(device: str) -> None:
+    """Inits in a row, faster than the hand-over: only the newest life subscribes."""
+    lives = [started(device, [MODE])]
     for _ in range(2):
         lives[-1].retire()
-        lives.append(FollowedAttributes(device, [MODE]))
+        lives.append(started(device, [MODE]))
     try:
         wait_until(
-            lambda: (
-                [s.state for life in lives for s in life._subscriptions.values()]
-                == [SubscriptionState.ENDED, SubscriptionState.ENDED, SubscriptionState.SUBSCRIBED]
-                and callbacks_on(MODE) == 1  # (a subscription is ENDED before Tango ends it)
-            ),
-            "each life subscribed, and all but the last unsubscribed",
+            lambda: states(lives[-1]) == [SubscriptionState.SUBSCRIBED] and callbacks_on(MODE) == 1,
+            "the last life subscribed",
             SUBSCRIBED,
         )
+        assert [life._subscriptions for life in lives[:-1]] == [{}, {}]
         follows_a_scan(lives[-1])
     finally:
         lives[-1].retire(final=True)
-    wait_until(lambda: callbacks_on(MODE) == 0, "ended", SUBSCRIBED)

@@ -65,7 +65,7 @@ def test_events_reach_callbacks_in_a_worker_thread(scheduler: CallbackScheduler)
 
     subscription = scheduler.subscribe(HW_DEVICES[0], "position", CHANGE, record, "tagged")
     subscription.wait(SUBSCRIBED)
-    assert subscription.state is SubscriptionState.SUBSCRIBED
+    assert subscription.state is SubscriptionState.SUBSCRIBED and subscription.wait_attempted(0)
     wait_until(lambda: len(values) >= 10, "ten position events")
     assert values == sorted(values)  # in order
     assert threading.get_ident() not in threads
@@ -98,6 +98,8 @@ def test_a_device_not_yet_defined_is_subscribed_once_it_is(
 ) -> None:
     values: list[Any] = []
     late = scheduler.subscribe("test/late/1", "position", CHANGE, values.append)
+    assert late.wait_attempted(SUBSCRIBED)  # the first attempt returned: not defined
+    assert late.state is SubscriptionState.PENDING
     wait_until(lambda: late.statistics().attempts >= 2, "two attempts")
     assert late.state is SubscriptionState.PENDING
     assert late.error is not None and "DB_DeviceNotDefined" in late.error
@@ -162,6 +164,7 @@ def test_a_refused_subscription_fails_and_says_why(scheduler: CallbackScheduler)
     assert bad.state is SubscriptionState.FAILED
     assert bad.error
     assert bad.statistics().attempts == 1  # not retried: only undefined devices are
+    assert bad.wait_attempted(0)
 
 
 def test_streams_given_one_queue_share_it(scheduler: CallbackScheduler) -> None:
