@@ -43,7 +43,7 @@ import tango
 from gevent import getcurrent
 from gevent.monkey import get_original
 
-from sync_primitives import AsyncResult, Launcher, Lock, Queue, Thread
+from sync_primitives import AsyncResult, ClosedError, Launcher, Lock, Queue, Thread
 
 from .subscription import (
     Subscription,
@@ -373,7 +373,10 @@ class CallbackScheduler:
             own = self._worker_greenlets.get(getcurrent())
         for subscription, thread in subscriptions:
             subscription.end()
-            self._releases.append(thread.apply_async(subscription.release))
+            try:
+                self._releases.append(thread.apply_async(subscription.release))
+            except ClosedError:  # its thread has ended (the process is ending): let it go
+                _log.info("%s: its subscriber thread has ended", subscription)
         for _ in self._worker_ended:  # a token for each worker that may be waiting
             self._tokens.put(None)
         for release in self._releases:

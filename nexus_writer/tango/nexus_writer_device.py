@@ -61,6 +61,7 @@ from nexus_writer.service import Role, ServiceStatistics, WriterService
 from nexus_writer.session_writer import ScanEvent
 from nexus_writer.subscriber import State
 from nexus_writer.tango.event_pusher import EventPusher, Shown
+from nexus_writer.tango.exit_watchdog import WATCHDOG
 from nexus_writer.tango.followed_attributes import FollowedAttributes
 from sync_primitives import Queue
 
@@ -264,10 +265,21 @@ class NexusWriter(Device):
         self._relay = gevent.spawn(self._relay_scans)
 
     def delete_device(self) -> None:
+        shutting_down = Util.instance().is_svr_shutting_down()
+        if not shutting_down:
+            self._stop()
+            return
+        WATCHDOG.stopping()  # the process ends even if Tango's cleanup does not
+        try:
+            self._stop(shutting_down=True)
+        finally:
+            WATCHDOG.stopped()
+
+    def _stop(self, shutting_down: bool = False) -> None:
+        """delete_device: an Init or a restart of the device, or the server's shutdown."""
         self._watcher.kill()
         self._relay.kill()
         self._follower.kill()
-        shutting_down = Util.instance().is_svr_shutting_down()
         self._followed.retire(final=shutting_down)  # the next Init takes its subscriptions over
         self._stop_service()
         if self._runner is not None:

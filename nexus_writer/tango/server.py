@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import traceback
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 import tango
 from tango.server import run
 
+from nexus_writer.tango.exit_watchdog import EXIT_GRACE, WATCHDOG
 from nexus_writer.tango.nexus_writer_device import NexusWriter
 
 _log = logging.getLogger(__name__)
@@ -36,7 +38,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("instance", help="the server's instance name, as in the database")
     parser.add_argument("--log", default="info", metavar="LEVEL", help="default: info")
     parser.add_argument("--logfile", metavar="PATH", help="log to this file (default: stderr)")
+    parser.add_argument(
+        "--exit-grace",
+        type=_seconds,
+        default=EXIT_GRACE,
+        metavar="SECONDS",
+        help="once its devices have stopped, exit anyway if Tango's cleanup takes longer "
+        f"(default: {EXIT_GRACE:g})",
+    )
     args, tango_args = parser.parse_known_args(argv)
+    WATCHDOG.grace = args.exit_grace
     logging.basicConfig(
         level=args.log.upper(),
         filename=args.logfile,
@@ -60,6 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     _log.info("%s %s: stopped", SERVER, args.instance)
     return 0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def _failed_cleanup_after_stop(exc: Exception) -> bool:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import tango
+from gevent.monkey import get_original
 
 from sync_primitives import Event
 
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
     from .callback_scheduler import CallbackScheduler
 
 _log = logging.getLogger(__name__)
+#: Held by the subscriptions made before the process has its event consumer (a native
+#: lock: subscriber threads are OS threads, also under gevent's monkey-patching).
+_first_subscription = get_original("_thread", "allocate_lock")()
 
 
 class SubscriptionState(enum.Enum):
@@ -62,6 +66,18 @@ class SubscriptionStatistics:
     error: str | None  #: the last error, for FAILED (and PENDING while retrying)
     events: int  #: events Tango delivered to this subscription, errors included
     error_events: int  #: of which error events (``event.err``)
+
+
+def alone_while_no_consumer(subscribe: Callable[..., int], *args: Any, **kwargs: Any) -> int:
+    """``subscribe(*args, **kwargs)``, one call at a time until the process has its event
+    consumer: cppTango makes it at the process's first subscription, and two threads that
+    subscribe at once then can fail (``API_InvalidArgs: Could not find event consumer for
+    ptr``; 10 processes in 20 whose first act was 8 subscriptions at once, on this
+    machine). Once it exists, the calls run side by side."""
+    if tango.ApiUtil.instance().is_zmq_event_consumer_created():
+        return subscribe(*args, **kwargs)
+    with _first_subscription:
+        return subscribe(*args, **kwargs)
 
 
 def stream_name(device: str, attribute: str, event_type: tango.EventType) -> str:
@@ -192,7 +208,8 @@ class Subscription:
             self._attempts += 1
             try:
                 proxy = tango.DeviceProxy(self.device, green_mode=tango.GreenMode.Synchronous)
-                event_id = proxy.subscribe_event(
+                event_id = alone_while_no_consumer(
+                    proxy.subscribe_event,
                     self.attribute,
                     self.event_type,
                     self.push_event,

@@ -34,12 +34,13 @@ from nexus_writer.tango import CallbackScheduler
 from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
 from nexus_writer.tango.nexus_writer_device import NexusWriter
 from tests.conftest import in_plain_thread, wait_until
-from tests.tango.conftest import server_env
+from tests.tango.conftest import DEVICES, server_env
 
 SERVICE = Path(sys.executable).with_name("NexusWriterService")
 _writers = itertools.count(1)
 #: Launch to ON is under 2 s here; a loaded 2-core machine and first imports take longer.
 STARTED = 30.0
+LOOPBACK = ("-ORBendPoint", "giop:tcp:127.0.0.1:0")
 
 
 def define(
@@ -822,6 +823,53 @@ def test_the_service_stops_cleanly_and_says_so(
     assert process.returncode == 0, output
     assert f"NexusWriterService {instance}: stopped" in output
     assert "Exiting" not in output and "exception" not in output.lower(), output
+
+
+def test_the_service_exits_when_tango_s_cleanup_hangs(
+    tango_database: EmbeddedTangoDatabase, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """A followed device hung (its server stopped) through a few Inits: then SIGTERM, and
+    omniORB's shutdown waited for good after every device had stopped. The service exits
+    --exit-grace seconds after its last device's stop, with status 0, and says why."""
+    tango_database.add_device("rogue_devices/frozen", "HwDevice", "test/frozen/1")
+    device = "test/nexuswriter/exit"
+    followed = ["test/frozen/1/position", f"{device}/State"]
+    define(tango_database, device, "exit", redis_url=redis_server.url, attributes=followed)
+    with tango_database.start_server(
+        DEVICES, "frozen", env=server_env(POSITION_PERIOD="0.05")
+    ) as frozen:
+        process = subprocess.Popen(
+            [str(SERVICE), "test_nexuswriter_exit", "--exit-grace", "2", *LOOPBACK],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **server_env(), "TANGO_HOST": tango_database.tango_host},
+        )
+        assert frozen.pid is not None
+        try:
+            proxy = tango.DeviceProxy(device)
+            wait_until(partial(answers, proxy), f"{device} answers", STARTED, 0.05)
+            wait_for_state(proxy, tango.DevState.ON)
+            wait_until(
+                lambda: all(r["time"] for r in json.loads(proxy.readings).values()),
+                "both attributes read",
+                STARTED,
+                0.05,
+            )
+            os.kill(frozen.pid, signal.SIGSTOP)
+            try:
+                for _ in range(5):
+                    proxy.Init()
+                process.send_signal(signal.SIGTERM)
+                output = process.communicate(timeout=STARTED)[0].decode()
+            finally:
+                os.kill(frozen.pid, signal.SIGCONT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0, output
+    # Tango's cleanup hung (exiting anyway), or it ended this time (stopped).
+    assert "exiting anyway" in output or "test_nexuswriter_exit: stopped" in output, output
 
 
 def answers(proxy: tango.DeviceProxy) -> bool:

@@ -4,6 +4,9 @@ database: one named test per promise of seed 000's pitfalls 4, 5 and 6."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -218,3 +221,76 @@ def test_subscribing_from_the_hub_that_runs_the_callbacks(hw_server: DeviceServe
         assert threads == {threading.get_ident()}
     finally:
         scheduler.shutdown()
+
+
+def test_shutdown_after_the_subscriber_threads_ended_lets_their_subscriptions_go(
+    hw_server: DeviceServer,
+) -> None:
+    """At a process's exit a subscriber thread can end before a late shutdown(): that
+    shutdown ends the subscriptions all the same (it raised ClosedError)."""
+    scheduler = CallbackScheduler(subscribers=1)
+    subscription = scheduler.subscribe(HW_DEVICES[0], "position", CHANGE, lambda e: None)
+    subscription.wait(SUBSCRIBED)
+    for thread in scheduler._subscribers:
+        thread.stop(timeout=SUBSCRIBED)
+    scheduler.shutdown()
+    assert subscription.state is SubscriptionState.ENDED
+    subscription.release()  # Tango's subscription, left to the process's end: ended here
+
+
+#: A process whose first act is eight subscriptions at once, from eight threads released
+#: together, each through alone_while_no_consumer; it prints the errors.
+FIRST_ACT = textwrap.dedent(
+    """
+    import os, threading, tango
+    from nexus_writer.tango.subscription import alone_while_no_consumer
+    together = threading.Barrier(8)
+    errors = []
+
+    def subscribe(device, attribute):
+        proxy = tango.DeviceProxy(device)
+        together.wait()
+        try:
+            alone_while_no_consumer(
+                proxy.subscribe_event,
+                attribute,
+                tango.EventType.CHANGE_EVENT,
+                lambda e: None,
+                sub_mode=tango.EventSubMode.Stateless,  # Status pushes no events: no error
+            )
+        except tango.DevFailed as exc:
+            errors.append(f"{exc.args[0].reason}: {exc.args[0].desc}")
+
+    threads = [
+        threading.Thread(target=subscribe, args=(device, attribute))
+        for device in ("test/hw/1", "test/hw/2")
+        for attribute in ("position", "mode", "State", "Status")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(errors, flush=True)
+    os._exit(0)  # no unsubscription: only the subscriptions matter
+    """
+)
+
+
+def test_the_first_subscriptions_of_a_process_made_at_once_all_succeed(
+    tango_database: EmbeddedTangoDatabase, hw_server: DeviceServer
+) -> None:
+    """cppTango makes a process's event consumer at its first subscription: two at once
+    failed (API_InvalidArgs: Could not find event consumer for ptr) in about one such
+    process in two. Twelve processes: all of them would miss it once in 4000 runs."""
+    env = {**server_env(), "TANGO_HOST": tango_database.tango_host}
+    for _ in range(12):
+        child = subprocess.run(
+            [sys.executable, "-c", FIRST_ACT],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert child.returncode == 0, child.stderr
+        assert child.stdout.splitlines()[-1] == "[]", child.stdout
