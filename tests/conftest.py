@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, TypeVar
 
 import gevent
@@ -24,6 +28,24 @@ HubThreads = Callable[..., Thread]
 
 #: Generous bound for anything that should happen "at once" on a loaded 2-core machine.
 PROMPT = 5.0
+#: The source tree: on the path of the Python programs that tests run (run_python).
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(
+    program: str, timeout: float, *, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``program`` in a Python process of its own (this interpreter, our sources on its
+    path, this environment and ``env``), to its end; its status and output as text."""
+    return subprocess.run(
+        [sys.executable, "-c", program],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+    )
 
 
 def in_plain_thread(fn: Callable[..., T], *args: Any) -> Future[T]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -11,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[1]
+from tests.conftest import ROOT, run_python
+
 _MARKDOWN_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 _RST_BLOCK = re.compile(r"\.\. code-block:: python\n\n((?:    .*\n|\n)+)")
 
@@ -29,15 +29,7 @@ def _examples() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize(("name", "code"), _examples(), ids=[n for n, _ in _examples()])
 def test_example_runs(name: str, code: str) -> None:
-    run = subprocess.run(
-        [sys.executable, "-c", code],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
+    run = run_python(code, 60, cwd=ROOT)
     assert run.returncode == 0, f"{name} failed:\n{run.stdout}\n{run.stderr}"
 
 

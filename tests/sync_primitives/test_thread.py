@@ -5,8 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +20,7 @@ from sync_primitives import (
     ThreadStoppedError,
     WouldDeadlockError,
 )
-from tests.conftest import PROMPT, in_plain_thread
+from tests.conftest import PROMPT, in_plain_thread, run_python
 
 
 def test_target_runs_in_its_own_os_thread_and_get_returns_its_value() -> None:
@@ -256,16 +254,8 @@ _EXIT_PROGRAMS = {
 @pytest.mark.parametrize("case", sorted(_EXIT_PROGRAMS))
 def test_interpreter_exit_stops_threads_and_does_not_crash(case: str) -> None:
     program = "import time\nimport sync_primitives as sp\n" + _EXIT_PROGRAMS[case]
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for _ in range(10):
-        run = subprocess.run(
-            [sys.executable, "-c", program],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=dict(os.environ, PYTHONPATH=root),
-        )
+        run = run_python(program, 30)
         assert run.returncode == 0, f"exit status {run.returncode}: {run.stderr}"
         if case == "forgotten":
             assert run.stdout == "stopped at exit\n"

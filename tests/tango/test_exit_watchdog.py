@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
-from tests.tango.conftest import server_env
+from tests.conftest import run_python
 
 #: The child: one device stopped, a second one stopping for 1 s (five graces), a third
 #: line never printed: the process ends one grace after the second device's stop.
@@ -29,14 +27,7 @@ CHILD = textwrap.dedent(
 
 
 def test_the_process_ends_one_grace_after_the_last_device_stopped() -> None:
-    child = subprocess.run(
-        [sys.executable, "-c", CHILD],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=server_env(),
-    )
+    child = run_python(CHILD, 30)
     assert child.returncode == 0, child.stderr
     assert child.stdout.splitlines() == ["second device stopping"]
     assert "did not end within 0.2 s of the last device's stop: exiting anyway" in child.stderr

@@ -4,8 +4,6 @@ database: one named test per promise of seed 000's pitfalls 4, 5 and 6."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ from nexus_writer.tango import (
     stream_name,
 )
 from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
-from tests.conftest import wait_until
+from tests.conftest import run_python, wait_until
 from tests.tango.conftest import DEVICES, HW_DEVICES, server_env
 
 CHANGE = tango.EventType.CHANGE_EVENT
@@ -282,15 +280,7 @@ def test_the_first_subscriptions_of_a_process_made_at_once_all_succeed(
     """cppTango makes a process's event consumer at its first subscription: two at once
     failed (API_InvalidArgs: Could not find event consumer for ptr) in about one such
     process in two. Twelve processes: all of them would miss it once in 4000 runs."""
-    env = {**server_env(), "TANGO_HOST": tango_database.tango_host}
     for _ in range(12):
-        child = subprocess.run(
-            [sys.executable, "-c", FIRST_ACT],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
+        child = run_python(FIRST_ACT, 60, TANGO_HOST=tango_database.tango_host)
         assert child.returncode == 0, child.stderr
         assert child.stdout.splitlines()[-1] == "[]", child.stdout
