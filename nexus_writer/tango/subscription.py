@@ -44,6 +44,7 @@ _log = logging.getLogger(__name__)
 #: Held by the subscriptions made before the process has its event consumer (a native
 #: lock: subscriber threads are OS threads, also under gevent's monkey-patching).
 _first_subscription = get_original("_thread", "allocate_lock")()
+_consumer_made = False  #: a subscription of the process has succeeded
 
 
 class SubscriptionState(enum.Enum):
@@ -73,11 +74,17 @@ def alone_while_no_consumer(subscribe: Callable[..., int], *args: Any, **kwargs:
     consumer: cppTango makes it at the process's first subscription, and two threads that
     subscribe at once then can fail (``API_InvalidArgs: Could not find event consumer for
     ptr``; 10 processes in 20 whose first act was 8 subscriptions at once, on this
-    machine). Once it exists, the calls run side by side."""
-    if tango.ApiUtil.instance().is_zmq_event_consumer_created():
+    machine). Once one has succeeded, the consumer exists and the calls run side by side.
+    (Not ``ApiUtil.instance().is_zmq_event_consumer_created()``: called by subscriber
+    threads during a ``RestartServer`` of the device server they run in, it crashed the
+    process now and then.)"""
+    global _consumer_made
+    if _consumer_made:
         return subscribe(*args, **kwargs)
     with _first_subscription:
-        return subscribe(*args, **kwargs)
+        event_id = subscribe(*args, **kwargs)
+        _consumer_made = True
+        return event_id
 
 
 def stream_name(device: str, attribute: str, event_type: tango.EventType) -> str:
