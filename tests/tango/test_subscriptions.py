@@ -244,9 +244,13 @@ FIRST_ACT = textwrap.dedent(
     from nexus_writer.tango.subscription import alone_while_no_consumer
     together = threading.Barrier(8)
     errors = []
+    # Each proxy lives until os._exit: a proxy collected while subscribed frees its callback
+    # while Tango's event thread may be calling it (SIGSEGV in about one process in eight).
+    proxies = []
 
     def subscribe(device, attribute):
         proxy = tango.DeviceProxy(device)
+        proxies.append(proxy)
         together.wait()
         try:
             alone_while_no_consumer(
@@ -269,7 +273,7 @@ FIRST_ACT = textwrap.dedent(
     for thread in threads:
         thread.join()
     print(errors, flush=True)
-    os._exit(0)  # no unsubscription: only the subscriptions matter
+    os._exit(0)  # no unsubscription, no collection: only the subscriptions matter
     """
 )
 
