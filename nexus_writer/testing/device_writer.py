@@ -79,6 +79,9 @@ class DeviceWriter:
             TangoServerError: the server did not start (its last output is in the message).
             WriterStoppedError: the device was not ON within ``timeout`` seconds, or it
                 stands by (another writer writes the session).
+            tango.DevFailed: the device's events could not be subscribed to.
+
+        The server is stopped whenever start() raises.
         """
         properties: dict[str, str | list[str]] = {
             "session": self.session,
@@ -92,11 +95,17 @@ class DeviceWriter:
             tango_host=self.database.tango_host,
             startup_timeout=timeout,
         ).start()
-        proxy = self.proxy = tango.DeviceProxy(self.database.trl(self.device))
-        self._subscriptions = [
-            proxy.subscribe_event("State", tango.EventType.CHANGE_EVENT, self._on_state),
-            proxy.subscribe_event("recent_scans", tango.EventType.CHANGE_EVENT, self._on_recent),
-        ]
+        try:
+            proxy = self.proxy = tango.DeviceProxy(self.database.trl(self.device))
+            # One at a time, so that stop() ends those made: a subscribed proxy let go while
+            # its events flow can crash the process (docs/tango-events.md, pitfall 5).
+            for name, callback in (("State", self._on_state), ("recent_scans", self._on_recent)):
+                self._subscriptions.append(
+                    proxy.subscribe_event(name, tango.EventType.CHANGE_EVENT, callback)
+                )
+        except BaseException:
+            self.stop()
+            raise
         deadline = time.monotonic() + timeout
         while self._state != tango.DevState.ON:
             self._state_changed.clear()

@@ -9,13 +9,16 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
 import h5py
 import numpy as np
 import pytest
+import tango
 
 from nexus_writer.protocol import SessionPublisher
+from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.simulator import Beamline, Detectors
 from nexus_writer.tango.embedded import EmbeddedTangoDatabase
 from nexus_writer.testing import (
@@ -263,6 +266,35 @@ def test_a_device_of_a_session_already_written_says_it_stands_by(
     with pytest.raises(WriterStoppedError, match="stands by: Standby: session"):
         device.start(timeout=60)
     assert device.proxy is None  # stopped: its server is gone
+
+
+def test_a_device_whose_events_cannot_be_subscribed_to_leaves_no_server_behind(
+    nexus_tango_database: EmbeddedTangoDatabase,
+    nexus_redis: EmbeddedRedis,
+    nexus_session: str,
+    nexus_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """start() raises what refused the second subscription, after it has ended the first
+    and stopped the server (the one injected fault: Tango refuses to subscribe)."""
+    subscribe = tango.DeviceProxy.subscribe_event
+    servers: list[int] = []
+
+    def refuse_recent_scans(proxy: tango.DeviceProxy, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name != "recent_scans":
+            return subscribe(proxy, name, *args, **kwargs)
+        assert device._process is not None and device._process.pid is not None
+        servers.append(device._process.pid)
+        error = tango.DevError()
+        error.reason, error.desc, error.origin = "TEST_Refused", "refused by the test", "test"
+        raise tango.DevFailed(error)
+
+    monkeypatch.setattr(tango.DeviceProxy, "subscribe_event", refuse_recent_scans)
+    device = DeviceWriter(nexus_tango_database, nexus_redis.url, nexus_session, [nexus_root])
+    with pytest.raises(tango.DevFailed, match="TEST_Refused"):
+        device.start(timeout=60)
+    assert device.proxy is None
+    assert len(servers) == 1 and not _alive(servers[0]), "the server outlived start()"
 
 
 def test_a_problem_is_recorded_once_in_the_messages(
