@@ -48,6 +48,8 @@ def start_child(
     Raises:
         ChildStartError: it exited, or said nothing ready within ``timeout`` seconds (it
             is then stopped); the message names it and holds its last lines.
+
+    Whatever interrupts the wait (``KeyboardInterrupt``, say) stops the child too.
     """
     process = subprocess.Popen(
         list(args),
@@ -67,7 +69,12 @@ def start_child(
         daemon=True,
     ).start()
     # The event is also set when the output ends; only a ready line says it started.
-    if not ready.wait(timeout) or not any(map(is_ready, output)):
+    try:
+        started = ready.wait(timeout) and any(map(is_ready, output))
+    except BaseException:  # Ctrl-C, or SIGTERM made KeyboardInterrupt: no orphan left
+        terminate(process)
+        raise
+    if not started:
         status = process.poll()
         terminate(process)
         tail = "".join(output[-10:]).strip() or "no output"
