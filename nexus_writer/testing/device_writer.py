@@ -75,14 +75,21 @@ class DeviceWriter:
     def start(self, timeout: float = 60.0) -> DeviceWriter:
         """Register the device, start its server, and return once the device is ON.
 
+        Whatever start() raises, the server is stopped first. A writer stopped (or whose
+        start failed) may be started again.
+
         Raises:
+            RuntimeError: it is running (started, and not stopped since).
             TangoServerError: the server did not start (its last output is in the message).
             WriterStoppedError: the device was not ON within ``timeout`` seconds, or it
                 stands by (another writer writes the session).
             tango.DevFailed: the device's events could not be subscribed to.
-
-        The server is stopped whenever start() raises.
         """
+        if self._process is not None:
+            raise RuntimeError(f"{self.device} is running: stop() it before starting it again")
+        self._state = None
+        self._state_changed.clear()
+        self._ends = ScanEnds[dict[str, Any]](self.device)
         properties: dict[str, str | list[str]] = {
             "session": self.session,
             "redis_url": self.redis_url,
@@ -90,12 +97,12 @@ class DeviceWriter:
             **self.properties,
         }
         self.database.add_device(f"{SERVER}/{self.server}", "NexusWriter", self.device, properties)
-        self._process = DeviceServer(
-            [sys.executable, "-m", "nexus_writer.tango.server", self.server],
-            tango_host=self.database.tango_host,
-            startup_timeout=timeout,
-        ).start()
         try:
+            self._process = DeviceServer(
+                [sys.executable, "-m", "nexus_writer.tango.server", self.server],
+                tango_host=self.database.tango_host,
+                startup_timeout=timeout,
+            ).start()
             proxy = self.proxy = tango.DeviceProxy(self.database.trl(self.device))
             # One at a time, so that stop() ends those made: a subscribed proxy let go while
             # its events flow can crash the process (docs/tango-events.md, pitfall 5).
@@ -103,34 +110,36 @@ class DeviceWriter:
                 self._subscriptions.append(
                     proxy.subscribe_event(name, tango.EventType.CHANGE_EVENT, callback)
                 )
-        except BaseException:
+            self._wait_until_on(proxy, timeout)
+        except BaseException:  # a refusal, a time-out, Ctrl-C: no server left behind
             self.stop()
             raise
+        return self
+
+    def _wait_until_on(self, proxy: tango.DeviceProxy, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while self._state != tango.DevState.ON:
             self._state_changed.clear()
             if self._state == tango.DevState.ON:
                 break
             if self._state == tango.DevState.STANDBY:  # another writer has the session
-                status = proxy.status()
-                self.stop()
-                raise WriterStoppedError(f"{self.device} stands by: {status}")
+                raise WriterStoppedError(f"{self.device} stands by: {proxy.status()}")
             if not self._state_changed.wait(max(0.0, deadline - time.monotonic())):
-                state = self._state
-                self.stop()
                 raise WriterStoppedError(
-                    f"{self.device} was not ON within {timeout} s (it is {state})"
+                    f"{self.device} was not ON within {timeout} s (it is {self._state})"
                 )
-        return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the device's server; nothing if it is stopped."""
-        proxy, self.proxy = self.proxy, None
+        """End the subscriptions, stop the device's server; nothing if it is stopped.
+        Interrupted, it can be called again to finish."""
+        proxy = self.proxy
         if proxy is not None:
-            for subscription in self._subscriptions:
+            # The proxy is let go only once it has no subscription left (pitfall 5).
+            while self._subscriptions:
+                event_id = self._subscriptions.pop()
                 with contextlib.suppress(tango.DevFailed):  # the server is gone already
-                    proxy.unsubscribe_event(subscription)
-            self._subscriptions = []
+                    proxy.unsubscribe_event(event_id)
+            self.proxy = None
         process, self._process = self._process, None
         if process is not None:
             process.stop(timeout)

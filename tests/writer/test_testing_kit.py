@@ -268,7 +268,13 @@ def test_a_device_of_a_session_already_written_says_it_stands_by(
     assert device.proxy is None  # stopped: its server is gone
 
 
-def test_a_device_whose_events_cannot_be_subscribed_to_leaves_no_server_behind(
+def _refused() -> tango.DevFailed:
+    error = tango.DevError()
+    error.reason, error.desc, error.origin = "TEST_Refused", "refused by the test", "test"
+    return tango.DevFailed(error)
+
+
+def test_a_device_whose_events_cannot_be_subscribed_to_leaves_no_server_and_starts_again(
     nexus_tango_database: EmbeddedTangoDatabase,
     nexus_redis: EmbeddedRedis,
     nexus_session: str,
@@ -276,7 +282,8 @@ def test_a_device_whose_events_cannot_be_subscribed_to_leaves_no_server_behind(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """start() raises what refused the second subscription, after it has ended the first
-    and stopped the server (the one injected fault: Tango refuses to subscribe)."""
+    and stopped the server (the injected fault: Tango refuses to subscribe); started again,
+    the writer writes and waits for scans as a new one would."""
     subscribe = tango.DeviceProxy.subscribe_event
     servers: list[int] = []
 
@@ -285,12 +292,44 @@ def test_a_device_whose_events_cannot_be_subscribed_to_leaves_no_server_behind(
             return subscribe(proxy, name, *args, **kwargs)
         assert device._process is not None and device._process.pid is not None
         servers.append(device._process.pid)
-        error = tango.DevError()
-        error.reason, error.desc, error.origin = "TEST_Refused", "refused by the test", "test"
-        raise tango.DevFailed(error)
+        raise _refused()
 
     monkeypatch.setattr(tango.DeviceProxy, "subscribe_event", refuse_recent_scans)
     device = DeviceWriter(nexus_tango_database, nexus_redis.url, nexus_session, [nexus_root])
+    with pytest.raises(tango.DevFailed, match="TEST_Refused"):
+        device.start(timeout=60)
+    assert device.proxy is None
+    assert len(servers) == 1 and not _alive(servers[0]), "the server outlived start()"
+    monkeypatch.undo()
+    with device:
+        with pytest.raises(RuntimeError, match="is running"):
+            device.start()
+        published = device.beamline().run("ascan robx 0 1 4 0")
+        assert device.wait_for_scan(published.key, timeout=60).status == "SUCCEEDED"
+        with pytest.raises(TimeoutError):
+            device.wait_for_scan("no-such-scan", timeout=0.1)
+
+
+def test_a_device_that_fails_while_waiting_to_be_on_leaves_no_server_behind(
+    nexus_writer: RunningWriter,
+    nexus_tango_database: EmbeddedTangoDatabase,
+    nexus_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The device stands by (the session has a writer), and reading its Status to say why
+    fails (the injected fault): start() raises that, its subscriptions ended and its server
+    stopped."""
+    servers: list[int] = []
+
+    def refuse_status(proxy: tango.DeviceProxy, *args: Any, **kwargs: Any) -> Any:
+        assert device._process is not None and device._process.pid is not None
+        servers.append(device._process.pid)
+        raise _refused()
+
+    monkeypatch.setattr(tango.DeviceProxy, "status", refuse_status)
+    device = DeviceWriter(
+        nexus_tango_database, nexus_writer.redis_url, nexus_writer.session, [nexus_root]
+    )
     with pytest.raises(tango.DevFailed, match="TEST_Refused"):
         device.start(timeout=60)
     assert device.proxy is None
