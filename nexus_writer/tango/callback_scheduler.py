@@ -375,8 +375,12 @@ class CallbackScheduler:
             subscription.end()
             try:
                 self._releases.append(thread.apply_async(subscription.release))
-            except ClosedError:  # its thread has ended (the process is ending): let it go
-                _log.info("%s: its subscriber thread has ended", subscription)
+            except ClosedError:
+                # Its thread has ended (the process is ending): unsubscribe here. Left to
+                # the garbage collector, the proxy could be freed while Tango's event thread
+                # calls its callback (docs/tango-events.md, pitfall 5).
+                _log.info("%s: its subscriber thread has ended; unsubscribing here", subscription)
+                subscription.release()
         for _ in self._worker_ended:  # a token for each worker that may be waiting
             self._tokens.put(None)
         for release in self._releases:

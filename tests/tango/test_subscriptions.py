@@ -225,15 +225,19 @@ def test_shutdown_after_the_subscriber_threads_ended_lets_their_subscriptions_go
     hw_server: DeviceServer,
 ) -> None:
     """At a process's exit a subscriber thread can end before a late shutdown(): that
-    shutdown ends the subscriptions all the same (it raised ClosedError)."""
+    shutdown ends the subscriptions all the same, Tango's included (it raised ClosedError,
+    then left Tango's subscription to the garbage collector)."""
     scheduler = CallbackScheduler(subscribers=1)
     subscription = scheduler.subscribe(HW_DEVICES[0], "position", CHANGE, lambda e: None)
     subscription.wait(SUBSCRIBED)
+    proxy, event_id = subscription._proxy, subscription._event_id
+    assert proxy is not None and event_id is not None
     for thread in scheduler._subscribers:
         thread.stop(timeout=SUBSCRIBED)
     scheduler.shutdown()
     assert subscription.state is SubscriptionState.ENDED
-    subscription.release()  # Tango's subscription, left to the process's end: ended here
+    with pytest.raises(KeyError):  # PyTango: not a subscription of this proxy (any more)
+        proxy.unsubscribe_event(event_id)
 
 
 #: A process whose first act is eight subscriptions at once, from eight threads released
