@@ -380,7 +380,10 @@ class CallbackScheduler:
                 # the garbage collector, the proxy could be freed while Tango's event thread
                 # calls its callback (docs/tango-events.md, pitfall 5).
                 _log.info("%s: its subscriber thread has ended; unsubscribing here", subscription)
-                subscription.release()
+                try:
+                    subscription.release()
+                except Exception:  # the others are ended all the same
+                    _log.exception("unsubscribing from %s", subscription.stream)
         for _ in self._worker_ended:  # a token for each worker that may be waiting
             self._tokens.put(None)
         for release in self._releases:

@@ -75,8 +75,8 @@ class DeviceWriter:
     def start(self, timeout: float = 60.0) -> DeviceWriter:
         """Register the device, start its server, and return once the device is ON.
 
-        Whatever start() raises, the server is stopped first. A writer stopped (or whose
-        start failed) may be started again.
+        When start() fails, it stops the server and ends the subscriptions it made before
+        it raises. A writer stopped (or whose start failed) may be started again.
 
         Raises:
             RuntimeError: it is running (started, and not stopped since).
@@ -134,15 +134,17 @@ class DeviceWriter:
         Interrupted, it can be called again to finish."""
         proxy = self.proxy
         if proxy is not None:
-            # The proxy is let go only once it has no subscription left (pitfall 5).
+            # The proxy is let go only once it has no subscription left (pitfall 5); an id
+            # is forgotten only once it is unsubscribed (KeyError: PyTango had already
+            # forgotten it, in a call interrupted after that).
             while self._subscriptions:
-                event_id = self._subscriptions.pop()
-                with contextlib.suppress(tango.DevFailed):  # the server is gone already
-                    proxy.unsubscribe_event(event_id)
+                with contextlib.suppress(tango.DevFailed, KeyError):  # DevFailed: server gone
+                    proxy.unsubscribe_event(self._subscriptions[-1])
+                self._subscriptions.pop()
             self.proxy = None
-        process, self._process = self._process, None
-        if process is not None:
-            process.stop(timeout)
+        if self._process is not None:
+            self._process.stop(timeout)  # interrupted, it is still ours to stop again
+            self._process = None
         self._ends.close()
 
     def __enter__(self) -> DeviceWriter:

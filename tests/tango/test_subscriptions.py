@@ -20,6 +20,7 @@ from nexus_writer.tango import (
     stream_name,
 )
 from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
+from nexus_writer.tango.subscription import Subscription
 from tests.conftest import run_python, wait_until
 from tests.tango.conftest import DEVICES, HW_DEVICES, server_env
 
@@ -238,6 +239,36 @@ def test_shutdown_after_the_subscriber_threads_ended_lets_their_subscriptions_go
     assert subscription.state is SubscriptionState.ENDED
     with pytest.raises(KeyError):  # PyTango: not a subscription of this proxy (any more)
         proxy.unsubscribe_event(event_id)
+
+
+def test_a_late_shutdown_whose_unsubscription_fails_still_ends_the_others(
+    hw_server: DeviceServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same late shutdown, where unsubscribing the first fails (the injected fault): it
+    is logged, and the second subscription is ended in Tango all the same."""
+    scheduler = CallbackScheduler(subscribers=1)
+    first, second = (
+        scheduler.subscribe(device, "position", CHANGE, lambda e: None) for device in HW_DEVICES
+    )
+    for subscription in (first, second):
+        subscription.wait(SUBSCRIBED)
+    proxy, event_id = second._proxy, second._event_id
+    assert proxy is not None and event_id is not None
+    release = Subscription.release
+
+    def fail_first(subscription: Subscription) -> None:
+        if subscription is first:
+            raise RuntimeError("injected")
+        release(subscription)
+
+    monkeypatch.setattr(Subscription, "release", fail_first)
+    for thread in scheduler._subscribers:
+        thread.stop(timeout=SUBSCRIBED)
+    scheduler.shutdown()
+    with pytest.raises(KeyError):  # unsubscribed already
+        proxy.unsubscribe_event(event_id)
+    monkeypatch.undo()
+    first.release()
 
 
 #: A process whose first act is eight subscriptions at once, from eight threads released

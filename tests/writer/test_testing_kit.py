@@ -20,7 +20,7 @@ import tango
 from nexus_writer.protocol import SessionPublisher
 from nexus_writer.redis_server import EmbeddedRedis
 from nexus_writer.simulator import Beamline, Detectors
-from nexus_writer.tango.embedded import EmbeddedTangoDatabase
+from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
 from nexus_writer.testing import (
     RunningWriter,
     ScanNotWrittenError,
@@ -308,6 +308,49 @@ def test_a_device_whose_events_cannot_be_subscribed_to_leaves_no_server_and_star
         assert device.wait_for_scan(published.key, timeout=60).status == "SUCCEEDED"
         with pytest.raises(TimeoutError):
             device.wait_for_scan("no-such-scan", timeout=0.1)
+
+
+def test_a_stop_interrupted_twice_is_finished_by_calling_it_again(
+    nexus_tango_database: EmbeddedTangoDatabase,
+    nexus_redis: EmbeddedRedis,
+    nexus_session: str,
+    nexus_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C in stop() (injected: in an unsubscription, then in the server's stop): each
+    later stop() goes on where the last one was interrupted, and the last one leaves no
+    subscription and no server."""
+    device = DeviceWriter(nexus_tango_database, nexus_redis.url, nexus_session, [nexus_root])
+    device.start(timeout=60)
+    assert device._process is not None and device._process.pid is not None
+    server = device._process.pid
+    unsubscribe, stop_server = tango.DeviceProxy.unsubscribe_event, DeviceServer.stop
+    unsubscribed: list[int] = []
+    interrupts = {"unsubscribe": 1, "server": 1}
+
+    def interrupted_unsubscribe(proxy: tango.DeviceProxy, event_id: int) -> None:
+        if interrupts["unsubscribe"]:
+            interrupts["unsubscribe"] -= 1
+            raise KeyboardInterrupt
+        unsubscribe(proxy, event_id)
+        unsubscribed.append(event_id)
+
+    def interrupted_stop(child: DeviceServer, timeout: float = 10.0) -> None:
+        if interrupts["server"]:
+            interrupts["server"] -= 1
+            raise KeyboardInterrupt
+        stop_server(child, timeout)
+
+    monkeypatch.setattr(tango.DeviceProxy, "unsubscribe_event", interrupted_unsubscribe)
+    monkeypatch.setattr(DeviceServer, "stop", interrupted_stop)
+    subscriptions = list(device._subscriptions)
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            device.stop()
+    assert _alive(server)
+    device.stop()
+    assert sorted(unsubscribed) == sorted(subscriptions) and len(subscriptions) == 2
+    assert device.proxy is None and not _alive(server)
 
 
 def test_a_device_that_fails_while_waiting_to_be_on_leaves_no_server_behind(
