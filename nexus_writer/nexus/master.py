@@ -31,12 +31,13 @@ at all if it was: never twice.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -210,10 +211,25 @@ class Claim:
     #: The scan had an unfinished entry (the writer stopped or died): it is written again
     #: from its start, and the old file kept beside as ``<name>.h5.partial``.
     resumed: bool = False
+    #: The scan file, opened by claim_entry's ``open_file`` with the session locked.
+    file: h5py.File | None = None
 
 
-def claim_entry(master: Path, document: ScanDocument, guard: Guard | None = None) -> Claim:
-    """Choose the entry name of a scan and create its (empty) scan file.
+def claim_entry(
+    master: Path,
+    document: ScanDocument,
+    guard: Guard | None = None,
+    open_file: Callable[[Path], h5py.File] | None = None,
+) -> Claim:
+    """Choose the entry name of a scan and create its (empty) scan file; ``open_file(path)``
+    opens it for writing (``Claim.file``) before the session is unlocked.
+
+    Opened later, by its path, the file could be another's: a writer frozen between the
+    claim and the opening, woken after another service had taken the session over and
+    written the scan again (a new file at that path), would open the new file and change
+    it. Opened with the session locked after the lease was checked, the file is the one
+    claimed; a later claim by another service moves it aside (``.partial``), and this
+    writer's fenced writes never reach the new one.
 
     A scan is known by its key, recorded in ``<name>.key`` beside its scan file before the
     file is made (so that a crash cannot leave a file nobody can attribute). A new scan
@@ -237,11 +253,11 @@ def claim_entry(master: Path, document: ScanDocument, guard: Guard | None = None
                 linked = handle is not None and name in handle
                 if key_file.exists():
                     if key_file.read_text() == document.key:
-                        return _again(master, name, path)
+                        return _opened(_again(master, name, path), open_file)
                     continue
                 if path.exists() and _key_in(path, name) == document.key:
                     atomic.write_text(key_file, document.key)  # its key file was deleted
-                    return _again(master, name, path)
+                    return _opened(_again(master, name, path), open_file)
                 if linked or path.exists():
                     continue  # another scan's (or nobody's that can be told): kept
                 atomic.write_text(key_file, document.key)
@@ -249,12 +265,15 @@ def claim_entry(master: Path, document: ScanDocument, guard: Guard | None = None
                 created.attrs.update(root_attributes(path))
                 created.close()
                 if name == first:
-                    return Claim(name, path)
-                return Claim(
-                    name,
-                    path,
-                    f"entry {first} of {master} already holds another scan numbered "
-                    f"{document.number}: this scan ({document.key}) is written as {name}",
+                    return _opened(Claim(name, path), open_file)
+                return _opened(
+                    Claim(
+                        name,
+                        path,
+                        f"entry {first} of {master} already holds another scan numbered "
+                        f"{document.number}: this scan ({document.key}) is written as {name}",
+                    ),
+                    open_file,
                 )
         finally:
             if handle is not None:
@@ -320,6 +339,12 @@ class ScanAlreadyWritten(Exception):
     def __init__(self, message: str, url: str) -> None:
         super().__init__(message)
         self.url = url  #: ``<session file>::/<entry>`` of the finished entry
+
+
+def _opened(claim: Claim, open_file: Callable[[Path], h5py.File] | None) -> Claim:
+    if open_file is None:
+        return claim
+    return dataclasses.replace(claim, file=open_file(claim.path))
 
 
 def _again(master: Path, name: str, path: Path) -> Claim:

@@ -15,17 +15,20 @@ from pathlib import Path
 
 import gevent
 import h5py
+import numpy as np
 import pytest
 import redis
 
 from nexus_writer.lease import SessionLease
-from nexus_writer.nexus import master
+from nexus_writer.nexus import files, master
 from nexus_writer.protocol import LeaseLost, SessionPublisher, SessionReader
 from nexus_writer.redis_client import connect
 from nexus_writer.redis_server import EmbeddedRedis
+from nexus_writer.subscriber import State
 from sync_primitives import Thread
 from tests.conftest import PROMPT, wait_until
 from tests.test_redis_client import frozen
+from tests.writer.helpers import started_scan, write_scan
 
 TTL = 0.5
 
@@ -276,6 +279,45 @@ def test_a_holder_woken_between_its_check_and_a_change_leaves_the_session_file_a
         )
     after = session_file.stat()
     assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def test_a_scan_file_is_opened_for_writing_with_the_session_locked(
+    redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A race that explains the failover test's one failure (a scan file's time changed
+    # after the frozen writer woke): a writer frozen between its claim of a scan file and
+    # the opening of that file by its path, woken after a standby had taken over and
+    # written the scan again, opened the standby's file for writing.
+    # Opened with the session's flock held (after the lease check), the file is the one
+    # claimed: a later claim moves it aside first.
+    acquire = files.acquire
+    flock_held: list[bool] = []
+
+    def opened_while_locked(path: Path) -> h5py.File:
+        lock = os.open(master.scans_directory(session_file) / ".lock", os.O_RDWR)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flock_held.append(False)
+        except BlockingIOError:
+            flock_held.append(True)
+        finally:
+            os.close(lock)  # releases it, if it was taken here
+        return acquire(path)
+
+    monkeypatch.setattr(files, "acquire", opened_while_locked)
+    session_file = tmp_path / "session.h5"
+    scan = started_scan(
+        SessionPublisher(redis_client, "locked"),
+        name="ct",
+        title="ct",
+        file=str(session_file),
+        channels=[{"name": "diode", "dtype": "<f8"}],
+    )
+    scan.send("diode", np.arange(2.0))
+    scan.close()
+    writer = write_scan(redis_client, scan.key)
+    assert writer.state is State.OFF, writer.statistics().reason
+    assert flock_held == [True]
 
 
 class _DoubtfulOnce:
