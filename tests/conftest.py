@@ -48,6 +48,15 @@ def run_python(
     )
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a zombie counts: reap what you wait for)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def in_plain_thread(fn: Callable[..., T], *args: Any) -> Future[T]:
     """Run ``fn(*args)`` in a new OS thread that has no gevent hub."""
     future: Future[T] = Future()

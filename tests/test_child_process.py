@@ -11,17 +11,10 @@ import threading
 import pytest
 
 from nexus_writer.child_process import start_child
+from tests.conftest import pid_alive
 
 #: Says it is starting, then never that it is ready.
 NEVER_READY = "import time; print('starting', flush=True); time.sleep(60)"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_a_start_interrupted_by_ctrl_c_stops_the_child() -> None:
@@ -48,7 +41,7 @@ def test_a_start_interrupted_by_ctrl_c_stops_the_child() -> None:
         )
     assert len(pids) == 1, pids
     # terminate() has waited for it: it is gone, not a zombie and not an orphan
-    assert not _alive(pids[0]), "the child outlived the interrupted start"
+    assert not pid_alive(pids[0]), "the child outlived the interrupted start"
 
 
 def _children() -> list[int]:

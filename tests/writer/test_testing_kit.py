@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -28,7 +29,7 @@ from nexus_writer.testing import (
     read_written_scan,
 )
 from nexus_writer.testing.device_writer import DeviceWriter
-from tests.conftest import PROMPT, in_plain_thread, wait_until
+from tests.conftest import PROMPT, in_plain_thread, pid_alive, wait_until
 
 
 def test_a_scan_is_read_back_as_published(nexus_writer: RunningWriter) -> None:
@@ -156,14 +157,6 @@ def test_fails(nexus_writer_device, nexus_redis, nexus_tango_database):
 _INNER_PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.timeout(120)
 def test_a_writer_and_a_device_of_one_session_are_refused_whatever_their_order(
     tmp_path: Path,
@@ -213,7 +206,7 @@ def test_every_server_of_the_fixtures_stops_when_a_test_fails(tmp_path: Path) ->
     assert "1 failed" in run.stdout and "must stop all the same" in run.stdout
     pids = [int(pid) for pid in pids_file.read_text().split()]
     assert len(pids) == 3
-    assert not [pid for pid in pids if _alive(pid)], "a server outlived its pytest run"
+    assert not [pid for pid in pids if pid_alive(pid)], "a server outlived its pytest run"
 
 
 _WAITING_MODULE = """
@@ -254,7 +247,7 @@ def test_every_server_of_the_fixtures_stops_when_pytest_gets_sigterm(tmp_path: P
     assert process.returncode == 2, out  # pytest's "interrupted"
     assert "KeyboardInterrupt" in out, out
     assert len(pids) == 2
-    assert not [pid for pid in pids if _alive(pid)], "a server outlived its pytest run"
+    assert not [pid for pid in pids if pid_alive(pid)], "a server outlived its pytest run"
 
 
 def test_a_device_of_a_session_already_written_says_it_stands_by(
@@ -268,18 +261,31 @@ def test_a_device_of_a_session_already_written_says_it_stands_by(
     assert device.proxy is None  # stopped: its server is gone
 
 
-def _refused() -> tango.DevFailed:
+@pytest.fixture
+def unstarted_device(
+    nexus_tango_database: EmbeddedTangoDatabase,
+    nexus_redis: EmbeddedRedis,
+    nexus_session: str,
+    nexus_root: Path,
+) -> Iterator[DeviceWriter]:
+    """A DeviceWriter of the test's session, not started; stopped after the test."""
+    device = DeviceWriter(nexus_tango_database, nexus_redis.url, nexus_session, [nexus_root])
+    yield device
+    device.stop()
+
+
+def _refusal(device: DeviceWriter, servers: list[int]) -> tango.DevFailed:
+    """The injected fault, Tango's refusal; ``servers`` gets the pid of the device's server
+    running when it is made."""
+    assert device._process is not None and device._process.pid is not None
+    servers.append(device._process.pid)
     error = tango.DevError()
     error.reason, error.desc, error.origin = "TEST_Refused", "refused by the test", "test"
     return tango.DevFailed(error)
 
 
 def test_a_device_whose_events_cannot_be_subscribed_to_leaves_no_server_and_starts_again(
-    nexus_tango_database: EmbeddedTangoDatabase,
-    nexus_redis: EmbeddedRedis,
-    nexus_session: str,
-    nexus_root: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    unstarted_device: DeviceWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """start() raises what refused the second subscription, after it has ended the first
     and stopped the server (the injected fault: Tango refuses to subscribe); started again,
@@ -290,16 +296,14 @@ def test_a_device_whose_events_cannot_be_subscribed_to_leaves_no_server_and_star
     def refuse_recent_scans(proxy: tango.DeviceProxy, name: str, *args: Any, **kwargs: Any) -> Any:
         if name != "recent_scans":
             return subscribe(proxy, name, *args, **kwargs)
-        assert device._process is not None and device._process.pid is not None
-        servers.append(device._process.pid)
-        raise _refused()
+        raise _refusal(device, servers)
 
+    device = unstarted_device
     monkeypatch.setattr(tango.DeviceProxy, "subscribe_event", refuse_recent_scans)
-    device = DeviceWriter(nexus_tango_database, nexus_redis.url, nexus_session, [nexus_root])
     with pytest.raises(tango.DevFailed, match="TEST_Refused"):
         device.start(timeout=60)
     assert device.proxy is None
-    assert len(servers) == 1 and not _alive(servers[0]), "the server outlived start()"
+    assert len(servers) == 1 and not pid_alive(servers[0]), "the server outlived start()"
     monkeypatch.undo()
     with device:
         with pytest.raises(RuntimeError, match="is running"):
@@ -311,17 +315,12 @@ def test_a_device_whose_events_cannot_be_subscribed_to_leaves_no_server_and_star
 
 
 def test_a_stop_interrupted_twice_is_finished_by_calling_it_again(
-    nexus_tango_database: EmbeddedTangoDatabase,
-    nexus_redis: EmbeddedRedis,
-    nexus_session: str,
-    nexus_root: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    unstarted_device: DeviceWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C in stop() (injected: in an unsubscription, then in the server's stop): each
     later stop() goes on where the last one was interrupted, and the last one leaves no
     subscription and no server."""
-    device = DeviceWriter(nexus_tango_database, nexus_redis.url, nexus_session, [nexus_root])
-    device.start(timeout=60)
+    device = unstarted_device.start(timeout=60)
     assert device._process is not None and device._process.pid is not None
     server = device._process.pid
     unsubscribe, stop_server = tango.DeviceProxy.unsubscribe_event, DeviceServer.stop
@@ -347,10 +346,10 @@ def test_a_stop_interrupted_twice_is_finished_by_calling_it_again(
     for _ in range(2):
         with pytest.raises(KeyboardInterrupt):
             device.stop()
-    assert _alive(server)
+    assert pid_alive(server)
     device.stop()
     assert sorted(unsubscribed) == sorted(subscriptions) and len(subscriptions) == 2
-    assert device.proxy is None and not _alive(server)
+    assert device.proxy is None and not pid_alive(server)
 
 
 def test_a_device_that_fails_while_waiting_to_be_on_leaves_no_server_behind(
@@ -365,9 +364,7 @@ def test_a_device_that_fails_while_waiting_to_be_on_leaves_no_server_behind(
     servers: list[int] = []
 
     def refuse_status(proxy: tango.DeviceProxy, *args: Any, **kwargs: Any) -> Any:
-        assert device._process is not None and device._process.pid is not None
-        servers.append(device._process.pid)
-        raise _refused()
+        raise _refusal(device, servers)
 
     monkeypatch.setattr(tango.DeviceProxy, "status", refuse_status)
     device = DeviceWriter(
@@ -376,7 +373,7 @@ def test_a_device_that_fails_while_waiting_to_be_on_leaves_no_server_behind(
     with pytest.raises(tango.DevFailed, match="TEST_Refused"):
         device.start(timeout=60)
     assert device.proxy is None
-    assert len(servers) == 1 and not _alive(servers[0]), "the server outlived start()"
+    assert len(servers) == 1 and not pid_alive(servers[0]), "the server outlived start()"
 
 
 def test_a_problem_is_recorded_once_in_the_messages(
