@@ -31,7 +31,6 @@ at all if it was: never twice.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import logging
 import os
@@ -211,18 +210,16 @@ class Claim:
     #: The scan had an unfinished entry (the writer stopped or died): it is written again
     #: from its start, and the old file kept beside as ``<name>.h5.partial``.
     resumed: bool = False
-    #: The scan file, opened by claim_entry's ``open_file`` with the session locked.
-    file: h5py.File | None = None
 
 
 def claim_entry(
     master: Path,
     document: ScanDocument,
+    open_file: Callable[[Path], h5py.File],
     guard: Guard | None = None,
-    open_file: Callable[[Path], h5py.File] | None = None,
-) -> Claim:
-    """Choose the entry name of a scan and create its (empty) scan file; ``open_file(path)``
-    opens it for writing (``Claim.file``) before the session is unlocked.
+) -> tuple[Claim, h5py.File]:
+    """Choose the entry name of a scan, create its (empty) scan file, and open it with
+    ``open_file(path)`` for writing before the session is unlocked.
 
     Opened later, by its path, the file could be another's: a writer frozen between the
     claim and the opening, woken after another service had taken the session over and
@@ -241,43 +238,48 @@ def claim_entry(
         ScanAlreadyWritten: this scan has a finished entry already.
         EntryExistsError: the session holds MAX_OCCURRENCES scans of its number.
         OSError: the scan file cannot be created (the caller's roots were checked).
+        Exception: whatever ``open_file`` raised.
     """
-    directory = scans_directory(master)
-    first = entry_name(document.number)
     with _session_locked(master, guard):
         handle = _open_master(master, "r") if master.exists() else None
         try:
-            for occurrence in range(1, MAX_OCCURRENCES + 1):
-                name = entry_name(document.number, occurrence)
-                path, key_file = directory / f"{name}.h5", directory / f"{name}.key"
-                linked = handle is not None and name in handle
-                if key_file.exists():
-                    if key_file.read_text() == document.key:
-                        return _opened(_again(master, name, path), open_file)
-                    continue
-                if path.exists() and _key_in(path, name) == document.key:
-                    atomic.write_text(key_file, document.key)  # its key file was deleted
-                    return _opened(_again(master, name, path), open_file)
-                if linked or path.exists():
-                    continue  # another scan's (or nobody's that can be told): kept
-                atomic.write_text(key_file, document.key)
-                created = h5py.File(path, "w-", locking=False, libver=hdf5.FORMAT)
-                created.attrs.update(root_attributes(path))
-                created.close()
-                if name == first:
-                    return _opened(Claim(name, path), open_file)
-                return _opened(
-                    Claim(
-                        name,
-                        path,
-                        f"entry {first} of {master} already holds another scan numbered "
-                        f"{document.number}: this scan ({document.key}) is written as {name}",
-                    ),
-                    open_file,
-                )
+            claim = _claim_name(master, document, handle)
         finally:
             if handle is not None:
                 handle.close()
+        return claim, open_file(claim.path)
+
+
+def _claim_name(master: Path, document: ScanDocument, handle: h5py.File | None) -> Claim:
+    """claim_entry's choice of a name, with the session locked (``handle``: the session's
+    file, read-only, if it exists)."""
+    directory = scans_directory(master)
+    first = entry_name(document.number)
+    for occurrence in range(1, MAX_OCCURRENCES + 1):
+        name = entry_name(document.number, occurrence)
+        path, key_file = directory / f"{name}.h5", directory / f"{name}.key"
+        linked = handle is not None and name in handle
+        if key_file.exists():
+            if key_file.read_text() == document.key:
+                return _again(master, name, path)
+            continue
+        if path.exists() and _key_in(path, name) == document.key:
+            atomic.write_text(key_file, document.key)  # its key file was deleted
+            return _again(master, name, path)
+        if linked or path.exists():
+            continue  # another scan's (or nobody's that can be told): kept
+        atomic.write_text(key_file, document.key)
+        created = h5py.File(path, "w-", locking=False, libver=hdf5.FORMAT)
+        created.attrs.update(root_attributes(path))
+        created.close()
+        if name == first:
+            return Claim(name, path)
+        return Claim(
+            name,
+            path,
+            f"entry {first} of {master} already holds another scan numbered "
+            f"{document.number}: this scan ({document.key}) is written as {name}",
+        )
     raise EntryExistsError(
         f"{master} already holds {MAX_OCCURRENCES} scans numbered {document.number}; "
         f"scan {document.key} is not written"
@@ -339,12 +341,6 @@ class ScanAlreadyWritten(Exception):
     def __init__(self, message: str, url: str) -> None:
         super().__init__(message)
         self.url = url  #: ``<session file>::/<entry>`` of the finished entry
-
-
-def _opened(claim: Claim, open_file: Callable[[Path], h5py.File] | None) -> Claim:
-    if open_file is None:
-        return claim
-    return dataclasses.replace(claim, file=open_file(claim.path))
 
 
 def _again(master: Path, name: str, path: Path) -> Claim:

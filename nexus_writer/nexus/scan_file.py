@@ -106,14 +106,12 @@ class ScanFile:
         self.path: Path = options.check_path(document.file)
         # Where the scan files go, checked too: a link there must not lead out of the roots.
         options.check_path(str(master.scans_directory(self.path) / "scan.h5"))
-        # The scan file is opened with the session locked: see master.claim_entry.
-        claim = master.claim_entry(self.path, document, guard, open_file=files.acquire)
+        # This scan's own file, which holds the entry: opened with the session locked (see
+        # master.claim_entry).
+        claim, self.file = master.claim_entry(self.path, document, files.acquire, guard)
         self.entry_name, self.scan_path, renamed = claim.name, claim.path, claim.renamed
         #: Written again from its start: its earlier, unfinished entry is kept beside.
         self.resumed = claim.resumed
-        assert claim.file is not None
-        #: This scan's own file, which holds the entry.
-        self.file: h5py.File = claim.file
         self._open = True
         #: Set after an I/O error: HDF5's state for this file can no longer be trusted (a
         #: further write after ENOSPC can crash the process), so nothing more is written.
