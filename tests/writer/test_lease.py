@@ -15,7 +15,6 @@ from pathlib import Path
 
 import gevent
 import h5py
-import numpy as np
 import pytest
 import redis
 
@@ -28,7 +27,8 @@ from nexus_writer.subscriber import State
 from sync_primitives import Thread
 from tests.conftest import PROMPT, wait_until
 from tests.test_redis_client import frozen
-from tests.writer.helpers import started_scan, write_scan
+from tests.writer.helpers import write_scan
+from tests.writer.test_paths import publish
 
 TTL = 0.5
 
@@ -306,16 +306,7 @@ def test_a_scan_file_is_opened_for_writing_with_the_session_locked(
 
     monkeypatch.setattr(files, "acquire", opened_while_locked)
     session_file = tmp_path / "session.h5"
-    scan = started_scan(
-        SessionPublisher(redis_client, "locked"),
-        name="ct",
-        title="ct",
-        file=str(session_file),
-        channels=[{"name": "diode", "dtype": "<f8"}],
-    )
-    scan.send("diode", np.arange(2.0))
-    scan.close()
-    writer = write_scan(redis_client, scan.key)
+    writer = write_scan(redis_client, publish(redis_client, str(session_file)))
     assert writer.state is State.OFF, writer.statistics().reason
     assert flock_held == [True]
 
