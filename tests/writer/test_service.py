@@ -289,7 +289,9 @@ def test_sigkill_while_a_scan_is_written_costs_no_finished_scan(
         if service.poll() is None:
             service.kill()
     assert_file_has_every_value(finished)  # through the session's file, which opens
-    assert nxcheck_errors(finished.document.file) == 0
+    # The finished scan's entry, through the session's file: the running scan's entry
+    # (linked, its file cut short by the kill) may be unreadable, as the docstring says.
+    assert nxcheck_errors(finished.document.file, "/scan_0001") == 0
 
 
 #: Runs argv[2:] with files of at most argv[1] bytes, and EFBIG (not SIGXFSZ) past that:
