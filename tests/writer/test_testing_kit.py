@@ -156,6 +156,13 @@ def test_fails(nexus_writer_device, nexus_redis, nexus_tango_database):
 #: pytest in a child process, on a test module written in its working directory
 _INNER_PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 
+#: A device's start() bound in these tests (a start takes a few seconds here: up to twice
+#: this, the server's start then the wait for ON), and their pytest-timeout, above a start's
+#: and a stop's (30 s) bounds together: a slow start fails with its own message, not pytest's
+#: (pytest's 60 s default cut a start given 60 s, once, under load).
+_DEVICE_START = 30.0
+_DEVICE_TEST = pytest.mark.timeout(4 * _DEVICE_START + 60)
+
 
 @pytest.mark.timeout(120)
 def test_a_writer_and_a_device_of_one_session_are_refused_whatever_their_order(
@@ -250,6 +257,7 @@ def test_every_server_of_the_fixtures_stops_when_pytest_gets_sigterm(tmp_path: P
     assert not [pid for pid in pids if pid_alive(pid)], "a server outlived its pytest run"
 
 
+@_DEVICE_TEST
 def test_a_device_of_a_session_already_written_says_it_stands_by(
     nexus_writer: RunningWriter, nexus_tango_database: EmbeddedTangoDatabase, nexus_root: Path
 ) -> None:
@@ -257,7 +265,7 @@ def test_a_device_of_a_session_already_written_says_it_stands_by(
         nexus_tango_database, nexus_writer.redis_url, nexus_writer.session, [nexus_root]
     )
     with pytest.raises(WriterStoppedError, match="stands by: Standby: session"):
-        device.start(timeout=60)
+        device.start(timeout=_DEVICE_START)
     assert device.proxy is None  # stopped: its server is gone
 
 
@@ -284,6 +292,7 @@ def _refusal(device: DeviceWriter, servers: list[int]) -> tango.DevFailed:
     return tango.DevFailed(error)
 
 
+@_DEVICE_TEST
 def test_a_device_whose_events_cannot_be_subscribed_to_leaves_no_server_and_starts_again(
     unstarted_device: DeviceWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -301,26 +310,27 @@ def test_a_device_whose_events_cannot_be_subscribed_to_leaves_no_server_and_star
     device = unstarted_device
     monkeypatch.setattr(tango.DeviceProxy, "subscribe_event", refuse_recent_scans)
     with pytest.raises(tango.DevFailed, match="TEST_Refused"):
-        device.start(timeout=60)
+        device.start(timeout=_DEVICE_START)
     assert device.proxy is None
     assert len(servers) == 1 and not pid_alive(servers[0]), "the server outlived start()"
     monkeypatch.undo()
-    with device:
-        with pytest.raises(RuntimeError, match="is running"):
-            device.start()
-        published = device.beamline().run("ascan robx 0 1 4 0")
-        assert device.wait_for_scan(published.key, timeout=60).status == "SUCCEEDED"
-        with pytest.raises(TimeoutError):
-            device.wait_for_scan("no-such-scan", timeout=0.1)
+    device.start(timeout=_DEVICE_START)  # stopped by the fixture
+    with pytest.raises(RuntimeError, match="is running"):
+        device.start()
+    published = device.beamline().run("ascan robx 0 1 4 0")
+    assert device.wait_for_scan(published.key, timeout=_DEVICE_START).status == "SUCCEEDED"
+    with pytest.raises(TimeoutError):
+        device.wait_for_scan("no-such-scan", timeout=0.1)
 
 
+@_DEVICE_TEST
 def test_a_stop_interrupted_twice_is_finished_by_calling_it_again(
     unstarted_device: DeviceWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C in stop() (injected: in an unsubscription, then in the server's stop): each
     later stop() goes on where the last one was interrupted, and the last one leaves no
     subscription and no server."""
-    device = unstarted_device.start(timeout=60)
+    device = unstarted_device.start(timeout=_DEVICE_START)
     assert device._process is not None and device._process.pid is not None
     server = device._process.pid
     unsubscribe, stop_server = tango.DeviceProxy.unsubscribe_event, DeviceServer.stop
@@ -352,6 +362,7 @@ def test_a_stop_interrupted_twice_is_finished_by_calling_it_again(
     assert device.proxy is None and not pid_alive(server)
 
 
+@_DEVICE_TEST
 def test_a_device_that_fails_while_waiting_to_be_on_leaves_no_server_behind(
     nexus_writer: RunningWriter,
     nexus_tango_database: EmbeddedTangoDatabase,
@@ -371,7 +382,7 @@ def test_a_device_that_fails_while_waiting_to_be_on_leaves_no_server_behind(
         nexus_tango_database, nexus_writer.redis_url, nexus_writer.session, [nexus_root]
     )
     with pytest.raises(tango.DevFailed, match="TEST_Refused"):
-        device.start(timeout=60)
+        device.start(timeout=_DEVICE_START)
     assert device.proxy is None
     assert len(servers) == 1 and not pid_alive(servers[0]), "the server outlived start()"
 
