@@ -1,9 +1,14 @@
 """Helpers for writer tests: run a scan writer to the end, compare a file with what was
-published, and ask nxcheck."""
+published, ask nxcheck, and run pytest on a test module of a test's own."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import h5py
 import numpy as np
@@ -77,3 +82,45 @@ def wait_until_all_acknowledged(
     )
     if count is not None:
         assert client.xlen(Keys().session_scans(session)) == count
+
+
+#: pytest in a child process, on a test module written in its working directory
+INNER_PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+
+
+def run_inner_pytest(
+    directory: Path,
+    module: str,
+    *options: str,
+    env: dict[str, str] | None = None,
+    timeout: float,
+) -> tuple[subprocess.CompletedProcess[str], dict[str, list[tuple[str, str]]]]:
+    """Run pytest in a child process on ``module`` (a test module's text, written as
+    ``directory/test_inner.py``), with ``options`` and ``env`` added to ours; its output,
+    and each test case's outcomes from its JUnit report: ``[(tag, message)]``, the tag
+    ``failure``, ``error`` or ``skipped`` (none: it passed).
+
+    Outcomes are read from the report, not from the terminal: how often pytest repeats a
+    message there depends on the terminal's width (CI's short summary has it).
+    """
+    (directory / "test_inner.py").write_text(module)
+    report = directory / "report.xml"
+    run = subprocess.run(
+        [*INNER_PYTEST, *options, f"--junitxml={report}", "test_inner.py"],
+        cwd=directory,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert report.exists(), run.stdout + run.stderr
+    outcomes = {
+        case.get("name", ""): [
+            (child.tag, child.get("message", ""))
+            for child in case
+            if child.tag in ("failure", "error", "skipped")
+        ]
+        for case in ElementTree.parse(report).iter("testcase")
+    }
+    return run, outcomes

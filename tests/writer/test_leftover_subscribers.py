@@ -3,20 +3,14 @@ running is stopped after it, and a passing test that left one fails."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
-from xml.etree import ElementTree
 
 import pytest
 
-_ROOT = Path(__file__).resolve().parents[2]
+from tests.writer.helpers import run_inner_pytest
 
-#: pytest in a child process, with the writer tests' conftest as a plugin
-_INNER_PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-_INNER_PYTEST += ["-p", "tests.writer.conftest"]
+_ROOT = Path(__file__).resolve().parents[2]
 
 _LEAVING_MODULE = """
 from nexus_writer.nexus.options import WriterOptions
@@ -48,24 +42,14 @@ def test_the_writers_left_were_stopped():
 
 @pytest.mark.timeout(120)
 def test_a_subscriber_left_running_is_stopped_and_fails_a_passing_test(tmp_path: Path) -> None:
-    (tmp_path / "test_inner.py").write_text(textwrap.dedent(_LEAVING_MODULE))
-    report = tmp_path / "report.xml"
-    run = subprocess.run(
-        [*_INNER_PYTEST, f"--junitxml={report}", "test_inner.py"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(_ROOT)},
-        capture_output=True,
-        text=True,
+    run, outcomes = run_inner_pytest(
+        tmp_path,
+        textwrap.dedent(_LEAVING_MODULE),
+        "-p",
+        "tests.writer.conftest",
+        env={"PYTHONPATH": str(_ROOT)},
         timeout=110,
-        check=False,
     )
-    assert report.exists(), run.stdout + run.stderr
-    outcomes = {
-        case.get("name", ""): [
-            (child.tag, child.get("message", "")) for child in case if child.tag != "system-err"
-        ]
-        for case in ElementTree.parse(report).iter("testcase")
-    }
     passed, failed, stopped = (
         outcomes["test_passes_and_leaves_its_writer"],
         outcomes["test_fails_and_leaves_its_writer"],

@@ -6,12 +6,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree
 
 import h5py
 import numpy as np
@@ -30,6 +28,7 @@ from nexus_writer.testing import (
 )
 from nexus_writer.testing.device_writer import DeviceWriter
 from tests.conftest import PROMPT, in_plain_thread, pid_alive, wait_until
+from tests.writer.helpers import INNER_PYTEST, run_inner_pytest
 
 
 def test_a_scan_is_read_back_as_published(nexus_writer: RunningWriter) -> None:
@@ -153,9 +152,6 @@ def test_fails(nexus_writer_device, nexus_redis, nexus_tango_database):
 """
 
 
-#: pytest in a child process, on a test module written in its working directory
-_INNER_PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-
 #: A device's start() bound in these tests (a start takes a few seconds here: up to twice
 #: this, the server's start then the wait for ON), and their pytest-timeout, above a start's
 #: and a stop's (30 s) bounds together: a slow start fails with its own message, not pytest's
@@ -170,25 +166,14 @@ def test_a_writer_and_a_device_of_one_session_are_refused_whatever_their_order(
 ) -> None:
     """Found by a client written from docs/testing.md: with the device set up first, the
     writer stood by in silence and its waits ran out."""
-    (tmp_path / "test_inner.py").write_text(
+    module = (
         "def test_device_then_publisher(nexus_writer_device, nexus_publisher):\n    pass\n\n\n"
         "def test_writer_then_device(nexus_writer, nexus_writer_device):\n    pass\n"
     )
-    report = tmp_path / "report.xml"
-    run = subprocess.run(
-        [*_INNER_PYTEST, f"--junitxml={report}", "test_inner.py"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    # Counted per test case in the JUnit report, not in the terminal text: how often pytest
-    # repeats a message there depends on the terminal's width (CI's short summary has it).
-    assert report.exists(), run.stdout + run.stderr
+    _, outcomes = run_inner_pytest(tmp_path, module, timeout=110)
     errors = {
-        case.get("name", ""): [error.get("message", "") for error in case.iter("error")]
-        for case in ElementTree.parse(report).iter("testcase")
+        name: [message for tag, message in found if tag == "error"]
+        for name, found in outcomes.items()
     }
     assert sorted(errors) == ["test_device_then_publisher", "test_writer_then_device"], errors
     for name, messages in errors.items():
@@ -198,19 +183,13 @@ def test_a_writer_and_a_device_of_one_session_are_refused_whatever_their_order(
 
 @pytest.mark.timeout(180)
 def test_every_server_of_the_fixtures_stops_when_a_test_fails(tmp_path: Path) -> None:
-    (tmp_path / "test_inner.py").write_text(textwrap.dedent(_FAILING_MODULE))
     pids_file = tmp_path / "pids"
-    run = subprocess.run(
-        [*_INNER_PYTEST, "test_inner.py"],
-        cwd=tmp_path,
-        env={**os.environ, "PIDS_FILE": str(pids_file)},
-        capture_output=True,
-        text=True,
-        timeout=170,
-        check=False,
+    run, outcomes = run_inner_pytest(
+        tmp_path, textwrap.dedent(_FAILING_MODULE), env={"PIDS_FILE": str(pids_file)}, timeout=170
     )
     assert run.returncode == 1, run.stdout + run.stderr
-    assert "1 failed" in run.stdout and "must stop all the same" in run.stdout
+    ((tag, message),) = outcomes["test_fails"]
+    assert tag == "failure" and "must stop all the same" in message, outcomes
     pids = [int(pid) for pid in pids_file.read_text().split()]
     assert len(pids) == 3
     assert not [pid for pid in pids if pid_alive(pid)], "a server outlived its pytest run"
@@ -236,7 +215,7 @@ def test_every_server_of_the_fixtures_stops_when_pytest_gets_sigterm(tmp_path: P
     (tmp_path / "test_inner.py").write_text(textwrap.dedent(_WAITING_MODULE))
     pids_file = tmp_path / "pids"
     process = subprocess.Popen(
-        [*_INNER_PYTEST, "test_inner.py"],
+        [*INNER_PYTEST, "test_inner.py"],
         cwd=tmp_path,
         env={**os.environ, "PIDS_FILE": str(pids_file)},
         stdout=subprocess.PIPE,
