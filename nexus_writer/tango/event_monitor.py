@@ -94,7 +94,12 @@ class StopRequest:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds (None: for ever) for :meth:`set`; whether it was
-        called (at once after :meth:`close`)."""
+        called (at once after :meth:`close`).
+
+        As ``threading.Event.wait``: a negative or NaN ``timeout`` does not wait.
+        """
+        if timeout is not None and not timeout > 0:  # also NaN, which poll() refuses
+            timeout = 0.0
         deadline = None if timeout is None else time.monotonic() + timeout
         poller = select.poll()
         if not self._closed:

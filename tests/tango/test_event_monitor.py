@@ -4,6 +4,7 @@ recorded from cppTango 10.3), and ``nexus-writer event-monitor`` against real se
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import signal
@@ -343,6 +344,15 @@ def test_a_stop_request_waits_its_timeout_and_wakes_a_waiting_thread() -> None:
     stop.set()
     waiter.join(30)
     assert woken.is_set()
+
+
+@pytest.mark.parametrize("timeout", [math.nan, -1.0, 0.0])
+def test_a_stop_request_with_a_nan_or_negative_timeout_does_not_wait(timeout: float) -> None:
+    stop = StopRequest()
+    assert not stop.wait(timeout)
+    stop.set()
+    assert stop.wait(timeout)
+    stop.close()
 
 
 def test_a_restarted_schedulers_new_events_are_those_since_its_restart() -> None:
