@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import enum
+import math
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,16 @@ from typing import Any
 import hdf5plugin
 
 MiB = 1 << 20
+
+_COUNTS = (
+    "chunk_bytes",
+    "min_free_bytes",
+    "write_bytes",
+    "max_point_bytes",
+    "max_points",
+    "max_channels",
+    "max_metadata_items",
+)
 
 
 class Compression(enum.Enum):
@@ -40,7 +52,14 @@ class PathRefusedError(PermissionError):
 
 @dataclass(frozen=True)
 class WriterOptions:
-    """Options of the NeXus writers."""
+    """Options of the NeXus writers, checked when made.
+
+    Raises:
+        ValueError: a time (``inactivity_timeout``, ``retry_max_delay``) that is not a
+            positive, finite number of seconds, or a size or limit that is not a whole
+            number of at least 1 (``min_free_bytes``: of at least 0); the message names
+            the option.
+    """
 
     #: Files may only be written below these directories (empty: anywhere).
     roots: tuple[Path, ...] = ()
@@ -68,6 +87,25 @@ class WriterOptions:
     max_channels: int = 10_000
     #: User metadata with more items is stored as one JSON text (metadata/json).
     max_metadata_items: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name in ("inactivity_timeout", "retry_max_delay"):
+            seconds = getattr(self, name)
+            if isinstance(seconds, bool) or not (
+                isinstance(seconds, numbers.Real) and 0 < float(seconds) < math.inf
+            ):  # also NaN
+                raise ValueError(
+                    f"{name} must be a positive, finite number of seconds, not {seconds!r}"
+                )
+        for name in _COUNTS:
+            value = getattr(self, name)
+            least = 0 if name == "min_free_bytes" else 1
+            if isinstance(value, bool) or not (
+                isinstance(value, numbers.Integral) and int(value) >= least
+            ):
+                raise ValueError(
+                    f"{name} must be a whole number of at least {least}, not {value!r}"
+                )
 
     def check_path(self, path: str) -> Path:
         """The path of a file to write, with every symbolic link resolved, after checking
