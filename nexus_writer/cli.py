@@ -12,17 +12,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import gevent
 import redis
 
 from nexus_writer.extras import MissingExtraError, require
-from nexus_writer.lease import DEFAULT_TTL
+from nexus_writer.lease import DEFAULT_TTL, MAX_TTL, MIN_TTL
 from nexus_writer.nexus.options import Compression, WriterOptions
 from nexus_writer.protocol import DEFAULT_PREFIX, SessionPublisher
 from nexus_writer.redis_client import connect
@@ -47,7 +48,10 @@ def _shape(text: str) -> tuple[int, int]:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
     return value
@@ -178,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--lease-ttl",
-        type=float,
+        type=_lease_ttl,
         default=DEFAULT_TTL,
         metavar="SECONDS",
         help="one service writes a session at a time, under a lease in Redis that lasts "
@@ -195,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     run.add_argument(
         "--inactivity-timeout",
-        type=float,
+        type=_inactivity,
         default=600.0,
         metavar="SECONDS",
         help="close a scan whose publisher has sent nothing for this long",
@@ -216,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("devices", nargs="+", metavar="DEVICE", help="Tango device names")
     monitor.add_argument(
         "--period",
-        type=_positive_seconds,
+        type=_period,
         default=10.0,
         metavar="SECONDS",
         help="seconds between two snapshots (default: 10)",
@@ -259,16 +263,31 @@ def _property(text: str) -> tuple[str, str]:
     return name.strip(), value
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds") from None
-    if not 0 < value <= MAX_PERIOD:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: must be more than 0 and at most {MAX_PERIOD:.0f} seconds"
-        )
-    return value
+def _seconds(least: float, most: float, *, least_allowed: bool) -> Callable[[str], float]:
+    """The ``type`` of an option in seconds: from ``least`` (itself allowed or not) to
+    ``most`` (``inf``: any finite number); NaN and what is not a number are refused."""
+    if most == math.inf:
+        bounds = f"a finite number more than {least:g}"
+    else:
+        lower = "at least" if least_allowed else "more than"
+        bounds = f"{lower} {least:g} and at most {most:g}"
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds") from None
+        above = value >= least if least_allowed else value > least
+        if not (above and value <= most and math.isfinite(value)):  # NaN fails `above`
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {bounds} seconds")
+        return value
+
+    return seconds
+
+
+_period = _seconds(0, MAX_PERIOD, least_allowed=False)
+_lease_ttl = _seconds(MIN_TTL, MAX_TTL, least_allowed=True)
+_inactivity = _seconds(0, math.inf, least_allowed=False)
 
 
 class UsageError(Exception):

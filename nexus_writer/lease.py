@@ -56,6 +56,8 @@ _log = logging.getLogger(__name__)
 #: Default seconds a lease lasts without renewal: how long a standby waits, at most,
 #: after the active writer died before it takes over (plus one renewal interval).
 DEFAULT_TTL = 5.0
+#: The range of a lease's time to live, in seconds.
+MIN_TTL, MAX_TTL = 0.1, 3600.0
 #: Share of the ttl that the holder trusts its lease after a renewal was sent.
 TRUSTED = 0.8
 
@@ -148,8 +150,10 @@ class SessionLease:
         Raises:
             ValueError: ``ttl`` is not a number of seconds of at least 0.1.
         """
-        if not isinstance(ttl, int | float) or not 0.1 <= ttl <= 3600:  # NaN fails too
-            raise ValueError(f"lease ttl must be between 0.1 and 3600 seconds, not {ttl!r}")
+        if not isinstance(ttl, int | float) or not MIN_TTL <= ttl <= MAX_TTL:  # NaN fails too
+            raise ValueError(
+                f"lease ttl must be between {MIN_TTL:g} and {MAX_TTL:g} seconds, not {ttl!r}"
+            )
         keys = Keys(prefix) if prefix is not None else Keys()
         self.client = client
         self.session = session

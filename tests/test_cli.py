@@ -62,3 +62,51 @@ def test_limit_options_reach_the_writer_options() -> None:
     assert args.max_point_bytes == WriterOptions.max_point_bytes
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--redis", "x", "--session", "s", "--max-points", "0"])
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "why"),
+    [
+        ("--lease-ttl", "nan", "must be at least 0.1 and at most 3600 seconds"),
+        ("--lease-ttl", "0.05", "must be at least 0.1 and at most 3600 seconds"),
+        ("--lease-ttl", "7200", "must be at least 0.1 and at most 3600 seconds"),
+        ("--inactivity-timeout", "-1", "must be a finite number more than 0 seconds"),
+        ("--inactivity-timeout", "0", "must be a finite number more than 0 seconds"),
+        ("--inactivity-timeout", "nan", "must be a finite number more than 0 seconds"),
+        ("--inactivity-timeout", "inf", "must be a finite number more than 0 seconds"),
+        ("--inactivity-timeout", "soon", "expected a number of seconds"),
+        ("--max-points", "many", "expected a whole number"),
+    ],
+)
+def test_a_bad_time_or_limit_of_run_is_a_usage_error_naming_it(
+    option: str, value: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before anything starts: a negative inactivity time-out would close every
+    scan at once as inactive, a NaN one never; a bad lease ttl made a traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--redis", "redis://127.0.0.1:1/0", "--session", "s", option, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: {value!r}: {why}" in err, err
+    assert "Traceback" not in err
+
+
+def test_the_bounds_of_run_times_are_accepted() -> None:
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--redis",
+            "x",
+            "--session",
+            "s",
+            "--lease-ttl",
+            "0.1",
+            "--inactivity-timeout",
+            "1e-3",
+        ]
+    )
+    assert (args.lease_ttl, args.inactivity_timeout) == (0.1, 1e-3)
+    args = build_parser().parse_args(
+        ["run", "--redis", "x", "--session", "s", "--lease-ttl", "3600"]
+    )
+    assert args.lease_ttl == 3600
