@@ -3,16 +3,20 @@ watched until they say they are ready, and stopped.
 
 .. important::
    These functions may be called from any thread. A child's output is drained by a daemon
-   thread of its own, so that a chatty server never blocks on a full pipe.
+   thread of its own, so that a chatty server never blocks on a full pipe. A child started
+   from the main thread ends with this process, even one killed with SIGKILL (Linux);
+   one started from another thread may outlive it.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -49,10 +53,12 @@ def start_child(
         ChildStartError: it exited, or said nothing ready within ``timeout`` seconds (it
             is then stopped); the message names it and holds its last lines.
 
-    Whatever interrupts the wait (``KeyboardInterrupt``, say) stops the child too.
+    Whatever interrupts the wait (``KeyboardInterrupt``, say) stops the child too. Started
+    from the main thread on Linux, the child gets SIGTERM when this process ends, however
+    it ends (``kill -9`` too): see :func:`_dying_with_this_process`.
     """
     process = subprocess.Popen(
-        list(args),
+        _dying_with_this_process(args),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -82,6 +88,44 @@ def start_child(
             raise ChildStartError(f"{name} did not start within {timeout} s: {tail}")
         raise ChildStartError(f"{name} exited with status {status} before it was ready: {tail}")
     return process, output
+
+
+#: Run in the child before its program: asks Linux for SIGTERM when the thread that
+#: started it ends (``prctl(PR_SET_PDEATHSIG)``), then becomes the program (same pid). A
+#: parent that died before the request was made is no longer the child's parent: the
+#: child then ends at once instead of running on as an orphan.
+_DIE_WITH_PARENT = """\
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(f"{sys.argv[2]}: not started, the process that started it has ended")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _dying_with_this_process(args: Sequence[str]) -> list[str]:
+    """``args``, run so that the child ends with this process when the caller is the main
+    thread on Linux; as they are otherwise.
+
+    Linux sends the signal when the *thread* that forked the child ends, not the process:
+    a server started from a worker thread would be stopped when that thread ends, long
+    before the process does. The main thread ends with the process, so only its children
+    get it (the testing kit's fixtures, the demo and the CLI start theirs there).
+    ``kill -9`` of a pytest run then leaves no server behind.
+
+    Raises:
+        FileNotFoundError: no program ``args[0]`` (as ``Popen`` raises it).
+    """
+    command = list(args)
+    if (
+        sys.platform != "linux"
+        or not sys.executable
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        return command
+    if shutil.which(command[0]) is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command[0])
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
 
 
 def terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
