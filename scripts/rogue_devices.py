@@ -62,6 +62,8 @@ class HwDevice(Device):
         self._mode = "IDLE"
         self.set_change_event("position", True, False)
         self.set_change_event("mode", True, False)
+        self._reads = 0
+        self.set_change_event("unpushed", True, False)
         self.set_state(tango.DevState.ON)
         self.set_change_event("State", True, False)  # a subscriber gets its state at once
         self._stop = threading.Event()
@@ -82,6 +84,13 @@ class HwDevice(Device):
     @attribute(dtype=str)
     def mode(self) -> str:
         return self._mode
+
+    @attribute(dtype=int)
+    def unpushed(self) -> int:
+        """How often it was read before: it changes at each read, and never pushes its
+        event, as a change whose event was lost (a subscription's first milliseconds)."""
+        self._reads += 1
+        return self._reads - 1
 
     @command
     def Scan(self) -> None:

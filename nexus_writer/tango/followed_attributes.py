@@ -40,6 +40,19 @@ they are ended at once.
 
 Each life reads only its own subscriptions' events: a late event of an older life, queued
 in its scheduler, cannot overwrite a newer reading.
+
+A second look
+-------------
+Tango does not promise the events of a subscription's first moments: ``subscribe_event``
+reads the attribute for its first event, and a change pushed before the server's ZMQ
+publisher has the new subscriber (a few milliseconds, more under load) reaches nobody.
+A NexusWriter following its own State read INIT that way and kept it while ON for good
+(``test_two_writers_of_one_server_follow_each_others_state_from_its_start``, once in a
+whole suite's run). So each attribute is read once more :data:`SECOND_LOOK` seconds after
+its first event, in a thread of the hub's pool (a read of this server's own device from
+its hub would wait for the hub). The value read replaces the reading if it is newer and
+differs from it (value or quality): an event lost is made up for, and a reading that
+was right keeps the time of its change.
 """
 
 from __future__ import annotations
@@ -51,7 +64,9 @@ from typing import Any
 
 import gevent
 import gevent.event
-from tango import DevState, EventType
+import gevent.pool
+import numpy as np
+from tango import DeviceProxy, DevState, EventType, GreenMode
 
 from nexus_writer.nexus.readings import NO_VALUE, Reading
 
@@ -67,6 +82,8 @@ HANDOVER_WAIT = 10.0
 UNCLAIMED = 60.0
 #: Seconds each ending (unsubscription, a callback returning) may take.
 SHUTDOWN_TIMEOUT = 10.0
+#: Seconds after an attribute's first event when it is read once more (A second look).
+SECOND_LOOK = 1.0
 
 
 @dataclass
@@ -153,6 +170,8 @@ class FollowedAttributes:
             self._wanted[name] = (device_name, attribute_name)
         self._scheduler: CallbackScheduler | None = None  #: made by its turn to subscribe
         self._started = False
+        self._second_looks = gevent.pool.Group()  #: one per attribute, after its first event
+        self._looked_again: set[str] = set()
 
     def __bool__(self) -> bool:
         """Whether the property names any attribute."""
@@ -196,6 +215,7 @@ class FollowedAttributes:
         :data:`UNCLAIMED` seconds; ``final`` (the server shuts down): they end now.
         Not waited for: ``Init`` holds the device's monitor, and an unsubscription can
         wait for a first read of a device of this server, which waits for that monitor."""
+        self._second_looks.kill(block=False)
         key = self.device.lower()
         lives = _lives.get(key)
         if lives is None:
@@ -233,9 +253,44 @@ class FollowedAttributes:
             why = f"{first.reason}: {str(first.desc).strip()}"
             self._readings[name] = Reading(None, NO_VALUE, None, why)
             return
-        value = event.attr_value
-        quality = str(value.quality).rsplit(".", 1)[-1].removeprefix("ATTR_")
-        reading = value.value
-        if isinstance(reading, DevState):  # a State attribute: stored by name ("ON")
-            reading = str(reading)
-        self._readings[name] = Reading(reading, quality, value.time.totime())
+        self._readings[name] = _reading(event.attr_value)
+        if name not in self._looked_again:
+            self._looked_again.add(name)
+            self._second_looks.spawn(self._look_again, name)
+
+    def _look_again(self, name: str) -> None:
+        """Read ``name`` once more after :data:`SECOND_LOOK` seconds, in the hub's thread
+        pool, and keep the value if it is newer than the reading (A second look)."""
+        gevent.sleep(SECOND_LOOK)
+        device, attribute = self._wanted[name]
+        try:
+            value = gevent.get_hub().threadpool.spawn(_read, device, attribute).get()
+        except Exception as exc:  # the events say why, if it lasts
+            _log.debug("%s: second look at %s failed: %s", self.device, name, exc)
+            return
+        read, current = _reading(value), self._readings[name]
+        newer = read.time is not None and (current.time is None or read.time > current.time)
+        if newer and not (_same(read.value, current.value) and read.quality == current.quality):
+            _log.info("%s: %s read as %r, which no event had said", self.device, name, read.value)
+            self._readings[name] = read
+
+
+def _read(device: str, attribute: str) -> Any:
+    """``attribute`` of ``device`` read now (in a thread of the pool, not the hub)."""
+    proxy = DeviceProxy(device, green_mode=GreenMode.Synchronous)
+    return proxy.read_attribute(attribute)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return bool(np.array_equal(a, b))
+    return bool(a == b)
+
+
+def _reading(value: Any) -> Reading:
+    """A Reading of Tango's ``DeviceAttribute``."""
+    quality = str(value.quality).rsplit(".", 1)[-1].removeprefix("ATTR_")
+    reading = value.value
+    if isinstance(reading, DevState):  # a State attribute: stored by name ("ON")
+        reading = str(reading)
+    return Reading(reading, quality, value.time.totime())

@@ -20,6 +20,7 @@ from tests.tango.test_subscriptions import SUBSCRIBED, our_callbacks
 
 MODE = "test/hw/1/mode"  # pushed on change only: quiet unless a Scan runs
 NOBODY = "test/nobody/1/current"  # a device not defined
+UNPUSHED = "test/hw/2/unpushed"  # its reads so far: changed by each read, never pushed
 _names = itertools.count(1)
 
 
@@ -117,6 +118,28 @@ def test_a_new_life_subscribes_before_the_old_one_unsubscribes(
     finally:
         new.retire(final=True)
     wait_until(lambda: callbacks_on(MODE) == 0, "every callback ended", SUBSCRIBED)
+
+
+def test_a_change_whose_event_was_lost_is_read_at_the_second_look(device: str) -> None:
+    """Tango does not promise a subscription's first events: a change pushed before the
+    server's publisher had the new subscriber reached nobody, and the reading stayed as
+    subscribe_event read it. ``unpushed`` is that change: it has changed after the
+    subscription's own read, and no event will ever say so."""
+    followed = started(device, [UNPUSHED])
+    try:
+        wait_until(lambda: read(followed, UNPUSHED) is not None, "the first event", SUBSCRIBED)
+        first = followed.readings()[UNPUSHED]
+        wait_until(
+            lambda: read(followed, UNPUSHED) != first.value,
+            "the second look's value",
+            module.SECOND_LOOK + SUBSCRIBED,
+        )
+        second = followed.readings()[UNPUSHED]
+        assert isinstance(first.value, int) and second.value > first.value
+        assert second.quality == "VALID" and second.time is not None
+        assert first.time is not None and second.time > first.time
+    finally:
+        followed.retire(final=True)
 
 
 def test_a_device_not_defined_does_not_hold_the_hand_over(
