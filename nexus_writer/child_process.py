@@ -95,8 +95,12 @@ def start_child(
 #: parent that died before the request was made is no longer the child's parent: the
 #: child then ends at once instead of running on as an orphan.
 _DIE_WITH_PARENT = """\
-import ctypes, os, signal, sys
-ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+import os, signal, sys
+try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+except Exception:  # no ctypes or no prctl: the child runs, as it did without
+    pass
 if os.getppid() != int(sys.argv[1]):
     sys.exit(f"{sys.argv[2]}: not started, the process that started it has ended")
 os.execvp(sys.argv[2], sys.argv[2:])
