@@ -3,6 +3,8 @@ file (docs/testing.md).
 
 * :class:`RunningWriter`: a writer service on one session, in a thread of its own; it
   says when it is ready and waits for a scan's end on the writer's own signal.
+* :class:`DeviceWriter` (with the ``tango`` extra): the same, behind a NexusWriter device
+  in a device server of its own, registered in an embedded Tango database.
 * :class:`WrittenScan` and :func:`read_written_scan`: a scan's entry read back into numpy
   arrays, its status, messages and metadata.
 * The pytest plugin :mod:`nexus_writer.testing.plugin` (installed with
@@ -22,6 +24,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .device_writer import DeviceWriter
     from .errors import ScanNotWrittenError, WriterStoppedError
     from .running_writer import RunningWriter
     from .written_scan import WrittenScan, read_written_scan
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 # Imported when first used: pytest loads this package (for its plugin) in every run where
 # nexus-writer is installed, and the writer's imports take half a second.
 _MODULE_OF = {
+    "DeviceWriter": "device_writer",  # imports Tango: only when asked for
     "RunningWriter": "running_writer",
     "ScanNotWrittenError": "errors",
     "WriterStoppedError": "errors",
@@ -44,6 +48,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DeviceWriter",
     "RunningWriter",
     "ScanNotWrittenError",
     "WriterStoppedError",

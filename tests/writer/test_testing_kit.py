@@ -27,7 +27,7 @@ from nexus_writer.testing import (
     read_written_scan,
 )
 from nexus_writer.testing.device_writer import DeviceWriter
-from tests.conftest import PROMPT, in_plain_thread, pid_alive, wait_until
+from tests.conftest import PROMPT, in_plain_thread, pid_alive, run_python, wait_until
 from tests.writer.helpers import INNER_PYTEST, run_inner_pytest
 
 
@@ -431,3 +431,22 @@ def test_a_second_writer_of_a_session_says_it_stands_by(nexus_writer: RunningWri
     with pytest.raises(WriterStoppedError, match="stands by: the session is written by pid"):
         second.start(timeout=30)
     assert second.stop() == 0  # stopped already
+
+
+def test_the_fixtures_classes_are_named_by_the_package_and_tango_comes_only_when_asked() -> None:
+    """docs/testing.md: annotate with ``nexus_writer.testing.DeviceWriter``; the package
+    itself, which pytest loads in every run, does not import Tango for it."""
+    program = textwrap.dedent(
+        """
+        import sys
+        import nexus_writer.testing as kit
+        assert "tango" not in sys.modules, "imported with the package"
+        from nexus_writer.testing import DeviceWriter, RunningWriter
+        from nexus_writer.testing.device_writer import DeviceWriter as Defined
+        assert DeviceWriter is Defined and "tango" in sys.modules
+        assert {"DeviceWriter", "RunningWriter"} <= set(kit.__all__)
+        print("ok")
+        """
+    )
+    done = run_python(program, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
