@@ -13,7 +13,10 @@ closed, leases given back) and then waited for good in omniORB's shutdown
 (``omniOrbORB::actual_shutdown``, waiting for its last object identity): a service that
 SIGTERM could not stop. Once the last device has stopped, Tango's cleanup gets ``grace``
 seconds; after that the process logs a warning and exits with status 0: everything the
-service owns is closed by then.
+service owns is closed by then. The last device to stop also gives its followed
+attributes' Tango calls ``grace`` seconds to return before Tango's cleanup starts, and
+ends the process the same way if they do not (``followed_attributes.py``, The server's
+end).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import NoReturn
 
 from gevent.monkey import get_original
 
@@ -68,13 +72,19 @@ class ExitWatchdog:
             if now >= due:
                 break
             _sleep(min(due - now, 0.5))
-        _log.warning(
-            "Tango's cleanup did not end within %s s of the last device's stop: exiting "
-            "anyway (every device had closed its scans)",
-            self.grace,
+        exit_now(
+            f"Tango's cleanup did not end within {self.grace} s of the last device's stop: "
+            "exiting anyway (every device had closed its scans)"
         )
-        logging.shutdown()
-        os._exit(0)
+
+
+def exit_now(why: str) -> NoReturn:
+    """Log ``why`` as a warning and end the process with status 0, skipping Tango's cleanup
+    and the interpreter's: only once every device has stopped (its scans closed, its lease
+    given back)."""
+    _log.warning("%s", why)
+    logging.shutdown()
+    os._exit(0)
 
 
 #: The process's watchdog, set up by NexusWriterService's ``--exit-grace``.

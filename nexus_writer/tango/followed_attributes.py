@@ -53,13 +53,35 @@ its first event, in a thread of the hub's pool (a read of this server's own devi
 its hub would wait for the hub). The value read replaces the reading if it is newer and
 differs from it (value or quality): an event lost is made up for, and a reading that
 was right keeps the time of its change.
+
+The server's end
+----------------
+Tango's cleanup, which follows the last ``delete_device`` of a shutdown, frees the process's
+event consumers, which every proxy's destructor uses (``unsubscribe_all_events``). A
+subscriber thread still in a call to a hung device (a proxy made, a subscription tried:
+Tango's 3 s timeout, a few times over) that let go of its proxy in the middle of that
+cleanup crashed the server (SIGSEGV; ``test_the_service_exits_when_tango_s_cleanup_hangs``,
+about one run in fifteen on Python 3.13). So the last device to stop calls
+:func:`end_all`: every subscription of the process ends and the call waits until no
+thread of this module is in a Tango call (subscribing, unsubscribing, a second look's
+read) before Tango's cleanup starts; if that takes longer than its bound, the server
+exits rather than run that cleanup (``exit_watchdog.py``).
+
+One of those calls can wait for the very ``delete_device`` that waits for it: Tango
+deletes a device whose last request is still running once that request returns, in the
+request's thread, and PyTango runs that ``delete_device`` in the hub. When the request is
+a subscription's first read of the server's own device (a NexusWriter following its own
+State), our subscriber thread waits for the hub, which waits for the thread. End_all sees
+that in the threads' stacks and gives up at once, and the server exits as above.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import gevent
@@ -71,7 +93,7 @@ from tango import DeviceProxy, DevState, EventType, GreenMode
 from nexus_writer.nexus.readings import NO_VALUE, Reading
 
 from .callback_scheduler import CallbackScheduler
-from .subscription import Subscription
+from .subscription import Subscription, describe
 
 _log = logging.getLogger(__name__)
 
@@ -84,6 +106,8 @@ UNCLAIMED = 60.0
 SHUTDOWN_TIMEOUT = 10.0
 #: Seconds after an attribute's first event when it is read once more (A second look).
 SECOND_LOOK = 1.0
+#: Seconds between two looks, at the server's end, at whether a call waits for the hub.
+WAITING_POLL = 0.1
 
 
 @dataclass
@@ -102,13 +126,96 @@ class _Lives:
 
 #: By device name (lower case); only the server's hub uses it.
 _lives: dict[str, _Lives] = {}
+#: Every scheduler made here whose shutdown has not completed yet: its threads may be in a
+#: Tango call (the server's end waits for them). Only the server's hub uses it.
+_schedulers: set[CallbackScheduler] = set()
+#: The second looks' reads still in the hub's thread pool: a look's greenlet killed (its
+#: life retired) leaves its read running. Only the server's hub uses it.
+_reads: set[gevent.event.AsyncResult] = set()
+#: The greenlets ending every subscription of a device name (_close) still running.
+_closings: set[gevent.Greenlet] = set()
 
 
 def _shut_down(scheduler: CallbackScheduler) -> None:
     try:
         scheduler.shutdown(SHUTDOWN_TIMEOUT)
     except TimeoutError as exc:  # it goes on ending in its threads
-        _log.warning("ending the subscriptions of a previous Init: %s", exc)
+        _log.warning("ending followed attributes' subscriptions: %s (still trying)", exc)
+        return
+    except Exception:  # a defect: not tried again (end_all would go round for ever)
+        _log.exception("ending followed attributes' subscriptions")
+    _schedulers.discard(scheduler)
+
+
+def end_all(timeout: float) -> str | None:
+    """The server's end, once its last device has stopped (the server's hub): end every
+    subscription of this process, those of devices deleted earlier too, and wait until no
+    thread of this module is in a Tango call (The server's end). None once none is;
+    otherwise why not: ``timeout`` seconds have passed (a call to a hung device goes on),
+    or one of those calls waits for this very hub."""
+    for key in list(_lives):
+        lives = _lives.pop(key)
+        if lives.expiry is not None:
+            lives.expiry.kill()
+        _spawn_close(lives)
+    if not (_schedulers or _reads):
+        return None
+    _log.info(
+        "waiting up to %s s for the followed attributes' Tango calls to return (%d "
+        "subscription schedulers, %d reads) before Tango's cleanup",
+        timeout,
+        len(_schedulers),
+        len(_reads),
+    )
+    ending = gevent.spawn(_end_the_rest)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ending.ready():
+            if _a_call_waits_for_the_hub():
+                return (
+                    "a followed attribute's Tango call waits for this shutdown (a first read "
+                    "of this server's own device, whose deletion it carries)"
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return (
+                    f"the followed attributes' Tango calls did not return within {timeout} s "
+                    "of the last device's stop"
+                )
+            ending.join(min(left, WAITING_POLL))
+    finally:
+        ending.kill(block=False)
+    return None
+
+
+def _end_the_rest() -> None:
+    # The closings first: each ends its hand-over before its schedulers (a scheduler shut
+    # down under a hand-over that subscribes would fail it). Then those whose shutdown
+    # timed out, again; then the second looks' reads.
+    gevent.joinall(list(_closings))
+    while _schedulers:
+        _shut_down(next(iter(_schedulers)))
+    gevent.wait(list(_reads))
+
+
+def _a_call_waits_for_the_hub() -> bool:
+    """Whether a thread of ours, in a Tango call, waits for PyTango to run something in the
+    hub: at the shutdown, a device whose last request is still running is deleted (its
+    ``delete_device`` run, in the hub) by the thread of that request once it returns; when
+    that is our own read of the device's State, the thread waits for the ``delete_device``
+    that waits for it. Seen in the threads' stacks: PyTango's executor waiting for a result
+    (``GeventTask.result``) inside one of our calls."""
+    for frame in sys._current_frames().values():
+        waits: FrameType | None = frame
+        in_executor = False
+        while waits is not None:
+            code = waits.f_code
+            if code.co_name == "result" and code.co_filename.endswith("gevent_executor.py"):
+                in_executor = True
+            elif in_executor and code in _CALLERS:
+                return True
+            waits = waits.f_back
+    return False
 
 
 def _hand_over(lives: _Lives) -> None:
@@ -141,10 +248,16 @@ def _close(lives: _Lives) -> None:
         _shut_down(scheduler)
 
 
+def _spawn_close(lives: _Lives) -> None:
+    closing = gevent.spawn(_close, lives)
+    _closings.add(closing)
+    closing.link(_closings.discard)
+
+
 def _expire(key: str) -> None:
     lives = _lives.pop(key, None)  # at once: a life started from now on starts afresh
     if lives is not None:
-        gevent.spawn(_close, lives)
+        _spawn_close(lives)
 
 
 class FollowedAttributes:
@@ -224,7 +337,7 @@ class FollowedAttributes:
             del _lives[key]
             if lives.expiry is not None:
                 lives.expiry.kill()
-            gevent.spawn(_close, lives)
+            _spawn_close(lives)
         elif lives.expiry is None:
             lives.expiry = gevent.spawn_later(UNCLAIMED, _expire, key)
 
@@ -234,6 +347,7 @@ class FollowedAttributes:
         if not self._wanted:
             return None
         scheduler = self._scheduler = CallbackScheduler(in_hub=True)
+        _schedulers.add(scheduler)
         for name, (device, attribute) in self._wanted.items():
             self._subscriptions[name] = scheduler.subscribe(
                 device, attribute, EventType.CHANGE_EVENT, self._on_event, name
@@ -263,10 +377,12 @@ class FollowedAttributes:
         pool, and keep the value if it is newer than the reading (A second look)."""
         gevent.sleep(SECOND_LOOK)
         device, attribute = self._wanted[name]
-        try:
-            value = gevent.get_hub().threadpool.spawn(_read, device, attribute).get()
-        except Exception as exc:  # the events say why, if it lasts
-            _log.debug("%s: second look at %s failed: %s", self.device, name, exc)
+        result = gevent.get_hub().threadpool.spawn(_read, device, attribute)
+        _reads.add(result)
+        result.rawlink(_reads.discard)
+        value = result.get()
+        if isinstance(value, str):  # the events say why, if it lasts
+            _log.debug("%s: second look at %s failed: %s", self.device, name, value)
             return
         read, current = _reading(value), self._readings[name]
         newer = read.time is not None and (current.time is None or read.time > current.time)
@@ -276,9 +392,17 @@ class FollowedAttributes:
 
 
 def _read(device: str, attribute: str) -> Any:
-    """``attribute`` of ``device`` read now (in a thread of the pool, not the hub)."""
-    proxy = DeviceProxy(device, green_mode=GreenMode.Synchronous)
-    return proxy.read_attribute(attribute)
+    """``attribute`` of ``device`` read now (in a thread of the pool, not the hub), or why
+    it could not be: an exception raised in the pool would be printed with its traceback."""
+    try:
+        proxy = DeviceProxy(device, green_mode=GreenMode.Synchronous)
+        return proxy.read_attribute(attribute)
+    except Exception as exc:  # DevFailed: the device not running, hung, not defined...
+        return describe(exc)
+
+
+#: Our functions that call Tango from a thread other than the hub's.
+_CALLERS = frozenset({Subscription.run.__code__, Subscription.release.__code__, _read.__code__})
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -61,8 +61,8 @@ from nexus_writer.service import Role, ServiceStatistics, WriterService
 from nexus_writer.session_writer import ScanEvent
 from nexus_writer.subscriber import State
 from nexus_writer.tango.event_pusher import EventPusher, Shown
-from nexus_writer.tango.exit_watchdog import WATCHDOG
-from nexus_writer.tango.followed_attributes import FollowedAttributes
+from nexus_writer.tango.exit_watchdog import WATCHDOG, exit_now
+from nexus_writer.tango.followed_attributes import FollowedAttributes, end_all
 from sync_primitives import Queue
 
 _log = logging.getLogger(__name__)
@@ -75,6 +75,10 @@ RECENT_SCANS = 100
 SERVER_UP_POLL = 0.1
 #: Seconds the server's shutdown waits for the events given before it to be pushed.
 LAST_EVENTS = 2.0
+
+#: Devices of this process between init_device and delete_device (the server's hub): the
+#: last one to stop at the server's shutdown ends the followed attributes' Tango calls.
+_started_devices = 0
 
 
 #: A number read from the snapshot: (value, time, quality), as Tango attributes return it.
@@ -233,6 +237,8 @@ class NexusWriter(Device):
     # -- life cycle (the hub) -----------------------------------------------------------
 
     def init_device(self) -> None:
+        global _started_devices
+        _started_devices += 1  # first: a delete_device follows even if this raises
         super().init_device()
         # PyTango runs green servers with NO_SYNC, where a pushed event and a read of the
         # same attribute corrupt each other (event_pusher.py): every request takes the
@@ -265,6 +271,8 @@ class NexusWriter(Device):
         self._relay = gevent.spawn(self._relay_scans)
 
     def delete_device(self) -> None:
+        global _started_devices
+        _started_devices = max(0, _started_devices - 1)
         shutting_down = Util.instance().is_svr_shutting_down()
         if not shutting_down:
             self._stop()
@@ -272,6 +280,9 @@ class NexusWriter(Device):
         WATCHDOG.stopping()  # the process ends even if Tango's cleanup does not
         try:
             self._stop(shutting_down=True)
+            why = end_all(WATCHDOG.grace) if _started_devices == 0 else None  # the last
+            if why is not None:  # Tango's cleanup with those calls running could crash
+                exit_now(f"{why}: exiting anyway (every device had closed its scans)")
         finally:
             WATCHDOG.stopped()
 

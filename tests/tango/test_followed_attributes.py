@@ -4,18 +4,23 @@ and the hand-over of the subscriptions from one life of a device to the next."""
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 import tango
+from tango.gevent_executor import GeventTask
 
 from nexus_writer.tango import SubscriptionState
 from nexus_writer.tango import followed_attributes as module
 from nexus_writer.tango.callback_scheduler import CallbackScheduler
-from nexus_writer.tango.embedded import DeviceServer
+from nexus_writer.tango.embedded import DeviceServer, EmbeddedTangoDatabase
 from nexus_writer.tango.followed_attributes import FollowedAttributes
 from tests.conftest import wait_until
+from tests.tango.conftest import DEVICES, server_env
 from tests.tango.test_subscriptions import SUBSCRIBED, our_callbacks
 
 MODE = "test/hw/1/mode"  # pushed on change only: quiet unless a Scan runs
@@ -213,3 +218,84 @@ def test_lives_superseded_before_their_turn_never_subscribe(device: str) -> None
         follows_a_scan(lives[-1])
     finally:
         lives[-1].retire(final=True)
+
+
+def test_the_server_s_end_ends_every_life_and_waits_for_their_calls(device: str) -> None:
+    """end_all, when the server's last device stops: a life retired and kept for the next
+    one, a life that follows and one subscription still waiting for its device to be
+    defined are all ended, their proxies gone, when it returns."""
+    other = f"test/follower/{next(_names)}"
+    kept = started(device, [MODE])
+    wait_until(lambda: callbacks_on(MODE) == 1, "subscribed", SUBSCRIBED)
+    kept.retire()
+    live = started(other, [MODE, NOBODY])
+    wait_until(
+        lambda: states(live)[:1] == [SubscriptionState.SUBSCRIBED] and callbacks_on(MODE) == 2,
+        "both lives subscribed",
+        SUBSCRIBED,
+    )
+    assert states(live)[1] == SubscriptionState.PENDING  # NOBODY: tried again and again
+    assert module.end_all(SUBSCRIBED) is None
+    assert callbacks_on(MODE) == 0  # at once: end_all waited
+    assert device not in module._lives and other not in module._lives
+    assert not module._schedulers and not module._closings and not module._reads
+    assert states(live) == [SubscriptionState.ENDED, SubscriptionState.ENDED]
+
+
+@pytest.mark.timeout(120)
+def test_the_server_s_end_gives_up_on_the_calls_to_a_hung_device(
+    tango_database: EmbeddedTangoDatabase, device: str
+) -> None:
+    """A device that does not answer (its server stopped) holds a new life's subscription
+    in Tango calls (its 3 s timeout, more than once): end_all returns why after its
+    timeout with the calls still running (saying so), None once they have returned."""
+    tango_database.add_device("rogue_devices/hung", "HwDevice", "test/hung/1")
+    position = "test/hung/1/position"
+    with tango_database.start_server(
+        DEVICES, "hung", env=server_env(POSITION_PERIOD="0.05")
+    ) as hung:
+        assert hung.pid is not None
+        old = started(device, [position])
+        wait_until(lambda: read(old, position) is not None, "the first event", SUBSCRIBED)
+        os.kill(hung.pid, signal.SIGSTOP)
+        try:
+            old.retire()
+            new = started(device, [position])
+            wait_until(
+                lambda: any(s.statistics().attempts for s in new._subscriptions.values()),
+                "the new life subscribing",
+                SUBSCRIBED,
+            )
+            why = module.end_all(0.5)
+            assert why is not None and "did not return within 0.5 s" in why
+            assert module._schedulers  # still in a call to the hung device
+        finally:
+            os.kill(hung.pid, signal.SIGCONT)
+        assert module.end_all(60.0) is None
+        assert not module._schedulers and not module._reads
+
+
+def test_a_call_waiting_for_the_hub_is_seen_in_its_thread_s_stack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server's end must not wait for a call of ours that waits for the hub: PyTango's
+    executor holding one of our Tango-calling functions (here a stand-in) waiting for a
+    result that only the hub can give."""
+    task = GeventTask(lambda: None)
+    waiting = threading.Event()
+
+    def calls_tango() -> None:  # a stand-in for Subscription.run, caught in PyTango's wait
+        waiting.set()
+        task.result()
+
+    monkeypatch.setattr(module, "_CALLERS", frozenset({calls_tango.__code__}))
+    assert not module._a_call_waits_for_the_hub()
+    thread = threading.Thread(target=calls_tango)
+    thread.start()
+    try:
+        assert waiting.wait(SUBSCRIBED)
+        wait_until(module._a_call_waits_for_the_hub, "the wait seen", SUBSCRIBED)
+    finally:
+        task.run()  # the hub's part: the result is there
+        thread.join(SUBSCRIBED)
+    assert not thread.is_alive() and not module._a_call_waits_for_the_hub()

@@ -825,21 +825,64 @@ def test_the_service_stops_cleanly_and_says_so(
     assert "Exiting" not in output and "exception" not in output.lower(), output
 
 
-def test_the_service_exits_when_tango_s_cleanup_hangs(
-    tango_database: EmbeddedTangoDatabase, redis_server: EmbeddedRedis, tmp_path: Path
+@pytest.mark.timeout(180)
+def test_the_service_waits_for_its_tango_calls_before_tango_s_cleanup(
+    tango_database: EmbeddedTangoDatabase, redis_server: EmbeddedRedis
 ) -> None:
-    """A followed device hung (its server stopped) through a few Inits: then SIGTERM, and
-    omniORB's shutdown waited for good after every device had stopped. The service exits
-    --exit-grace seconds after its last device's stop, with status 0, and says why."""
+    """A followed device hung (its server stopped) through a few Inits, then SIGTERM: the
+    subscriptions to it were still being made (each call waits for Tango's timeout). The
+    last device to stop waits for them before Tango's cleanup starts: Tango's cleanup then
+    ends (omniORB's shutdown waited for good with the calls still in flight, and a call
+    returning in the middle of it crashed the server: SIGSEGV, on 3.13 mostly)."""
+    output, status = stop_with_a_hung_follower(
+        tango_database, redis_server, exit_grace=90, own_state=False
+    )
+    assert status == 0, output
+    assert "waiting up to 90.0 s for the followed attributes' Tango calls" in output, output
+    assert "NexusWriterService test_nexuswriter_exit: stopped" in output, output
+    assert "exiting anyway" not in output, output
+    assert "Traceback" not in output, output  # a second look's failed read says it in a line
+
+
+def test_the_service_exits_when_its_tango_calls_outlast_the_grace(
+    tango_database: EmbeddedTangoDatabase, redis_server: EmbeddedRedis
+) -> None:
+    """As above, the device following its own State too, with ``--exit-grace 2``, shorter
+    than the calls to the hung device take: the service exits within 2 s of its last
+    device's stop, with status 0, and says why, without starting Tango's cleanup. (Or at
+    once, when one of those calls is a subscription's first read of the device's own State
+    that carries the device's deletion, and so waits for the shutdown that waits for it.)"""
+    output, status = stop_with_a_hung_follower(
+        tango_database, redis_server, exit_grace=2, own_state=True
+    )
+    assert status == 0, output
+    assert (
+        "the followed attributes' Tango calls did not return within 2.0 s of the last "
+        "device's stop: exiting anyway"
+        in output
+        or "a followed attribute's Tango call waits for this shutdown" in output
+    ), output
+    assert "test_nexuswriter_exit: stopped" not in output, output
+
+
+def stop_with_a_hung_follower(
+    tango_database: EmbeddedTangoDatabase,
+    redis_server: EmbeddedRedis,
+    exit_grace: float,
+    own_state: bool,
+) -> tuple[str, int]:
+    """A NexusWriter following test/frozen/1/position (and its own State); once they are
+    read, the frozen device's server is stopped (SIGSTOP), the NexusWriter gets five Inits
+    (each life subscribes anew) and the service SIGTERM. Its output and exit status."""
     tango_database.add_device("rogue_devices/frozen", "HwDevice", "test/frozen/1")
     device = "test/nexuswriter/exit"
-    followed = ["test/frozen/1/position", f"{device}/State"]
+    followed = ["test/frozen/1/position"] + ([f"{device}/State"] if own_state else [])
     define(tango_database, device, "exit", redis_url=redis_server.url, attributes=followed)
     with tango_database.start_server(
         DEVICES, "frozen", env=server_env(POSITION_PERIOD="0.05")
     ) as frozen:
         process = subprocess.Popen(
-            [str(SERVICE), "test_nexuswriter_exit", "--exit-grace", "2", *LOOPBACK],
+            [str(SERVICE), "test_nexuswriter_exit", "--exit-grace", str(exit_grace), *LOOPBACK],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={**os.environ, **server_env(), "TANGO_HOST": tango_database.tango_host},
@@ -860,16 +903,14 @@ def test_the_service_exits_when_tango_s_cleanup_hangs(
                 for _ in range(5):
                     proxy.Init()
                 process.send_signal(signal.SIGTERM)
-                output = process.communicate(timeout=STARTED)[0].decode()
+                output = process.communicate(timeout=exit_grace + STARTED)[0].decode()
             finally:
                 os.kill(frozen.pid, signal.SIGCONT)
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-    assert process.returncode == 0, output
-    # Tango's cleanup hung (exiting anyway), or it ended this time (stopped).
-    assert "exiting anyway" in output or "test_nexuswriter_exit: stopped" in output, output
+    return output, process.returncode
 
 
 def answers(proxy: tango.DeviceProxy) -> bool:
