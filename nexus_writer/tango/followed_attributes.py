@@ -106,8 +106,10 @@ UNCLAIMED = 60.0
 SHUTDOWN_TIMEOUT = 10.0
 #: Seconds after an attribute's first event when it is read once more (A second look).
 SECOND_LOOK = 1.0
-#: Seconds between two looks, at the server's end, at whether a call waits for the hub.
+#: Seconds between two looks, at the server's end, at whether a call waits for the hub,
+#: and how many looks in a row must see it.
 WAITING_POLL = 0.1
+WAITING_SEEN = 3
 
 
 @dataclass
@@ -134,6 +136,9 @@ _schedulers: set[CallbackScheduler] = set()
 _reads: set[gevent.event.AsyncResult] = set()
 #: The greenlets ending every subscription of a device name (_close) still running.
 _closings: set[gevent.Greenlet] = set()
+#: Set by end_all (the server ends): no second look starts a read after it. A life started
+#: later (a test's, in a process that goes on) clears it.
+_ending = False
 
 
 def _shut_down(scheduler: CallbackScheduler) -> None:
@@ -153,6 +158,8 @@ def end_all(timeout: float) -> str | None:
     thread of this module is in a Tango call (The server's end). None once none is;
     otherwise why not: ``timeout`` seconds have passed (a call to a hung device goes on),
     or one of those calls waits for this very hub."""
+    global _ending
+    _ending = True  # no second look reads from now on
     for key in list(_lives):
         lives = _lives.pop(key)
         if lives.expiry is not None:
@@ -169,9 +176,11 @@ def end_all(timeout: float) -> str | None:
     )
     ending = gevent.spawn(_end_the_rest)
     deadline = time.monotonic() + timeout
+    seen_waiting = 0  # polls in a row: a call may wait for the hub an instant, not for ever
     try:
         while not ending.ready():
-            if _a_call_waits_for_the_hub():
+            seen_waiting = seen_waiting + 1 if _a_call_waits_for_the_hub() else 0
+            if seen_waiting >= WAITING_SEEN:
                 return (
                     "a followed attribute's Tango call waits for this shutdown (a first read "
                     "of this server's own device, whose deletion it carries)"
@@ -185,6 +194,8 @@ def end_all(timeout: float) -> str | None:
             ending.join(min(left, WAITING_POLL))
     finally:
         ending.kill(block=False)
+    if ending.exception is not None:  # logged by gevent; the calls may still run
+        return f"ending the followed attributes' subscriptions failed: {ending.exception!r}"
     return None
 
 
@@ -313,6 +324,8 @@ class FollowedAttributes:
         if self._started:
             return
         self._started = True
+        global _ending
+        _ending = False
         lives = _lives.setdefault(self.device.lower(), _Lives())
         if lives.expiry is not None:
             lives.expiry.kill()
@@ -376,6 +389,8 @@ class FollowedAttributes:
         """Read ``name`` once more after :data:`SECOND_LOOK` seconds, in the hub's thread
         pool, and keep the value if it is newer than the reading (A second look)."""
         gevent.sleep(SECOND_LOOK)
+        if _ending:  # a look spawned after its life retired: no read while Tango ends
+            return
         device, attribute = self._wanted[name]
         result = gevent.get_hub().threadpool.spawn(_read, device, attribute)
         _reads.add(result)

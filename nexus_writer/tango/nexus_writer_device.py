@@ -81,6 +81,13 @@ LAST_EVENTS = 2.0
 _started_devices = 0
 
 
+def _uncount() -> int:
+    """One device fewer between init_device and delete_device: how many are left."""
+    global _started_devices
+    _started_devices = max(0, _started_devices - 1)
+    return _started_devices
+
+
 #: A number read from the snapshot: (value, time, quality), as Tango attributes return it.
 Figure = tuple[float, float, AttrQuality]
 
@@ -271,18 +278,24 @@ class NexusWriter(Device):
         self._relay = gevent.spawn(self._relay_scans)
 
     def delete_device(self) -> None:
-        global _started_devices
-        _started_devices = max(0, _started_devices - 1)
         shutting_down = Util.instance().is_svr_shutting_down()
         if not shutting_down:
-            self._stop()
+            try:
+                self._stop()
+            finally:
+                _uncount()
             return
         WATCHDOG.stopping()  # the process ends even if Tango's cleanup does not
         try:
-            self._stop(shutting_down=True)
-            why = end_all(WATCHDOG.grace) if _started_devices == 0 else None  # the last
-            if why is not None:  # Tango's cleanup with those calls running could crash
-                exit_now(f"{why}: exiting anyway (every device had closed its scans)")
+            try:
+                self._stop(shutting_down=True)
+            finally:
+                # Uncounted once stopped, not before: two deletions can overlap in the hub
+                # (one carried by a request's thread), and the last to finish ends all.
+                if _uncount() == 0:
+                    why = end_all(WATCHDOG.grace)
+                    if why is not None:  # Tango's cleanup with those calls running could crash
+                        exit_now(f"{why}: exiting anyway (every device had closed its scans)")
         finally:
             WATCHDOG.stopped()
 

@@ -43,8 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=_seconds,
         default=EXIT_GRACE,
         metavar="SECONDS",
-        help="once its devices have stopped, exit anyway if Tango's cleanup takes longer "
-        f"(default: {EXIT_GRACE:g})",
+        help="once its devices have stopped, exit anyway if the followed attributes' Tango "
+        f"calls, then Tango's cleanup, take longer than this, each (default: {EXIT_GRACE:g})",
     )
     args, tango_args = parser.parse_known_args(argv)
     WATCHDOG.grace = args.exit_grace

@@ -299,3 +299,26 @@ def test_a_call_waiting_for_the_hub_is_seen_in_its_thread_s_stack(
         task.run()  # the hub's part: the result is there
         thread.join(SUBSCRIBED)
     assert not thread.is_alive() and not module._a_call_waits_for_the_hub()
+
+
+def test_no_second_look_reads_once_the_server_ends(
+    device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look spawned by a retired life's late first event, waiting out its second when
+    end_all runs, must not start a read during Tango's cleanup (a proxy made and dropped
+    then is the crash end_all prevents)."""
+    reads: list[tuple[str, str]] = []
+    monkeypatch.setattr(module, "_ending", False)
+    monkeypatch.setattr(module, "SECOND_LOOK", 0.0)
+
+    def read_now(device: str, attribute: str) -> str:
+        reads.append((device, attribute))
+        return "not read"
+
+    monkeypatch.setattr(module, "_read", read_now)
+    life = FollowedAttributes(device, [MODE])
+    life._look_again(MODE)  # before the end: it reads
+    assert reads == [("test/hw/1", "mode")]
+    assert module.end_all(SUBSCRIBED) is None
+    life._look_again(MODE)
+    assert reads == [("test/hw/1", "mode")] and not module._reads
