@@ -60,8 +60,10 @@ Tango's cleanup, which follows the last ``delete_device`` of a shutdown, frees t
 event consumers, which every proxy's destructor uses (``unsubscribe_all_events``). A
 subscriber thread still in a call to a hung device (a proxy made, a subscription tried:
 Tango's 3 s timeout, a few times over) that let go of its proxy in the middle of that
-cleanup crashed the server (SIGSEGV; ``test_the_service_exits_when_tango_s_cleanup_hangs``,
-about one run in fifteen on Python 3.13). So the last device to stop calls
+cleanup crashed the server (SIGSEGV, about one run in fifteen on Python 3.13 of a test
+that stops a server following a hung device; now
+``test_the_service_waits_for_its_tango_calls_before_tango_s_cleanup``). So the last
+device to stop calls
 :func:`end_all`: every subscription of the process ends and the call waits until no
 thread of this module is in a Tango call (subscribing, unsubscribing, a second look's
 read) before Tango's cleanup starts; if that takes longer than its bound, the server
