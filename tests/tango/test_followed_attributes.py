@@ -307,18 +307,23 @@ def test_no_second_look_reads_once_the_server_ends(
     """A look spawned by a retired life's late first event, waiting out its second when
     end_all runs, must not start a read during Tango's cleanup (a proxy made and dropped
     then is the crash end_all prevents)."""
-    reads: list[tuple[str, str]] = []
+    # An attribute no other test follows: an earlier test's life may still have a second
+    # look pending (they read MODE a second after its first event), and it would read
+    # through the patched _read too.
+    attribute = "test/hw/1/read_by_this_test_only"
+    reads: list[str] = []
     monkeypatch.setattr(module, "_ending", False)
     monkeypatch.setattr(module, "SECOND_LOOK", 0.0)
 
-    def read_now(device: str, attribute: str) -> str:
-        reads.append((device, attribute))
+    def read_now(device: str, name: str) -> str:
+        if f"{device}/{name}" == attribute:
+            reads.append(attribute)
         return "not read"
 
     monkeypatch.setattr(module, "_read", read_now)
-    life = FollowedAttributes(device, [MODE])
-    life._look_again(MODE)  # before the end: it reads
-    assert reads == [("test/hw/1", "mode")]
+    life = FollowedAttributes(device, [attribute])
+    life._look_again(attribute)  # before the end: it reads
+    assert reads == [attribute]
     assert module.end_all(SUBSCRIBED) is None
-    life._look_again(MODE)
-    assert reads == [("test/hw/1", "mode")] and not module._reads
+    life._look_again(attribute)
+    assert reads == [attribute] and not module._reads
