@@ -72,17 +72,15 @@ class ExitWatchdog:
             if now >= due:
                 break
             _sleep(min(due - now, 0.5))
-        exit_now(
-            f"Tango's cleanup did not end within {self.grace} s of the last device's stop: "
-            "exiting anyway (every device had closed its scans)"
-        )
+        exit_now(f"Tango's cleanup did not end within {self.grace} s of the last device's stop")
 
 
 def exit_now(why: str) -> NoReturn:
-    """Log ``why`` as a warning and end the process with status 0, skipping Tango's cleanup
-    and the interpreter's: only once every device has stopped (its scans closed, its lease
-    given back)."""
-    _log.warning("%s", why)
+    """Log ``why`` as a warning, followed by ``: exiting anyway (every device had closed its
+    scans)``, and end the process with status 0, skipping Tango's cleanup and the
+    interpreter's: only once every device has stopped (its scans closed, its lease given
+    back)."""
+    _log.warning("%s: exiting anyway (every device had closed its scans)", why)
     logging.shutdown()
     os._exit(0)
 

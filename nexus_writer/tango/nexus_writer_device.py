@@ -295,7 +295,7 @@ class NexusWriter(Device):
                 if _uncount() == 0:
                     why = end_all(WATCHDOG.grace)
                     if why is not None:  # Tango's cleanup with those calls running could crash
-                        exit_now(f"{why}: exiting anyway (every device had closed its scans)")
+                        exit_now(why)
         finally:
             WATCHDOG.stopped()
 
